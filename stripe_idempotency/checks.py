@@ -1,0 +1,158 @@
+"""System checks for the ``STRIPE_IDEMPOTENCY`` settings.
+
+Ids are stable: ``stripe_idempotency.E001`` means the same thing in every release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.db import router
+
+from stripe_idempotency.conf import DEFAULTS, SETTINGS_NAME
+
+_ID = "stripe_idempotency.{}"
+
+
+@register()
+def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    raw = getattr(settings, SETTINGS_NAME, {})
+    if not isinstance(raw, dict):
+        return [
+            Error(
+                f"{SETTINGS_NAME} must be a dict.",
+                hint=f'Set {SETTINGS_NAME} = {{"WEBHOOK_SECRETS": ["whsec_..."]}}.',
+                id=_ID.format("E002"),
+            )
+        ]
+    messages: list[CheckMessage] = []
+    messages += _check_secrets(raw)
+    messages += _check_numbers(raw)
+    if raw.get("LIVEMODE") not in (None, True, False):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['LIVEMODE'] must be None, True or False.",
+                hint="None accepts both live and test events.",
+                id=_ID.format("E007"),
+            )
+        )
+    instance_id = raw.get("INSTANCE_ID")
+    if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['INSTANCE_ID'] must be a non-empty string or None.",
+                hint="None uses '<hostname>:<pid>'.",
+                id=_ID.format("E008"),
+            )
+        )
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        messages.append(
+            Warning(
+                f"{SETTINGS_NAME} has unknown keys: {', '.join(unknown)}.",
+                hint=f"Known keys: {', '.join(DEFAULTS)}.",
+                id=_ID.format("W002"),
+            )
+        )
+    return messages
+
+
+def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
+    secrets = raw.get("WEBHOOK_SECRETS", [])
+    if isinstance(secrets, str) or not isinstance(secrets, (list, tuple)):
+        return [
+            Error(
+                f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] must be a list of strings.",
+                hint='Write ["whsec_..."], even for a single secret.',
+                id=_ID.format("E002"),
+            )
+        ]
+    if not secrets:
+        return [
+            Error(
+                f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] is empty: every webhook would be rejected.",
+                hint="Add the endpoint's signing secret (whsec_...) from the Stripe dashboard "
+                "or from `stripe listen`.",
+                id=_ID.format("E001"),
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for secret in secrets:
+        if not isinstance(secret, str) or not secret.strip():
+            messages.append(
+                Error(
+                    f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] contains an empty or non-string value.",
+                    hint="Each secret is a string such as 'whsec_...'.",
+                    id=_ID.format("E002"),
+                )
+            )
+        elif not secret.startswith("whsec_"):
+            messages.append(
+                Warning(
+                    f"A value in {SETTINGS_NAME}['WEBHOOK_SECRETS'] does not start with 'whsec_'.",
+                    hint="Webhook signing secrets start with 'whsec_'; an API key "
+                    "(sk_...) is not a signing secret.",
+                    id=_ID.format("W001"),
+                )
+            )
+    return messages
+
+
+# key -> (check id, smallest allowed value, whether fractions are allowed)
+_NUMBERS = {
+    "CLAIM_TTL_SECONDS": ("E003", 0, True),
+    "TOLERANCE_SECONDS": ("E004", 0, False),
+    "RETRY_AFTER_MAX_SECONDS": ("E005", 1, False),
+    "MAX_BODY_BYTES": ("E006", 1, False),
+}
+
+
+def _check_numbers(raw: dict[str, Any]) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for key, (check_id, minimum, fractions) in _NUMBERS.items():
+        value = raw.get(key, DEFAULTS[key])
+        kind = (Real,) if fractions else (int,)
+        valid = isinstance(value, kind) and not isinstance(value, bool)
+        # The lease must be strictly positive; the others have an inclusive minimum.
+        if valid and (value <= minimum if key == "CLAIM_TTL_SECONDS" else value < minimum):
+            valid = False
+        if not valid:
+            bound = f"greater than {minimum}" if key == "CLAIM_TTL_SECONDS" else f"at least {minimum}"
+            messages.append(
+                Error(
+                    f"{SETTINGS_NAME}['{key}'] must be a {'number' if fractions else 'whole number'} "
+                    f"{bound}; it is {value!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id=_ID.format(check_id),
+                )
+            )
+    return messages
+
+
+@register()
+def check_sqlite_transaction_mode(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    from stripe_idempotency.models import StripeEvent
+
+    alias = router.db_for_write(StripeEvent)
+    database = settings.DATABASES.get(alias, {})
+    if not database.get("ENGINE", "").endswith("sqlite3"):
+        return []
+    if str(database.get("OPTIONS", {}).get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return []
+    return [
+        Warning(
+            f"The SQLite database {alias!r} does not use IMMEDIATE transactions.",
+            hint='Add "OPTIONS": {"transaction_mode": "IMMEDIATE"} to it: with deferred '
+            "transactions, concurrent webhook deliveries fail with 'database is locked' "
+            "instead of waiting their turn.",
+            id=_ID.format("W003"),
+        )
+    ]
+

@@ -1,0 +1,92 @@
+"""The ``STRIPE_IDEMPOTENCY`` settings, with their defaults in one place.
+
+Every value is read from ``django.conf.settings`` when it is asked for, never
+frozen at import time, so ``override_settings`` works in tests and a settings
+change needs no restart of anything but the process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from django.conf import settings
+
+SETTINGS_NAME = "STRIPE_IDEMPOTENCY"
+
+#: Every key the app reads, with its default. ``INSTANCE_ID`` defaults to
+#: ``"<hostname>:<pid>"``, computed per process (see :attr:`AppSettings.INSTANCE_ID`).
+DEFAULTS: dict[str, Any] = {
+    "WEBHOOK_SECRETS": [],
+    "TOLERANCE_SECONDS": 300,
+    "CLAIM_TTL_SECONDS": 300,
+    "RETRY_AFTER_MAX_SECONDS": 60,
+    "MAX_BODY_BYTES": 1024 * 1024,
+    "LIVEMODE": None,
+    "INSTANCE_ID": None,
+}
+
+# The host name does not change while a process runs; the pid does change
+# across fork (gunicorn preloads, then forks its workers), so it is read per call.
+_HOSTNAME = socket.gethostname()
+
+
+class AppSettings:
+    """Typed accessors for the ``STRIPE_IDEMPOTENCY`` dict.
+
+    System checks (:mod:`stripe_idempotency.checks`) report values of the wrong
+    type or range; the accessors return what is configured as it is.
+    """
+
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, SETTINGS_NAME, {})
+        return value if isinstance(value, dict) else {}
+
+    def get(self, key: str) -> Any:
+        return self.user_settings().get(key, DEFAULTS[key])
+
+    @property
+    def WEBHOOK_SECRETS(self) -> list[str]:
+        """Signing secrets (``whsec_...``); an event signed with any of them is accepted.
+
+        Several secrets let an endpoint's secret be rolled without losing events.
+        """
+        value = self.get("WEBHOOK_SECRETS")
+        # A lone string is a common slip; never iterate it character by character.
+        return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def TOLERANCE_SECONDS(self) -> int:
+        """How old a signature's timestamp may be (replay protection)."""
+        return int(self.get("TOLERANCE_SECONDS"))
+
+    @property
+    def CLAIM_TTL_SECONDS(self) -> float:
+        """The lease: how long one instance owns an event it is processing."""
+        return float(self.get("CLAIM_TTL_SECONDS"))
+
+    @property
+    def RETRY_AFTER_MAX_SECONDS(self) -> int:
+        """The cap on the ``Retry-After`` header of a 503 answer."""
+        return int(self.get("RETRY_AFTER_MAX_SECONDS"))
+
+    @property
+    def MAX_BODY_BYTES(self) -> int:
+        """Larger request bodies are answered 413 without being read in full."""
+        return int(self.get("MAX_BODY_BYTES"))
+
+    @property
+    def LIVEMODE(self) -> bool | None:
+        """``True`` or ``False`` accepts only live or only test events; ``None`` both."""
+        value = self.get("LIVEMODE")
+        return None if value is None else bool(value)
+
+    @property
+    def INSTANCE_ID(self) -> str:
+        """Written to ``claimed_by``: which process holds a claim."""
+        value = self.get("INSTANCE_ID")
+        return str(value) if value else f"{_HOSTNAME}:{os.getpid()}"
+
+
+app_settings = AppSettings()

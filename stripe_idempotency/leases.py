@@ -1,0 +1,360 @@
+"""Claims on events: take, complete (fenced), release. The only writer of the claim columns.
+
+A claim is a lease: ``claim_token`` names its holder, ``claim_expires_at`` its
+end. Every time here comes from the database's clock, never from the
+instance's own, so instances with skewed clocks still agree on who holds what.
+
+A claim is one statement, committed on its own before any receiver runs
+(:func:`claim` refuses to run inside a transaction): an instance that dies
+after claiming leaves a lease that simply expires, and nobody ever waits on
+an uncommitted row. Each backend gets the single statement it can say best:
+
+* PostgreSQL: ``INSERT ... ON CONFLICT DO UPDATE ... WHERE <claimable>``
+  inside a CTE that also returns the existing row when the claim is refused,
+  so a first delivery, a duplicate and a busy answer all cost one round trip.
+* MariaDB 10.5+: ``INSERT ... ON DUPLICATE KEY UPDATE`` with every assignment
+  conditional on the row being claimable, ``RETURNING`` the row: one round trip.
+  MySQL has no ``RETURNING``, so it reads the row back: two.
+* SQLite: ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING``, then
+  a read of the row only when the claim was refused.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from django.db import OperationalError, connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import DurationField, ExpressionWrapper, F, Field
+from django.db.models.functions import Now
+
+from stripe_idempotency.conf import app_settings
+from stripe_idempotency.exceptions import ClaimRequired, LeaseLost
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.verification import VerifiedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """This process holds the lease on ``event`` under ``token`` until it completes or releases it."""
+
+    event: StripeEvent
+    token: uuid.UUID
+    using: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The event was processed already; nothing is to be done."""
+
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another instance holds a live lease on the event; ask again in ``retry_after`` seconds."""
+
+    event_id: str
+    retry_after: int
+
+
+ClaimResult = Claimed | Duplicate | Busy
+
+# A refused claim whose row looks claimable means the holder finished or
+# released between the claim and the read; try again this many times before
+# answering busy.
+_CLAIM_ROUNDS = 3
+# MySQL/MariaDB can pick two concurrent upserts of a new key as deadlock
+# victims; the statement is safe to repeat.
+_MYSQL_DEADLOCK = 1213
+
+
+def claim(verified: VerifiedEvent, *, using: str | None = None) -> ClaimResult:
+    """Claim ``verified`` for this process: store it if it is new, or take over its row.
+
+    A row is taken over when it is not processed and its lease is absent
+    (released after a failure) or expired (its holder died or is too slow).
+    Must be called in autocommit mode: the claim is committed when this returns.
+    """
+    using = using or router.db_for_write(StripeEvent)
+    connection = connections[using]
+    if connection.in_atomic_block:
+        raise ClaimRequired(
+            "Claims must be made outside transaction.atomic(): the claim has to commit "
+            "before any receiver runs."
+        )
+    token = uuid.uuid4()
+    statement = _CLAIM_STATEMENTS[connection.vendor]
+    params = _claim_params(connection, verified, token)
+    for _ in range(_CLAIM_ROUNDS):
+        row = statement(connection, params)
+        event, lease_left = _event_from_row(connection, using, row, verified.payload)
+        if event.claim_token == token:
+            return Claimed(event=event, token=token, using=using)
+        if event.processed_at is not None:
+            return Duplicate(event_id=verified.id)
+        if lease_left is not None and lease_left > 0:
+            return Busy(event_id=verified.id, retry_after=retry_after(lease_left))
+    return Busy(event_id=verified.id, retry_after=1)
+
+
+def complete(claimed: Claimed) -> None:
+    """Mark the event processed, if and only if ``claimed`` still holds its lease.
+
+    This is the fence: call it last, inside the transaction that holds the
+    receivers' work. When another instance has taken the event over, nothing
+    is updated and :class:`LeaseLost` is raised, so that work rolls back.
+    """
+    updated = (
+        StripeEvent.objects.using(claimed.using)
+        .filter(pk=claimed.event.pk, claim_token=claimed.token, processed_at__isnull=True)
+        .update(processed_at=Now(), claim_expires_at=None, claim_token=None)
+    )
+    if updated != 1:
+        raise LeaseLost(f"Another instance took over the lease on {claimed.event.event_id}.")
+
+
+def release(claimed: Claimed, error: str) -> bool:
+    """Give the lease up at once after a failure, recording ``error``.
+
+    The next delivery (or the reaper) can claim the event immediately rather
+    than wait for the lease to run out. Returns ``False`` when the lease was
+    no longer ours, in which case nothing is changed.
+    """
+    updated = (
+        StripeEvent.objects.using(claimed.using)
+        .filter(pk=claimed.event.pk, claim_token=claimed.token)
+        .update(claim_expires_at=None, claim_token=None, last_error=error)
+    )
+    return updated == 1
+
+
+def busy_retry_after(event_id: str, *, using: str) -> int:
+    """The ``Retry-After`` for an event whose lease someone else holds (1 if nobody does)."""
+    lease_left = ExpressionWrapper(F("claim_expires_at") - Now(), output_field=DurationField())
+    left = (
+        StripeEvent.objects.using(using)
+        .filter(event_id=event_id, processed_at__isnull=True)
+        .values_list(lease_left, flat=True)
+        .first()
+    )
+    return retry_after(left.total_seconds() if left is not None else None)
+
+
+def retry_after(lease_left: float | None) -> int:
+    """Whole seconds to wait: the lease left rounded up, at least 1, at most the configured cap."""
+    if lease_left is None or lease_left <= 0:
+        return 1
+    return max(1, min(app_settings.RETRY_AFTER_MAX_SECONDS, math.ceil(lease_left)))
+
+
+# -- the statement of each backend --------------------------------------------------------
+
+Row = Sequence[Any]
+
+
+@cache
+def _returned_fields() -> tuple[Field[Any, Any], ...]:
+    # Every column but the payload: the caller already holds it decoded, and
+    # reading it back would mean parsing it a second time.
+    return tuple(f for f in StripeEvent._meta.concrete_fields if f.name != "payload")
+
+
+_sql_cache: dict[tuple[str, str], str] = {}
+
+
+def _sql(connection: BaseDatabaseWrapper, template: str, **extra: str) -> str:
+    """``template`` with the table and column names quoted for ``connection``, built once."""
+    key = (connection.vendor, template)
+    sql = _sql_cache.get(key)
+    if sql is None:
+        quote = connection.ops.quote_name
+        table = quote(StripeEvent._meta.db_table)
+        sql = template.format(
+            table=table,
+            columns=", ".join(quote(f.column) for f in _returned_fields()),
+            **{name: value.format(table=table) for name, value in extra.items()},
+        )
+        _sql_cache[key] = sql
+    return sql
+
+
+def _claim_params(
+    connection: BaseDatabaseWrapper, verified: VerifiedEvent, token: uuid.UUID
+) -> dict[str, Any]:
+    def prepare(name: str, value: Any) -> Any:
+        return StripeEvent._meta.get_field(name).get_db_prep_save(value, connection)
+
+    ttl = app_settings.CLAIM_TTL_SECONDS
+    return {
+        "event_id": verified.id,
+        "type": verified.type,
+        "livemode": verified.livemode,
+        "api_version": verified.api_version,
+        "created": prepare("created", verified.created),
+        "payload": prepare("payload", verified.payload),
+        "claimed_by": app_settings.INSTANCE_ID,
+        "token": prepare("claim_token", token),
+        "ttl": ttl,
+        "ttl_us": round(ttl * 1_000_000),
+        "ttl_modifier": f"+{ttl:.6f} seconds",
+    }
+
+
+_CLAIMABLE = "{t}.processed_at IS NULL AND ({t}.claim_expires_at IS NULL OR {t}.claim_expires_at <= {now})"
+
+_POSTGRESQL = """
+WITH claimed AS (
+    INSERT INTO {table} AS e (
+        event_id, type, livemode, api_version, created, payload, received_at,
+        claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error
+    ) VALUES (
+        %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+        statement_timestamp(), statement_timestamp(), %(claimed_by)s,
+        statement_timestamp() + make_interval(secs => %(ttl)s), %(token)s, 1, ''
+    )
+    ON CONFLICT (event_id) DO UPDATE SET
+        claimed_at = EXCLUDED.claimed_at,
+        claimed_by = EXCLUDED.claimed_by,
+        claim_expires_at = EXCLUDED.claim_expires_at,
+        claim_token = EXCLUDED.claim_token,
+        attempts = e.attempts + 1
+    WHERE {claimable}
+    RETURNING {columns}
+)
+SELECT {columns}, NULL FROM claimed
+UNION ALL
+-- Refused: the row as it stood, from the same statement (no second round trip).
+SELECT {columns}, EXTRACT(EPOCH FROM claim_expires_at - statement_timestamp())
+FROM {table} WHERE event_id = %(event_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
+"""
+
+
+def _claim_postgresql(connection: BaseDatabaseWrapper, params: dict[str, Any]) -> Row | None:
+    sql = _sql(connection, _POSTGRESQL, claimable=_CLAIMABLE.format(t="e", now="statement_timestamp()"))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+_SQLITE_NOW = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+_SQLITE = """
+INSERT INTO {table} (
+    event_id, type, livemode, api_version, created, payload, received_at,
+    claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error
+) VALUES (
+    %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+    {now}, {now}, %(claimed_by)s,
+    STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl_modifier)s), %(token)s, 1, ''
+)
+ON CONFLICT (event_id) DO UPDATE SET
+    claimed_at = excluded.claimed_at,
+    claimed_by = excluded.claimed_by,
+    claim_expires_at = excluded.claim_expires_at,
+    claim_token = excluded.claim_token,
+    attempts = {table}.attempts + 1
+WHERE {claimable}
+RETURNING {columns}, NULL
+"""
+
+_SQLITE_READ = """
+SELECT {columns}, (julianday(claim_expires_at) - julianday('now')) * 86400.0
+FROM {table} WHERE event_id = %(event_id)s
+"""
+
+
+def _claim_sqlite(connection: BaseDatabaseWrapper, params: dict[str, Any]) -> Row | None:
+    upsert = _sql(
+        connection, _SQLITE, now=_SQLITE_NOW, claimable=_CLAIMABLE.format(t="{table}", now=_SQLITE_NOW)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(upsert, params)
+        row = cursor.fetchone()
+        if row is not None:
+            return row
+        # SQLite has one writer at a time: the upsert above waited for it, so
+        # this read sees the row as the winner committed it.
+        cursor.execute(_sql(connection, _SQLITE_READ), {"event_id": params["event_id"]})
+        return cursor.fetchone()
+
+
+_MYSQL_CLAIMABLE = _CLAIMABLE.format(t="{table}", now="NOW(6)")
+
+# Each assignment repeats the claimable test, and claim_expires_at (which the
+# test reads) is assigned last, so the statement means the same whether the
+# server applies assignments in order (the default) or simultaneously
+# (MariaDB's SIMULTANEOUS_ASSIGNMENT mode).
+_MYSQL = """
+INSERT INTO {table} (
+    event_id, type, livemode, api_version, created, payload, received_at,
+    claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error
+) VALUES (
+    %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+    NOW(6), NOW(6), %(claimed_by)s, NOW(6) + INTERVAL %(ttl_us)s MICROSECOND, %(token)s, 1, ''
+)
+ON DUPLICATE KEY UPDATE
+    claimed_at = IF({claimable}, NOW(6), claimed_at),
+    claimed_by = IF({claimable}, %(claimed_by)s, claimed_by),
+    claim_token = IF({claimable}, %(token)s, claim_token),
+    attempts = IF({claimable}, attempts + 1, attempts),
+    claim_expires_at = IF({claimable}, NOW(6) + INTERVAL %(ttl_us)s MICROSECOND, claim_expires_at)
+"""
+
+_MYSQL_LEASE_LEFT = "TIMESTAMPDIFF(MICROSECOND, NOW(6), claim_expires_at) / 1e6"
+_MYSQL_RETURNING = _MYSQL + "RETURNING {columns}, " + _MYSQL_LEASE_LEFT
+_MYSQL_READ = "SELECT {columns}, " + _MYSQL_LEASE_LEFT + " FROM {table} WHERE event_id = %(event_id)s"
+
+
+def _claim_mysql(
+    connection: BaseDatabaseWrapper, params: dict[str, Any], *, returning: bool | None = None
+) -> Row | None:
+    """MariaDB 10.5+ returns the row from the upsert itself; MySQL reads it back."""
+    if returning is None:
+        returning = connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)  # type: ignore[attr-defined]
+    upsert = _sql(connection, _MYSQL_RETURNING if returning else _MYSQL, claimable=_MYSQL_CLAIMABLE)
+    for attempt in range(3):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(upsert, params)
+                if returning:
+                    return cursor.fetchone()
+                cursor.execute(_sql(connection, _MYSQL_READ), {"event_id": params["event_id"]})
+                return cursor.fetchone()
+        except OperationalError as exc:
+            if exc.args[0] != _MYSQL_DEADLOCK or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+_CLAIM_STATEMENTS: dict[str, Callable[[BaseDatabaseWrapper, dict[str, Any]], Row | None]] = {
+    "postgresql": _claim_postgresql,
+    "sqlite": _claim_sqlite,
+    "mysql": _claim_mysql,
+}
+
+
+def _event_from_row(
+    connection: BaseDatabaseWrapper, using: str, row: Row | None, payload: dict[str, Any]
+) -> tuple[StripeEvent, float | None]:
+    """Turn a claim statement's row into a model instance, the way the ORM would."""
+    if row is None:
+        # The upsert either inserts, updates or finds the row; only a delete
+        # racing with it could leave nothing.
+        raise LookupError("The event's row vanished while it was being claimed.")
+    fields = _returned_fields()
+    values = []
+    for field, value in zip(fields, row, strict=False):
+        column = field.get_col(StripeEvent._meta.db_table)
+        for converter in [*connection.ops.get_db_converters(column), *field.get_db_converters(connection)]:
+            value = converter(value, column, connection)
+        values.append(value)
+    event = StripeEvent.from_db(using, [f.attname for f in fields], values)
+    event.payload = payload
+    lease_left = row[len(fields)]
+    return event, None if lease_left is None else float(lease_left)

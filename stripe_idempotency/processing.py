@@ -1,0 +1,113 @@
+"""Run an event's receivers once, under its claim, and record the outcome.
+
+This is the one path every event takes, whoever asks: the webhook view
+today, the reaper and a replay tomorrow. :func:`receive` claims and then
+processes; :func:`process` runs a claim it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+
+from django.db import router, transaction
+
+from stripe_idempotency import leases
+from stripe_idempotency.exceptions import LeaseLost
+from stripe_idempotency.leases import Busy, Claimed, Duplicate
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.signals import event_received, registered_signal
+from stripe_idempotency.verification import VerifiedEvent
+
+logger = logging.getLogger("stripe_idempotency")
+
+# Enough of a traceback to find the failing receiver, without letting one
+# runaway error message grow the row without bound.
+LAST_ERROR_MAX_CHARS = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """Every receiver ran and their work committed with ``processed_at``."""
+
+    event: StripeEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A receiver raised: all receivers' work rolled back, the claim was released."""
+
+    event: StripeEvent
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """The lease ran out and another instance took the event over: this run's work rolled back."""
+
+    event: StripeEvent
+    retry_after: int
+
+
+Outcome = Processed | Failed | Fenced | Duplicate | Busy
+
+
+def receive(verified: VerifiedEvent, *, using: str | None = None) -> Outcome:
+    """Claim ``verified`` and, if the claim is ours, process it."""
+    result = leases.claim(verified, using=using or router.db_for_write(StripeEvent))
+    if isinstance(result, Claimed):
+        return process(result)
+    return result
+
+
+def process(claimed: Claimed) -> Outcome:
+    """Dispatch the claimed event's receivers in one transaction, fenced by the claim.
+
+    ``event_received`` receivers run first, then those of the event's type.
+    The same transaction marks the event processed, only if the claim is
+    still ours. Every way out of here either completes the claim or gives it
+    up: a receiver's exception releases it (recording the error), and so does
+    anything that interrupts the process short of killing it.
+    """
+    event = claimed.event
+    try:
+        with transaction.atomic(using=claimed.using):
+            dispatch(event)
+            leases.complete(claimed)
+    except LeaseLost:
+        logger.warning(
+            "Lease on Stripe event %s was lost while its receivers ran; their work was rolled back.",
+            event.event_id,
+        )
+        return Fenced(event=event, retry_after=leases.busy_retry_after(event.event_id, using=claimed.using))
+    except Exception as exc:
+        logger.exception("A receiver failed for Stripe event %s (%s).", event.event_id, event.type)
+        error = _describe(exc)
+        leases.release(claimed, error)
+        return Failed(event=event, error=error)
+    except BaseException as exc:
+        # SystemExit from a worker timeout, KeyboardInterrupt: give the event
+        # back now rather than make it wait out its lease, then go on dying.
+        try:
+            leases.release(claimed, _describe(exc))
+        except Exception:
+            logger.exception("Could not release the claim on %s; its lease will expire.", event.event_id)
+        raise
+    return Processed(event=event)
+
+
+def dispatch(event: StripeEvent) -> None:
+    """Send ``event_received``, then the signal of the event's type. Exceptions propagate."""
+    event_received.send(sender=StripeEvent, event=event)
+    typed = registered_signal(event.type)
+    if typed is not None:
+        typed.send(sender=StripeEvent, event=event)
+
+
+def _describe(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= LAST_ERROR_MAX_CHARS:
+        return text
+    # Keep the end: that is where the exception's type and message are.
+    return "…" + text[-(LAST_ERROR_MAX_CHARS - 1) :]

@@ -1,0 +1,116 @@
+"""The webhook endpoint: HTTP in, HTTP out. No SQL here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.db import InterfaceError, OperationalError, connections, transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from stripe_idempotency import processing
+from stripe_idempotency.conf import app_settings
+from stripe_idempotency.exceptions import WebhookRejected
+from stripe_idempotency.leases import Busy, Duplicate
+from stripe_idempotency.processing import Failed, Fenced, Outcome, Processed
+from stripe_idempotency.verification import verify
+
+logger = logging.getLogger("stripe_idempotency")
+
+try:  # Django 5.1+
+    from django.contrib.auth.decorators import login_not_required
+except ImportError:  # pragma: no cover
+
+    def login_not_required(view_func: Callable[..., Any]) -> Callable[..., Any]:
+        return view_func
+
+
+class WebhookView(View):
+    """Receives Stripe's POSTs and answers only once the event's outcome is durable.
+
+    Stripe reads any non-2xx answer as "deliver again later", so every
+    failure here is a 4xx (the request can never succeed: a forged signature,
+    a body that is not an event) or a 5xx (it may succeed later: a receiver
+    raised, another instance holds the event, the database is down).
+    """
+
+    http_method_names = ["post"]
+
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponse]:
+        view = super().as_view(**initkwargs)
+        # Stripe has no CSRF token and no session: it proves itself by signature.
+        view = login_not_required(csrf_exempt(view))
+        # The claim must commit before the receivers run and the receivers get
+        # their own transaction, so the view cannot sit inside ATOMIC_REQUESTS.
+        for alias in connections:
+            view = transaction.non_atomic_requests(using=alias)(view)
+        return view
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            body = _read_body(request, app_settings.MAX_BODY_BYTES)
+            verified = verify(body, request.headers.get("Stripe-Signature"))
+        except WebhookRejected as rejection:
+            logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection)
+            return rejected(rejection.code, status=rejection.status)
+        try:
+            outcome = processing.receive(verified)
+        except (OperationalError, InterfaceError):
+            logger.exception("Database unavailable while receiving Stripe event %s.", verified.id)
+            return _answer(
+                "unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS
+            )
+        return answer(outcome)
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = rejected("method_not_allowed", status=405)
+        response["Allow"] = "POST"
+        return response
+
+
+def _read_body(request: HttpRequest, limit: int) -> bytes:
+    declared = request.META.get("CONTENT_LENGTH")
+    try:
+        too_large = declared is not None and int(declared) > limit
+    except ValueError:
+        too_large = False
+    if too_large:
+        raise WebhookRejected("body_too_large", f"The body is larger than {limit} bytes.", status=413)
+    # Read one byte past the limit, never more, in case the declared length lied.
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise WebhookRejected("body_too_large", f"The body is larger than {limit} bytes.", status=413)
+    return body
+
+
+def answer(outcome: Outcome) -> JsonResponse:
+    """The HTTP answer for a processing outcome (the table in the docs)."""
+    match outcome:
+        case Processed(event=event):
+            return _answer("processed", event.event_id, 200)
+        case Duplicate(event_id=event_id):
+            return _answer("duplicate", event_id, 200)
+        case Busy(event_id=event_id, retry_after=retry_after):
+            return _answer("busy", event_id, 503, retry_after=retry_after)
+        case Fenced(event=event, retry_after=retry_after):
+            return _answer("busy", event.event_id, 503, retry_after=retry_after)
+        case Failed(event=event):
+            # No error text to the caller: it lands in Stripe's dashboard. It is
+            # in the row's last_error and the logs.
+            return _answer("error", event.event_id, 500)
+    raise TypeError(f"Unknown outcome {outcome!r}")
+
+
+def rejected(code: str, *, status: int) -> JsonResponse:
+    return JsonResponse({"status": "rejected", "error": code}, status=status)
+
+
+def _answer(status: str, event_id: str, http_status: int, *, retry_after: int | None = None) -> JsonResponse:
+    response = JsonResponse({"status": status, "event_id": event_id}, status=http_status)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+
+from stripe_idempotency.signals import event_received, signal_for
+from tests.testapp.models import Effect
+
+TYPE = "checkout.session.completed"
+
+
+def record(receiver: str):
+    def receive(sender, event, **kwargs):
+        Effect.objects.create(event_id=event.event_id, receiver=receiver)
+
+    return receive
+
+
+@pytest.fixture
+def record_effects() -> Iterator[None]:
+    """Receivers that leave one Effect row per run: ``received`` for every event, ``typed`` for TYPE."""
+    on_any, on_type = record("received"), record("typed")
+    event_received.connect(on_any, dispatch_uid="tests.received")
+    signal_for(TYPE).connect(on_type, dispatch_uid="tests.typed")
+    yield
+    event_received.disconnect(dispatch_uid="tests.received")
+    signal_for(TYPE).disconnect(dispatch_uid="tests.typed")
+
+
+@pytest.fixture
+def connect():
+    """Connect receivers for one test: ``connect(signal, func)``; all disconnected afterwards."""
+    connected = []
+
+    def _connect(signal, receiver):
+        signal.connect(receiver, weak=False)
+        connected.append((signal, receiver))
+
+    yield _connect
+    for signal, receiver in connected:
+        signal.disconnect(receiver)
+
+
+def vendor() -> str:
+    return connection.vendor
+
+
+def per_backend(**counts: int) -> int:
+    """The value for the backend under test, e.g. ``per_backend(postgresql=2, mysql=3, sqlite=3)``."""
+    return counts[vendor()]

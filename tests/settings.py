@@ -1,0 +1,86 @@
+"""Settings for the test suite.
+
+``DATABASE_URL`` picks the backend (SQLite in a temporary file by default):
+
+    pytest
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/stripe_idempotency pytest
+    DATABASE_URL=mysql://root@127.0.0.1:3306/stripe_idempotency pytest
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import environ
+
+env = environ.Env()
+
+_SQLITE_URL = f"sqlite:///{os.path.join(tempfile.gettempdir(), 'stripe_idempotency.sqlite3')}"
+DATABASES = {"default": env.db_url_config(os.environ.get("DATABASE_URL") or _SQLITE_URL)}
+_database = DATABASES["default"]
+# One test database per run, so that two runs on one machine never share one.
+_suffix = os.getpid()
+if _database["ENGINE"].endswith("sqlite3"):
+    _database["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 3}
+    # A file, not ":memory:": concurrency tests open one connection per thread
+    # and per process, and they must all see the same database.
+    _database["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"test_stripe_idempotency_{_suffix}.sqlite3")
+    }
+else:
+    _database["TEST"] = {"NAME": f"test_{_database['NAME']}_{_suffix}"}
+
+SECRET_KEY = "tests-only-not-secret"
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "tests.urls"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.messages",
+    "django.contrib.sessions",
+    "stripe_idempotency",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+WEBHOOK_SECRET = "whsec_test_secret"
+
+STRIPE_IDEMPOTENCY = {
+    "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+    "INSTANCE_ID": "test-instance",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"stripe_idempotency": {"handlers": ["null"], "propagate": False}},
+}

@@ -1,0 +1,310 @@
+"""The webhook endpoint, through HTTP: every rejection and every answer in the status table."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from django.db import connection
+from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.signals import event_received
+from stripe_idempotency.testing import build_event, deliver, encode, sign
+from tests.conftest import TYPE, per_backend
+from tests.testapp.models import Effect
+
+URL = "/stripe/webhook/"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_url_name():
+    assert reverse("stripe_idempotency:webhook") == URL
+
+
+@pytest.fixture
+def csrf_client() -> Client:
+    # Stripe sends no CSRF token: the view must be exempt, and this client checks it.
+    return Client(enforce_csrf_checks=True)
+
+
+def body_of(response) -> dict:
+    assert response["Content-Type"] == "application/json"
+    return json.loads(response.content)
+
+
+# -- rejections: 4xx, a JSON body naming the reason, nothing stored -----------------------
+
+
+def assert_rejected(response, status: int, error: str) -> None:
+    assert response.status_code == status
+    assert body_of(response) == {"status": "rejected", "error": error}
+    assert StripeEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
+def test_methods_other_than_post_are_rejected(csrf_client, method):
+    response = getattr(csrf_client, method)(URL)
+    assert_rejected(response, 405, "method_not_allowed")
+    assert response["Allow"] == "POST"
+
+
+def test_missing_signature(csrf_client):
+    assert_rejected(deliver(csrf_client, build_event(), signature=""), 400, "missing_signature")
+
+
+def test_signature_for_another_secret(csrf_client):
+    response = deliver(csrf_client, build_event(), secret="whsec_someone_else")
+    assert_rejected(response, 400, "invalid_signature")
+
+
+def test_garbled_signature_header(csrf_client):
+    response = deliver(csrf_client, build_event(), signature="t=abc,v1=zz")
+    assert_rejected(response, 400, "invalid_signature")
+
+
+def test_signature_over_another_body(csrf_client):
+    signature = sign(encode(build_event()))
+    response = deliver(csrf_client, build_event(), signature=signature)
+    assert_rejected(response, 400, "invalid_signature")
+
+
+def test_stale_timestamp(csrf_client):
+    response = deliver(csrf_client, build_event(), timestamp=int(time.time()) - 301)
+    assert_rejected(response, 400, "timestamp_outside_tolerance")
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "TOLERANCE_SECONDS": 1000})
+def test_tolerance_is_read_at_call_time(csrf_client):
+    response = deliver(csrf_client, build_event(), timestamp=int(time.time()) - 900)
+    assert response.status_code == 200
+
+
+def test_body_not_utf8(csrf_client):
+    body = b'{"id": "evt_\xff"}'
+    response = deliver(csrf_client, body, signature="t=1,v1=00")
+    assert_rejected(response, 400, "invalid_encoding")
+
+
+def test_body_not_json(csrf_client):
+    assert_rejected(deliver(csrf_client, "{not json"), 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ([], "not_an_event"),
+        ("evt_1", "not_an_event"),
+        (None, "not_an_event"),
+        ({"id": "evt_1", "type": TYPE}, "not_an_event"),
+        ({"id": "evt_1", "object": "charge", "type": TYPE}, "not_an_event"),
+        ({"object": "event", "type": TYPE}, "invalid_id"),
+        ({"object": "event", "id": 42, "type": TYPE}, "invalid_id"),
+        ({"object": "event", "id": "", "type": TYPE}, "invalid_id"),
+        ({"object": "event", "id": "evt_1\r\nX-Injected: 1", "type": TYPE}, "invalid_id"),
+        ({"object": "event", "id": "e" * 256, "type": TYPE}, "invalid_id"),
+        ({"object": "event", "id": "evt_1"}, "invalid_type"),
+        ({"object": "event", "id": "evt_1", "type": ["x"]}, "invalid_type"),
+        ({"object": "event", "id": "evt_1", "type": TYPE, "livemode": "yes"}, "invalid_livemode"),
+    ],
+)
+def test_json_that_is_not_an_event(csrf_client, payload, error):
+    assert_rejected(deliver(csrf_client, json.dumps(payload)), 400, error)
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "LIVEMODE": True})
+def test_livemode_mismatch(csrf_client):
+    response = deliver(csrf_client, build_event(livemode=False))
+    assert_rejected(response, 400, "livemode_mismatch")
+    assert deliver(csrf_client, build_event(livemode=True)).status_code == 200
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "MAX_BODY_BYTES": 2000})
+def test_body_over_the_limit_by_content_length(csrf_client):
+    event = build_event(data={"padding": "x" * 2000})
+    assert_rejected(deliver(csrf_client, event), 413, "body_too_large")
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "MAX_BODY_BYTES": 2000})
+def test_body_over_the_limit_without_a_content_length():
+    # Nothing declared up front: the limit is enforced while reading, one byte past it at most.
+    from django.test import RequestFactory
+
+    from stripe_idempotency.views import WebhookView
+
+    body = encode(build_event(data={"padding": "x" * 2000}))
+    request = RequestFactory().post(
+        URL, data=body, content_type="application/json", headers={"Stripe-Signature": sign(body)}
+    )
+    del request.META["CONTENT_LENGTH"]
+    assert_rejected(WebhookView.as_view()(request), 413, "body_too_large")
+    assert request._stream.read() == body[2001:]
+
+
+def test_size_is_checked_before_the_signature(csrf_client, settings):
+    settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": ["whsec_test_secret"], "MAX_BODY_BYTES": 10}
+    assert_rejected(deliver(csrf_client, build_event(), signature=""), 413, "body_too_large")
+
+
+def test_signature_is_checked_before_the_json(csrf_client):
+    assert_rejected(deliver(csrf_client, "{not json", secret="whsec_other"), 400, "invalid_signature")
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def test_first_delivery_is_processed(csrf_client, record_effects):
+    event = build_event(data={"id": "cs_test_1"})
+    response = deliver(csrf_client, event)
+    assert response.status_code == 200
+    assert body_of(response) == {"status": "processed", "event_id": event["id"]}
+    row = StripeEvent.objects.get()
+    assert (row.event_id, row.type, row.livemode, row.payload) == (event["id"], TYPE, False, event)
+    assert row.processed_at is not None
+    assert row.attempts == 1
+    assert row.claimed_by == "test-instance"
+    assert (row.claim_token, row.claim_expires_at, row.last_error) == (None, None, "")
+    assert row.created is not None and int(row.created.timestamp()) == event["created"]
+    assert row.api_version == event["api_version"]
+    assert sorted(Effect.objects.values_list("receiver", flat=True)) == ["received", "typed"]
+
+
+def test_redelivery_is_a_duplicate(csrf_client, record_effects):
+    event = build_event()
+    deliver(csrf_client, event)
+    response = deliver(csrf_client, event)
+    assert response.status_code == 200
+    assert body_of(response) == {"status": "duplicate", "event_id": event["id"]}
+    assert Effect.objects.count() == 2
+    assert StripeEvent.objects.get().attempts == 1
+
+
+def test_event_claimed_elsewhere_is_busy(csrf_client, record_effects):
+    from stripe_idempotency import leases
+    from stripe_idempotency.verification import VerifiedEvent
+
+    event = build_event()
+    assert isinstance(leases.claim(VerifiedEvent.from_payload(event)), leases.Claimed)
+    response = deliver(csrf_client, event)
+    assert response.status_code == 503
+    assert body_of(response) == {"status": "busy", "event_id": event["id"]}
+    # The lease has ~300 s left; the answer is capped at RETRY_AFTER_MAX_SECONDS.
+    assert response["Retry-After"] == "60"
+    assert Effect.objects.count() == 0
+
+
+def test_receiver_error_is_500_and_releases_the_claim(csrf_client, connect, record_effects):
+    calls = []
+
+    def fail_once(sender, event, **kwargs):
+        calls.append(event.event_id)
+        if len(calls) == 1:
+            raise RuntimeError("card network down")
+
+    connect(event_received, fail_once)
+    event = build_event()
+    response = deliver(csrf_client, event)
+    assert response.status_code == 500
+    assert body_of(response) == {"status": "error", "event_id": event["id"]}
+    row = StripeEvent.objects.get()
+    assert (row.processed_at, row.claim_expires_at, row.claim_token) == (None, None, None)
+    assert row.attempts == 1
+    assert "RuntimeError: card network down" in row.last_error
+    assert "Traceback" in row.last_error
+    # The receivers that did run rolled back with the one that raised.
+    assert Effect.objects.count() == 0
+
+    # Redelivered at once: claimed immediately (not 503), processed.
+    retry = deliver(csrf_client, event)
+    assert body_of(retry) == {"status": "processed", "event_id": event["id"]}
+    row.refresh_from_db()
+    assert row.attempts == 2
+    assert row.processed_at is not None
+    assert Effect.objects.count() == 2
+
+
+def test_database_unavailable_is_503_with_json(csrf_client):
+    settings_dict = connection.settings_dict
+    saved = dict(settings_dict)
+    connection.close()
+    if connection.vendor == "sqlite":
+        settings_dict["NAME"] = "/nonexistent-directory/db.sqlite3"
+    else:
+        settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", "1"
+    try:
+        response = deliver(csrf_client, build_event())
+    finally:
+        connection.close()
+        settings_dict.clear()
+        settings_dict.update(saved)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "60"
+    assert body_of(response)["status"] == "unavailable"
+    assert StripeEvent.objects.count() == 0
+
+
+def test_works_under_atomic_requests(csrf_client, record_effects):
+    with override_settings():
+        connection.settings_dict["ATOMIC_REQUESTS"] = True
+        try:
+            from stripe_idempotency.views import WebhookView
+
+            view = WebhookView.as_view()
+            assert connection.alias in view._non_atomic_requests
+            response = deliver(csrf_client, build_event())
+        finally:
+            connection.settings_dict["ATOMIC_REQUESTS"] = False
+    assert body_of(response)["status"] == "processed"
+
+
+# -- SQL per delivery, receivers excluded ----------------------------------------------------
+#
+# Django logs transaction control (BEGIN, COMMIT, ROLLBACK) as statements of
+# their own; each count below is (data statements, all statements logged).
+
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
+
+
+def count_queries(func) -> tuple[int, int]:
+    with CaptureQueriesContext(connection) as queries:
+        func()
+    statements = [q["sql"].strip().upper() for q in queries.captured_queries]
+    data = [sql for sql in statements if not sql.startswith(TRANSACTION_CONTROL)]
+    return len(data), len(statements)
+
+
+def test_queries_per_first_delivery(csrf_client):
+    # The claim; then BEGIN, the fenced update, COMMIT around the receivers.
+    assert count_queries(lambda: deliver(csrf_client, build_event())) == (2, 4)
+
+
+def test_queries_per_duplicate(csrf_client):
+    event = build_event()
+    deliver(csrf_client, event)
+    # PostgreSQL and MariaDB learn why the claim was refused from the claim
+    # statement itself; SQLite reads the row in a second statement.
+    expected = per_backend(postgresql=1, mysql=1, sqlite=2)
+    assert count_queries(lambda: deliver(csrf_client, event)) == (expected, expected)
+
+
+def test_queries_per_busy_answer(csrf_client):
+    from stripe_idempotency import leases
+    from stripe_idempotency.verification import VerifiedEvent
+
+    event = build_event()
+    leases.claim(VerifiedEvent.from_payload(event))
+    expected = per_backend(postgresql=1, mysql=1, sqlite=2)
+    assert count_queries(lambda: deliver(csrf_client, event)) == (expected, expected)
+
+
+def test_queries_per_failed_delivery(csrf_client, connect):
+    def fail(sender, event, **kwargs):
+        raise ValueError("no")
+
+    connect(event_received, fail)
+    # The claim; BEGIN and ROLLBACK around the receivers; the release.
+    assert count_queries(lambda: deliver(csrf_client, build_event())) == (2, 4)
