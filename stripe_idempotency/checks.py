@@ -155,4 +155,3 @@ def check_sqlite_transaction_mode(
             id=_ID.format("W003"),
         )
     ]
-

@@ -195,7 +195,7 @@ def _claim_params(
         "event_id": verified.id,
         "type": verified.type,
         "livemode": verified.livemode,
-        "api_version": verified.api_version,
+        "api_version": verified.api_version or "",
         "created": prepare("created", verified.created),
         "payload": prepare("payload", verified.payload),
         "claimed_by": app_settings.INSTANCE_ID,

@@ -19,7 +19,7 @@ class StripeEvent(models.Model):
     event_id = models.CharField(_("Stripe event id"), max_length=255, unique=True)
     type = models.CharField(_("type"), max_length=255)
     livemode = models.BooleanField(_("live mode"), default=False)
-    api_version = models.CharField(_("API version"), max_length=64, null=True, blank=True)
+    api_version = models.CharField(_("API version"), max_length=64, blank=True, default="")
     created = models.DateTimeField(
         _("created at Stripe"), null=True, blank=True, help_text=_("The event's own timestamp.")
     )

@@ -89,8 +89,7 @@ def sign(
         secret = _default_secret()
     secret_list = [secret] if isinstance(secret, str) else list(secret)
     headers = [
-        stripe.WebhookSignature.generate_signature_header(text, s, timestamp=timestamp)
-        for s in secret_list
+        stripe.WebhookSignature.generate_signature_header(text, s, timestamp=timestamp) for s in secret_list
     ]
     signatures = [part for header in headers for part in header.split(",")[1:]]
     return ",".join([f"t={timestamp}", *signatures])
@@ -131,7 +130,5 @@ def deliver(
 def _default_secret() -> str:
     configured = app_settings.WEBHOOK_SECRETS
     if not configured:
-        raise ValueError(
-            'No secret given and STRIPE_IDEMPOTENCY["WEBHOOK_SECRETS"] is empty: pass secret=.'
-        )
+        raise ValueError('No secret given and STRIPE_IDEMPOTENCY["WEBHOOK_SECRETS"] is empty: pass secret=.')
     return configured[0]

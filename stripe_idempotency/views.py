@@ -61,9 +61,7 @@ class WebhookView(View):
             outcome = processing.receive(verified)
         except (OperationalError, InterfaceError):
             logger.exception("Database unavailable while receiving Stripe event %s.", verified.id)
-            return _answer(
-                "unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS
-            )
+            return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
         return answer(outcome)
 
     def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

@@ -168,7 +168,8 @@ def test_first_delivery_is_processed(csrf_client, record_effects):
     assert row.attempts == 1
     assert row.claimed_by == "test-instance"
     assert (row.claim_token, row.claim_expires_at, row.last_error) == (None, None, "")
-    assert row.created is not None and int(row.created.timestamp()) == event["created"]
+    assert row.created is not None
+    assert int(row.created.timestamp()) == event["created"]
     assert row.api_version == event["api_version"]
     assert sorted(Effect.objects.values_list("receiver", flat=True)) == ["received", "typed"]
 
