@@ -1,0 +1,102 @@
+"""Deliver events from many real threads and processes at once, each with its own connection."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.test import Client
+
+from stripe_idempotency.testing import deliver
+
+
+@dataclass(frozen=True)
+class Delivery:
+    event_id: str
+    http_status: int
+    status: str
+
+
+def _deliver_all(
+    events: Sequence[dict[str, Any]], seed: int, start: Any, results: list[Delivery]
+) -> None:
+    client = Client()
+    order = list(events)
+    random.Random(seed).shuffle(order)
+    start.wait()
+    try:
+        for event in order:
+            response = deliver(client, event)
+            results.append(Delivery(event["id"], response.status_code, json.loads(response.content)["status"]))
+    finally:
+        connections.close_all()
+
+
+def _run_threads(
+    events: Sequence[dict[str, Any]], threads: int, seed: int, start: Any
+) -> list[Delivery]:
+    results: list[Delivery] = []
+    workers = [
+        threading.Thread(target=_deliver_all, args=(events, seed * 1000 + n, start, results))
+        for n in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    return results
+
+
+def _process_main(events, threads, seed, start, queue) -> None:
+    queue.put(_run_threads(events, threads, seed, start))
+
+
+def burst(
+    events: Sequence[dict[str, Any]], *, processes: int = 1, threads: int = 4
+) -> list[Delivery]:
+    """Every thread of every process delivers every event once, all starting together.
+
+    With ``processes > 1`` the workers are forked: each process opens its own
+    connections to the same test database, as separate app instances would.
+    """
+    if processes == 1:
+        return _run_threads(events, threads, 0, threading.Barrier(threads))
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(processes * threads)
+    queue = context.Queue()
+    # A forked child must not share the parent's open sockets.
+    connections.close_all()
+    children = [
+        context.Process(target=_process_main, args=(events, threads, n + 1, start, queue))
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    results: list[Delivery] = []
+    for _ in children:
+        results.extend(queue.get(timeout=180))
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0, f"delivery process exited with {child.exitcode}"
+    return results
+
+
+def in_thread(func: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``func`` on a new thread (its own database connection); its result lands in the list."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(func())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result

@@ -1,0 +1,124 @@
+"""Exactly once under real concurrency: many deliveries of each event at once, from threads and processes."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.test import Client, override_settings
+
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.signals import event_received
+from stripe_idempotency.testing import build_event, deliver
+from tests.concurrency import burst, in_thread
+from tests.conftest import TYPE
+from tests.testapp.models import Effect
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
+
+EVENTS = 50
+
+
+def slow_receiver(sender, event, **kwargs):
+    # Long enough for the other deliveries of the event to arrive while it runs.
+    time.sleep(0.01)
+
+
+def assert_exactly_once(events, deliveries, per_event):
+    ids = [e["id"] for e in events]
+    assert len(deliveries) == len(ids) * per_event
+    assert {d.http_status for d in deliveries} <= {200, 503}
+    for d in deliveries:
+        assert (d.http_status, d.status) in {(200, "processed"), (200, "duplicate"), (503, "busy"), (503, "unavailable")}
+    processed = collections.Counter(d.event_id for d in deliveries if d.status == "processed")
+    assert processed == collections.Counter(ids), "each event answered 'processed' exactly once"
+    runs = collections.Counter(Effect.objects.values_list("event_id", "receiver"))
+    assert runs == collections.Counter({(i, r): 1 for i in ids for r in ("received", "typed")})
+    rows = StripeEvent.objects.filter(event_id__in=ids)
+    assert rows.count() == len(ids)
+    assert rows.filter(processed_at__isnull=True).count() == 0
+    assert set(rows.values_list("attempts", flat=True)) == {1}
+    assert rows.filter(claim_token__isnull=False).count() == 0
+
+
+@pytest.mark.parametrize(("processes", "threads"), [(1, 8), (2, 4)], ids=["8-threads", "2-processes-x-4-threads"])
+def test_every_event_delivered_eight_times_at_once(record_effects, connect, processes, threads):
+    connect(event_received, slow_receiver)
+    events = [build_event(TYPE, data={"id": f"cs_{n}"}) for n in range(EVENTS)]
+    deliveries = burst(events, processes=processes, threads=threads)
+    assert_exactly_once(events, deliveries, per_event=processes * threads)
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "CLAIM_TTL_SECONDS": 1})
+def test_an_instance_that_outlives_its_lease_is_fenced(record_effects, connect):
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: a lease cannot be taken over while its dispatch runs (next test).")
+    inside, finish = threading.Event(), threading.Event()
+    runs = []
+
+    def outlive_the_lease(sender, event, **kwargs):
+        runs.append(event.event_id)
+        if len(runs) == 1:
+            inside.set()
+            assert finish.wait(30)
+
+    connect(event_received, outlive_the_lease)
+    event = build_event()
+    slow, slow_result = in_thread(lambda: deliver(Client(), event))
+    assert inside.wait(30)
+
+    # Another instance keeps asking, as Stripe would: busy while the lease lives,
+    # then it takes the event over once the lease (1 s, on the database clock) ends.
+    answers = []
+    client = Client()
+    for _ in range(100):
+        response = deliver(client, event)
+        answers.append(response.json()["status"])
+        if response.status_code == 200:
+            break
+        time.sleep(0.1)
+    finish.set()
+    slow.join(30)
+
+    assert answers[0] == "busy"
+    assert answers[-1] == "processed"
+    late = slow_result[0]
+    assert (late.status_code, late.json()["status"]) == (503, "busy")
+    assert 1 <= int(late["Retry-After"]) <= 60
+    # The late instance's work rolled back; the takeover's committed: once in all.
+    assert sorted(Effect.objects.values_list("receiver", flat=True)) == ["received", "typed"]
+    row = StripeEvent.objects.get()
+    assert row.processed_at is not None
+    assert row.attempts == 2
+    assert len(runs) == 2
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "CLAIM_TTL_SECONDS": 1})
+def test_sqlite_serialises_a_takeover_behind_the_running_dispatch(record_effects, connect):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only: the other backends let the takeover happen (previous test).")
+    inside, finish = threading.Event(), threading.Event()
+
+    def outlive_the_lease(sender, event, **kwargs):
+        inside.set()
+        assert finish.wait(30)
+        time.sleep(1.1)  # past the lease, while holding SQLite's write lock
+
+    connect(event_received, outlive_the_lease)
+    event = build_event()
+    slow, slow_result = in_thread(lambda: deliver(Client(), event))
+    assert inside.wait(30)
+    finish.set()
+    time.sleep(1.2)
+    # The lease has run out, but the dispatch still holds the only write lock:
+    # this delivery waits for it (bounded by the connection's timeout) and is
+    # answered as soon as the dispatch commits.
+    other = deliver(Client(), event)
+    slow.join(30)
+    assert slow_result[0].json()["status"] == "processed"
+    assert (other.status_code, other.json()["status"]) in {(200, "duplicate"), (503, "unavailable")}
+    assert sorted(Effect.objects.values_list("receiver", flat=True)) == ["received", "typed"]
+    assert StripeEvent.objects.get().attempts == 1
