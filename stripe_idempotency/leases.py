@@ -234,11 +234,23 @@ SELECT {columns}, EXTRACT(EPOCH FROM claim_expires_at - statement_timestamp())
 FROM {table} WHERE event_id = %(event_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
 """
 
+_POSTGRESQL_READ = """
+SELECT {columns}, EXTRACT(EPOCH FROM claim_expires_at - statement_timestamp())
+FROM {table} WHERE event_id = %(event_id)s
+"""
+
 
 def _claim_postgresql(connection: BaseDatabaseWrapper, params: dict[str, Any]) -> Row | None:
     sql = _sql(connection, _POSTGRESQL, claimable=_CLAIMABLE.format(t="e", now="statement_timestamp()"))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is not None:
+            return row
+        # The conflicting row was inserted by a transaction that committed
+        # after this statement took its snapshot: the upsert saw it (and was
+        # refused), the SELECT could not. A new statement sees it.
+        cursor.execute(_sql(connection, _POSTGRESQL_READ), {"event_id": params["event_id"]})
         return cursor.fetchone()
 
 

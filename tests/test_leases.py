@@ -1,0 +1,186 @@
+"""Claims, as seen from the database: taking, refusing, taking over, completing, releasing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from django.db import connection, connections, transaction
+from django.db.models.functions import Now
+from django.test import override_settings
+
+from stripe_idempotency import leases
+from stripe_idempotency.exceptions import ClaimRequired, LeaseLost
+from stripe_idempotency.leases import Busy, Claimed, Duplicate
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.testing import build_event
+from stripe_idempotency.verification import VerifiedEvent
+from tests.concurrency import in_thread
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def verified(**kwargs) -> VerifiedEvent:
+    return VerifiedEvent.from_payload(build_event(**kwargs))
+
+
+def expire(event_id: str) -> None:
+    """Move the lease's end into the past, on the database clock (as waiting it out would)."""
+    StripeEvent.objects.filter(event_id=event_id).update(claim_expires_at=Now() - dt.timedelta(seconds=1))
+
+
+def database_now() -> dt.datetime:
+    return StripeEvent.objects.annotate(now=Now()).values_list("now", flat=True).first()
+
+
+def test_a_new_event_is_stored_already_claimed():
+    event = verified(type="invoice.paid", livemode=False)
+    result = leases.claim(event)
+    assert isinstance(result, Claimed)
+    row = StripeEvent.objects.get()
+    assert (row.event_id, row.type, row.payload, row.attempts) == (event.id, "invoice.paid", event.payload, 1)
+    assert row.claim_token == result.token
+    assert row.claimed_by == "test-instance"
+    assert row.processed_at is None
+    # The instance handed to receivers is the row as stored.
+    assert result.event.pk == row.pk
+    assert result.event.claim_expires_at == row.claim_expires_at
+    assert result.event.payload == event.payload
+
+
+def test_the_claim_is_committed_before_claim_returns():
+    result = leases.claim(verified())
+    thread, seen = in_thread(lambda: StripeEvent.objects.filter(claim_token=result.token).count())
+    thread.join(10)
+    assert seen == [1]
+
+
+def test_claims_refuse_to_run_inside_a_transaction():
+    with pytest.raises(ClaimRequired), transaction.atomic():
+        leases.claim(verified())
+    assert StripeEvent.objects.count() == 0
+
+
+def test_a_live_claim_is_busy_for_others():
+    event = verified()
+    first = leases.claim(event)
+    assert leases.claim(event) == Busy(event_id=event.id, retry_after=60)
+    row = StripeEvent.objects.get()
+    assert (row.claim_token, row.attempts) == (first.token, 1)
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "RETRY_AFTER_MAX_SECONDS": 3600})
+def test_retry_after_is_the_lease_left_rounded_up():
+    event = verified()
+    leases.claim(event)
+    # 300 s lease, a moment old: 300 rounded up (never 301, never 299).
+    assert leases.claim(event).retry_after == 300
+
+
+def test_an_expired_lease_is_taken_over_with_a_fresh_token():
+    event = verified()
+    first = leases.claim(event)
+    expire(event.id)
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "INSTANCE_ID": "other"}):
+        second = leases.claim(event)
+    assert isinstance(second, Claimed)
+    assert second.token != first.token
+    row = StripeEvent.objects.get()
+    assert (row.claim_token, row.claimed_by, row.attempts) == (second.token, "other", 2)
+    assert row.claim_expires_at > database_now()
+
+
+def test_a_released_claim_is_taken_at_once():
+    event = verified()
+    first = leases.claim(event)
+    assert leases.release(first, "boom") is True
+    row = StripeEvent.objects.get()
+    assert (row.claim_token, row.claim_expires_at, row.last_error) == (None, None, "boom")
+    second = leases.claim(event)
+    assert isinstance(second, Claimed)
+    assert StripeEvent.objects.get().attempts == 2
+
+
+def test_a_processed_event_is_a_duplicate_and_is_left_alone():
+    event = verified()
+    claimed = leases.claim(event)
+    with transaction.atomic():
+        leases.complete(claimed)
+    before = StripeEvent.objects.values().get()
+    assert leases.claim(event) == Duplicate(event_id=event.id)
+    assert leases.claim(event) == Duplicate(event_id=event.id)
+    after = StripeEvent.objects.values().get()
+    assert after == before
+
+
+def test_lease_times_come_from_the_database_clock(monkeypatch):
+    # An instance whose own clock is off by years still writes database time.
+    monkeypatch.setattr("django.utils.timezone.now", lambda: dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+    leases.claim(verified())
+    row = StripeEvent.objects.get()
+    now = database_now()
+    assert now - dt.timedelta(seconds=10) < row.claimed_at <= now
+    assert row.received_at == row.claimed_at
+    assert row.claim_expires_at - row.claimed_at == dt.timedelta(seconds=300)
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "CLAIM_TTL_SECONDS": 2.5})
+def test_the_lease_length_is_read_at_call_time():
+    leases.claim(verified())
+    row = StripeEvent.objects.get()
+    assert row.claim_expires_at - row.claimed_at == dt.timedelta(seconds=2.5)
+
+
+def test_complete_is_fenced_by_the_token():
+    event = verified()
+    claimed = leases.claim(event)
+    stolen = Claimed(event=claimed.event, token=uuid.uuid4(), using=claimed.using)
+    with pytest.raises(LeaseLost), transaction.atomic():
+        leases.complete(stolen)
+    assert StripeEvent.objects.get().processed_at is None
+    with transaction.atomic():
+        leases.complete(claimed)
+    row = StripeEvent.objects.get()
+    assert row.processed_at is not None
+    assert (row.claim_token, row.claim_expires_at) == (None, None)
+
+
+def test_release_leaves_another_holders_claim_alone():
+    event = verified()
+    first = leases.claim(event)
+    expire(event.id)
+    second = leases.claim(event)
+    assert leases.release(first, "late") is False
+    row = StripeEvent.objects.get()
+    assert (row.claim_token, row.last_error) == (second.token, "")
+
+
+@pytest.mark.parametrize(
+    ("lease_left", "expected"),
+    [(None, 1), (-5.0, 1), (0.0, 1), (0.2, 1), (1.0, 1), (1.01, 2), (59.5, 60), (900, 60)],
+)
+def test_retry_after(lease_left, expected):
+    assert leases.retry_after(lease_left) == expected
+
+
+def test_mysql_without_returning():
+    """The MySQL statement (no RETURNING), exercised on MariaDB, which also speaks it."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only")
+    event = verified()
+    conn = connections["default"]
+    params = leases._claim_params(conn, event, uuid.uuid4())
+    row = leases._claim_mysql(conn, params, returning=False)
+    claimed, lease_left = leases._event_from_row(conn, "default", row, event.payload)
+    assert claimed.claim_token is not None
+    assert 299 < lease_left <= 300
+    refused = leases._claim_mysql(conn, leases._claim_params(conn, event, uuid.uuid4()), returning=False)
+    again, _ = leases._event_from_row(conn, "default", refused, event.payload)
+    assert again.claim_token == claimed.claim_token
+    assert StripeEvent.objects.get().attempts == 1
+    expire(event.id)
+    token = uuid.uuid4()
+    taken = leases._claim_mysql(conn, leases._claim_params(conn, event, token), returning=False)
+    assert leases._event_from_row(conn, "default", taken, event.payload)[0].claim_token == token
+    assert StripeEvent.objects.get().attempts == 2

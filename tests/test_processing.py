@@ -1,0 +1,141 @@
+"""The dispatch: receivers in one transaction, fenced by the claim; every exit completes or releases."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from stripe_idempotency import leases, processing
+from stripe_idempotency.leases import Duplicate
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.processing import Failed, Fenced, Processed
+from stripe_idempotency.signals import event_received, registered_signal, signal_for
+from stripe_idempotency.testing import build_event
+from stripe_idempotency.verification import VerifiedEvent
+from tests.conftest import TYPE
+from tests.testapp.models import Effect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def verified(event_type: str = TYPE) -> VerifiedEvent:
+    return VerifiedEvent.from_payload(build_event(event_type))
+
+
+def test_receivers_get_the_row_event_received_first(connect):
+    calls = []
+
+    def on_any(sender, event, **kwargs):
+        calls.append(("any", sender, event.event_id, event.payload["type"], event.pk))
+
+    def on_type(sender, event, **kwargs):
+        calls.append(("type", sender, event.event_id, event.payload["type"], event.pk))
+
+    connect(signal_for(TYPE), on_type)
+    connect(event_received, on_any)
+    event = verified()
+    outcome = processing.receive(event)
+    assert isinstance(outcome, Processed)
+    pk = StripeEvent.objects.get().pk
+    assert calls == [
+        ("any", StripeEvent, event.id, TYPE, pk),
+        ("type", StripeEvent, event.id, TYPE, pk),
+    ]
+
+
+def test_a_type_nobody_listens_to_is_processed_without_registering_a_signal():
+    outcome = processing.receive(verified("nobody.listens.to.this"))
+    assert isinstance(outcome, Processed)
+    assert registered_signal("nobody.listens.to.this") is None
+    assert StripeEvent.objects.get().processed_at is not None
+
+
+def test_signal_for_returns_one_signal_per_type():
+    assert signal_for("invoice.paid") is signal_for("invoice.paid")
+    assert signal_for("invoice.paid") is not signal_for("invoice.created")
+
+
+def test_one_receiver_raising_rolls_back_every_receivers_work(connect, record_effects):
+    def fail(sender, event, **kwargs):
+        raise KeyError("missing price")
+
+    connect(signal_for(TYPE), fail)
+    outcome = processing.receive(verified())
+    assert isinstance(outcome, Failed)
+    assert "KeyError: 'missing price'" in outcome.error
+    assert Effect.objects.count() == 0
+    row = StripeEvent.objects.get()
+    assert (row.processed_at, row.claim_token, row.claim_expires_at, row.attempts) == (None, None, None, 1)
+    assert row.last_error == outcome.error
+
+
+def test_a_long_error_keeps_its_end():
+    def fail(sender, event, **kwargs):
+        raise ValueError("x" * 20_000 + " the end")
+
+    event_received.connect(fail)
+    try:
+        outcome = processing.receive(verified())
+    finally:
+        event_received.disconnect(fail)
+    assert len(outcome.error) == processing.LAST_ERROR_MAX_CHARS
+    assert outcome.error.endswith(" the end\n")
+
+
+def test_an_interrupted_dispatch_releases_its_claim_and_goes_on_dying(connect, record_effects):
+    def interrupted(sender, event, **kwargs):
+        raise SystemExit(1)  # what a worker timeout raises inside gunicorn's sync worker
+
+    connect(event_received, interrupted)
+    with pytest.raises(SystemExit):
+        processing.receive(verified())
+    row = StripeEvent.objects.get()
+    assert (row.processed_at, row.claim_token, row.claim_expires_at) == (None, None, None)
+    assert "SystemExit: 1" in row.last_error
+    assert Effect.objects.count() == 0
+
+
+def test_a_run_whose_lease_was_taken_over_rolls_back(connect, record_effects):
+    # Another instance takes the event over while the receivers run. On
+    # SQLite no other writer can run meanwhile, so the takeover is written
+    # from inside the transaction: the fenced update sees it all the same.
+    taken_over_with = uuid.uuid4()
+
+    def taken_over(sender, event, **kwargs):
+        StripeEvent.objects.filter(pk=event.pk).update(claim_token=taken_over_with)
+
+    connect(event_received, taken_over)
+    outcome = processing.receive(verified())
+    assert isinstance(outcome, Fenced)
+    assert Effect.objects.count() == 0
+    row = StripeEvent.objects.get()
+    # Everything this run wrote rolled back, the takeover included (it lived in the same transaction).
+    assert row.processed_at is None
+    assert row.claim_token == outcome.event.claim_token
+
+
+def test_every_exit_path_leaves_no_claim_of_its_own(connect):
+    outcomes = []
+    for behaviour in ("succeed", "fail"):
+
+        def receiver(sender, event, behaviour=behaviour, **kwargs):
+            if behaviour == "fail":
+                raise RuntimeError
+
+        event_received.connect(receiver)
+        try:
+            outcomes.append(processing.receive(verified()))
+        finally:
+            event_received.disconnect(receiver)
+    assert [type(o) for o in outcomes] == [Processed, Failed]
+    assert StripeEvent.objects.filter(claim_token__isnull=False).count() == 0
+    assert StripeEvent.objects.filter(claim_expires_at__isnull=False).count() == 0
+
+
+def test_process_takes_a_claim_from_anyone():
+    # The one path: a caller that claimed by itself (the reaper, a replay) processes the same way.
+    event = verified()
+    claimed = leases.claim(event)
+    assert isinstance(processing.process(claimed), Processed)
+    assert processing.receive(event) == Duplicate(event_id=event.id)
