@@ -1,0 +1,67 @@
+"""The public test helpers produce what Stripe produces: checked with stripe's own verifier."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import stripe
+from django.test import override_settings
+
+from stripe_idempotency.testing import build_event, deliver, encode, sign
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_build_event_has_stripes_shape():
+    event = build_event("invoice.paid", data={"id": "in_1"}, livemode=True, request={"id": "req_1"})
+    assert event["object"] == "event"
+    assert event["id"].startswith("evt_")
+    assert event["type"] == "invoice.paid"
+    assert event["data"] == {"object": {"id": "in_1"}}
+    assert event["livemode"] is True
+    assert event["request"] == {"id": "req_1"}
+    assert build_event()["id"] != build_event()["id"]
+
+
+def test_sign_is_accepted_by_stripe():
+    body = encode(build_event())
+    header = sign(body, "whsec_a")
+    assert stripe.WebhookSignature.verify_header(body.decode(), header, "whsec_a", 300)
+    parsed = stripe.Webhook.construct_event(body.decode(), header, "whsec_a")
+    assert parsed["id"] == json.loads(body)["id"]
+
+
+def test_sign_with_several_secrets_carries_one_signature_each():
+    body = encode(build_event())
+    header = sign(body, ["whsec_old", "whsec_new"], timestamp=1_700_000_000)
+    assert header.startswith("t=1700000000,v1=")
+    assert header.count("v1=") == 2
+    for secret in ("whsec_old", "whsec_new"):
+        assert stripe.WebhookSignature.verify_header(body.decode(), header, secret)
+
+
+def test_old_timestamps_fail_stripes_tolerance():
+    body = encode(build_event())
+    header = sign(body, "whsec_a", timestamp=int(time.time()) - 600)
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.WebhookSignature.verify_header(body.decode(), header, "whsec_a", 300)
+
+
+def test_deliver_signs_with_the_configured_secret(client):
+    assert deliver(client, build_event()).json()["status"] == "processed"
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_new", "whsec_old"]})
+def test_rotation_accepts_either_secret(client):
+    assert deliver(client, build_event(), secret="whsec_old").status_code == 200
+    assert deliver(client, build_event(), secret="whsec_new").status_code == 200
+    assert deliver(client, build_event(), secret=["whsec_gone", "whsec_old"]).status_code == 200
+    assert deliver(client, build_event(), secret="whsec_gone").status_code == 400
+
+
+@override_settings(STRIPE_IDEMPOTENCY={})
+def test_deliver_without_any_secret_says_so(client):
+    with pytest.raises(ValueError, match="pass secret="):
+        deliver(client, build_event())
