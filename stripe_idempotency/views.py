@@ -93,6 +93,7 @@ def answer(outcome: Outcome) -> JsonResponse:
         case Duplicate(event_id=event_id):
             return _answer("duplicate", event_id, 200)
         case Busy(event_id=event_id, retry_after=retry_after):
+            logger.info("Stripe event %s is held by another instance; answered busy.", event_id)
             return _answer("busy", event_id, 503, retry_after=retry_after)
         case Fenced(event=event, retry_after=retry_after):
             return _answer("busy", event.event_id, 503, retry_after=retry_after)
@@ -104,11 +105,19 @@ def answer(outcome: Outcome) -> JsonResponse:
 
 
 def rejected(code: str, *, status: int) -> JsonResponse:
-    return JsonResponse({"status": "rejected", "error": code}, status=status)
+    return _logged(JsonResponse({"status": "rejected", "error": code}, status=status))
 
 
 def _answer(status: str, event_id: str, http_status: int, *, retry_after: int | None = None) -> JsonResponse:
     response = JsonResponse({"status": status, "event_id": event_id}, status=http_status)
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
+    return _logged(response)
+
+
+def _logged(response: JsonResponse) -> JsonResponse:
+    # A busy 503 is routine under concurrent deliveries, not a server error:
+    # this module logs every answer at its own level ("stripe_idempotency"
+    # logger), so django.request is told not to log it again as an error.
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response

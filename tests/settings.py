@@ -77,10 +77,3 @@ STRIPE_IDEMPOTENCY = {
     "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
     "INSTANCE_ID": "test-instance",
 }
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"null": {"class": "logging.NullHandler"}},
-    "loggers": {"stripe_idempotency": {"handlers": ["null"], "propagate": False}},
-}

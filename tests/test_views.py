@@ -198,6 +198,17 @@ def test_event_claimed_elsewhere_is_busy(csrf_client, record_effects):
     assert Effect.objects.count() == 0
 
 
+def test_busy_is_logged_as_routine_not_as_a_server_error(csrf_client, caplog):
+    from stripe_idempotency import leases
+    from stripe_idempotency.verification import VerifiedEvent
+
+    event = build_event()
+    leases.claim(VerifiedEvent.from_payload(event))
+    with caplog.at_level("INFO"):
+        deliver(csrf_client, event)
+    assert [(r.name, r.levelname) for r in caplog.records] == [("stripe_idempotency", "INFO")]
+
+
 def test_receiver_error_is_500_and_releases_the_claim(csrf_client, connect, record_effects):
     calls = []
 

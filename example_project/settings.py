@@ -1,0 +1,91 @@
+"""Settings of the example shop, from the environment (django-environ).
+
+DATABASE_URL           default: sqlite:///example.sqlite3 (beside manage.py)
+STRIPE_WEBHOOK_SECRET  the endpoint's signing secret; `stripe listen` prints one
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")  # optional; absent is fine
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env("SECRET_KEY", default="example-project-only-not-a-secret")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'example.sqlite3'}")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Concurrent deliveries wait their turn for SQLite's single writer
+    # instead of failing with "database is locked" (system check W003).
+    DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
+
+STRIPE_IDEMPOTENCY = {
+    # The local default lets `stripe_demo` sign its own events; for real
+    # deliveries set STRIPE_WEBHOOK_SECRET to what `stripe listen` prints.
+    "WEBHOOK_SECRETS": env.list("STRIPE_WEBHOOK_SECRET", default=["whsec_example_local_only"]),
+    "CLAIM_TTL_SECONDS": env.float("STRIPE_CLAIM_TTL_SECONDS", default=300),
+}
+
+# Stands in for the time a real fulfilment takes (calling a warehouse, say).
+SHOP_FULFILMENT_SECONDS = env.float("SHOP_FULFILMENT_SECONDS", default=0.05)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.messages",
+    "django.contrib.sessions",
+    "django.contrib.staticfiles",
+    "stripe_idempotency",
+    "example_project.shop",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = "shop@example.com"
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "stripe_idempotency": {"handlers": ["console"], "level": env("LOG_LEVEL", default="WARNING")}
+    },
+}

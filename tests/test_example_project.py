@@ -1,0 +1,42 @@
+"""The README's first command, for real: the example project's demo on a fresh SQLite database."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args, database_url):
+    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_demo_handles_every_event_exactly_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'example.sqlite3'}"
+    migrate = run(["migrate", "-v", "0"], url)
+    assert migrate.returncode == 0, migrate.stderr
+    demo = run(["stripe_demo", "--events", "12", "--deliveries", "4", "--senders", "6"], url)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert "Sent 12 events, each delivered 4 times, from 6 concurrent senders (48 deliveries)" in out
+    assert re.search(r"processed\s+12 ", out)
+    assert re.search(r"duplicate\s+36 ", out)
+    assert "Receiver runs per event: 1 run(s): 12 events" in out
+    assert "fulfilments 6, cancellations 6, confirmation emails sent 6" in out
+    assert "Every one of the 12 events was handled exactly once." in out
+    assert demo.stderr == ""
+
+
+def test_the_example_project_passes_its_checks_and_has_no_missing_migrations(tmp_path):
+    url = f"sqlite:///{tmp_path / 'example.sqlite3'}"
+    check = run(["check", "--fail-level", "WARNING"], url)
+    assert check.returncode == 0, check.stdout + check.stderr
+    migrations = run(["makemigrations", "--check", "--dry-run"], url)
+    assert migrations.returncode == 0, migrations.stdout + migrations.stderr
