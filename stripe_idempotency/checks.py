@@ -106,7 +106,7 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
 # key -> (check id, smallest allowed value, whether fractions are allowed)
 _NUMBERS = {
     "CLAIM_TTL_SECONDS": ("E003", 0, True),
-    "TOLERANCE_SECONDS": ("E004", 0, False),
+    "TOLERANCE_SECONDS": ("E004", 1, False),
     "RETRY_AFTER_MAX_SECONDS": ("E005", 1, False),
     "MAX_BODY_BYTES": ("E006", 1, False),
 }

@@ -67,6 +67,7 @@ def test_a_secret_that_is_not_a_signing_secret_is_w001():
         ("CLAIM_TTL_SECONDS", -5, "E003"),
         ("CLAIM_TTL_SECONDS", "300", "E003"),
         ("TOLERANCE_SECONDS", -1, "E004"),
+        ("TOLERANCE_SECONDS", 0, "E004"),
         ("TOLERANCE_SECONDS", 1.5, "E004"),
         ("RETRY_AFTER_MAX_SECONDS", 0, "E005"),
         ("MAX_BODY_BYTES", 0, "E006"),
