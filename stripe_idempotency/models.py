@@ -7,6 +7,28 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 
+class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
+    """The states of an event, judged on the database clock."""
+
+    def processed(self) -> StripeEventQuerySet:
+        return self.filter(processed_at__isnull=False)
+
+    def claimed(self) -> StripeEventQuerySet:
+        """Being processed right now, under a live lease."""
+        return self.filter(processed_at__isnull=True, claim_expires_at__gt=Now())
+
+    def stale(self) -> StripeEventQuerySet:
+        """Not processed and not under a live lease: released after a failure, or its lease expired."""
+        return self.filter(
+            models.Q(claim_expires_at__isnull=True) | models.Q(claim_expires_at__lte=Now()),
+            processed_at__isnull=True,
+        )
+
+    def failed(self) -> StripeEventQuerySet:
+        """Stale events whose last dispatch raised."""
+        return self.stale().exclude(last_error="")
+
+
 class StripeEvent(models.Model):
     """One row per Stripe event id: the stored event and the state of its processing.
 
@@ -36,6 +58,8 @@ class StripeEvent(models.Model):
         _("attempts"), default=0, help_text=_("Dispatches started, successful or not.")
     )
     last_error = models.TextField(_("last error"), blank=True, default="")
+
+    objects = StripeEventQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("Stripe event")

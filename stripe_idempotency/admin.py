@@ -1,0 +1,89 @@
+"""A read-only view of every event and the state of its processing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from stripe_idempotency.models import StripeEvent
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [
+            ("processed", _("processed")),
+            ("claimed", _("being processed")),
+            ("stale", _("waiting (not processed, no live claim)")),
+            ("failed", _("failed (waiting, last attempt raised)")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> QuerySet[StripeEvent]:
+        states = {
+            "processed": StripeEvent.objects.processed,
+            "claimed": StripeEvent.objects.claimed,
+            "stale": StripeEvent.objects.stale,
+            "failed": StripeEvent.objects.failed,
+        }
+        state = states.get(self.value() or "")
+        return queryset & state() if state else queryset
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["event_id", "type", "state", "attempts", "received_at", "processed_at", "livemode"]
+    list_filter = [StateFilter, "livemode", "type"]
+    search_fields = ["=event_id", "type"]
+    date_hierarchy = "received_at"
+    ordering = ["-received_at"]
+    show_full_result_count = False  # no COUNT(*) over a large table on every page
+    fields = [
+        "event_id",
+        "type",
+        "livemode",
+        "api_version",
+        "created",
+        "received_at",
+        "processed_at",
+        "attempts",
+        "claimed_at",
+        "claimed_by",
+        "claim_expires_at",
+        "claim_token",
+        "last_error_display",
+        "payload_display",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description=_("state"))
+    def state(self, event: StripeEvent) -> str:
+        if event.processed_at is not None:
+            return str(_("processed"))
+        if event.claim_expires_at is not None:
+            return str(_("claimed by %(holder)s") % {"holder": event.claimed_by})
+        return str(_("failed")) if event.last_error else str(_("waiting"))
+
+    @admin.display(description=_("payload"))
+    def payload_display(self, event: StripeEvent) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(event.payload, indent=2, sort_keys=True))
+
+    @admin.display(description=_("last error"))
+    def last_error_display(self, event: StripeEvent) -> str:
+        return format_html("<pre>{}</pre>", event.last_error) if event.last_error else "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
+        return False

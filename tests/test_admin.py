@@ -1,0 +1,76 @@
+"""The event admin, through the admin views as a logged-in staff user."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.contrib.auth.models import User
+from django.db.models.functions import Now
+from django.urls import reverse
+
+from stripe_idempotency import leases, processing
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.signals import event_received
+from stripe_idempotency.testing import build_event
+from stripe_idempotency.verification import VerifiedEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "admin:stripe_idempotency_stripeevent_changelist"
+
+
+@pytest.fixture
+def staff(client):
+    user = User.objects.create_superuser("ops", "ops@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def one_of_each(connect):
+    """evt_processed, evt_claimed (live lease), evt_expired (lease ran out), evt_failed (released)."""
+    processing.receive(VerifiedEvent.from_payload(build_event(id="evt_processed")))
+    leases.claim(VerifiedEvent.from_payload(build_event(id="evt_claimed")))
+    leases.claim(VerifiedEvent.from_payload(build_event(id="evt_expired")))
+    StripeEvent.objects.filter(event_id="evt_expired").update(
+        claim_expires_at=Now() - dt.timedelta(seconds=1)
+    )
+
+    def fail(sender, event, **kwargs):
+        raise RuntimeError("boom")
+
+    connect(event_received, fail)
+    processing.receive(VerifiedEvent.from_payload(build_event(id="evt_failed")))
+
+
+def listed(staff, **params) -> list[str]:
+    response = staff.get(reverse(CHANGELIST), params)
+    assert response.status_code == 200
+    return sorted(e.event_id for e in response.context["cl"].result_list)
+
+
+def test_state_filters(staff, one_of_each):
+    assert listed(staff) == ["evt_claimed", "evt_expired", "evt_failed", "evt_processed"]
+    assert listed(staff, state="processed") == ["evt_processed"]
+    assert listed(staff, state="claimed") == ["evt_claimed"]
+    assert listed(staff, state="stale") == ["evt_expired", "evt_failed"]
+    assert listed(staff, state="failed") == ["evt_failed"]
+
+
+def test_search_by_event_id_and_type(staff, one_of_each):
+    assert listed(staff, q="evt_failed") == ["evt_failed"]
+    assert len(listed(staff, q="checkout.session.completed")) == 4
+
+
+def test_detail_shows_the_payload_and_the_error_and_cannot_be_changed(staff, one_of_each):
+    event = StripeEvent.objects.get(event_id="evt_failed")
+    url = reverse("admin:stripe_idempotency_stripeevent_change", args=[event.pk])
+    response = staff.get(url)
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "&quot;id&quot;: &quot;evt_failed&quot;" in body
+    assert "RuntimeError: boom" in body
+    assert staff.post(url, {"type": "other"}).status_code == 403
+    assert StripeEvent.objects.get(pk=event.pk).type == "checkout.session.completed"
+    assert staff.get(reverse("admin:stripe_idempotency_stripeevent_add")).status_code == 403
