@@ -35,3 +35,46 @@ class LeaseLost(StripeIdempotencyError):
     Raised inside the dispatch transaction so that everything the receivers
     did rolls back.
     """
+
+
+class LedgerError(StripeIdempotencyError):
+    """Base class of the ledger's refusals."""
+
+
+class InvalidLedgerEntry(LedgerError, ValueError):
+    """An argument to ``credit()`` or ``debit()`` is not valid (nothing was written)."""
+
+
+class InsufficientFunds(LedgerError):
+    """A debit would take the balance below zero and ``allow_negative`` was not set.
+
+    Nothing was written.
+    """
+
+    def __init__(self, *, account: str, currency: str, balance: int, amount: int) -> None:
+        super().__init__(f"Debit of {amount} {currency} from {account!r} refused: the balance is {balance}.")
+        self.account = account
+        self.currency = currency
+        self.balance = balance
+        self.amount = amount
+
+
+class LedgerConflict(LedgerError):
+    """An entry with this reference exists with a different amount.
+
+    A repeated reference is a retry of the same money movement; a different
+    amount means two different movements were given one reference, which is
+    a bug in the caller, never something to resolve silently.
+    """
+
+    def __init__(self, *, existing: object, amount: int) -> None:
+        super().__init__(
+            f"{existing} already exists with amount {getattr(existing, 'amount', '?')}; "
+            f"this request has amount {amount}."
+        )
+        self.existing = existing
+        self.amount = amount
+
+
+class LedgerEntryImmutable(LedgerError):
+    """Ledger entries are append-only: they are never updated or deleted through the ORM."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 from django.db.models.functions import Now
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+from stripe_idempotency.exceptions import LedgerEntryImmutable
+from stripe_idempotency.ledger import LEDGER_WRITE, LedgerEntryManager, LedgerEntryQuerySet
 
 
 class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
@@ -82,3 +88,92 @@ class StripeEvent(models.Model):
     @property
     def is_processed(self) -> bool:
         return self.processed_at is not None
+
+
+class LedgerBalance(models.Model):
+    """The running balance of one account in one currency.
+
+    Every credit and debit locks this row first (``SELECT ... FOR UPDATE``), so
+    writers to one account serialise here and entries are appended in the
+    order they are applied.
+    """
+
+    account = models.CharField(_("account"), max_length=255)
+    currency = models.CharField(_("currency"), max_length=3)
+    balance = models.BigIntegerField(_("balance"), default=0, help_text=_("In minor units (cents)."))
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("ledger balance")
+        verbose_name_plural = _("ledger balances")
+        constraints = [
+            models.UniqueConstraint(fields=["account", "currency"], name="stripe_ledger_one_balance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.currency}: {self.balance}"
+
+
+class LedgerEntry(models.Model):
+    """One movement of money for an account: append-only, in integer minor units.
+
+    ``balance_after`` is the account's balance in ``currency`` once this entry
+    is applied: the running sum of ``amount`` in primary-key order. Write
+    entries with ``LedgerEntry.objects.credit()`` and ``.debit()`` only.
+    """
+
+    account = models.CharField(_("account"), max_length=255, help_text=_("The project's own key."))
+    currency = models.CharField(_("currency"), max_length=3, help_text=_("ISO 4217, lower case."))
+    amount = models.BigIntegerField(_("amount"), help_text=_("Minor units; negative for a debit."))
+    balance_after = models.BigIntegerField(_("balance after"))
+    entry_type = models.CharField(_("entry type"), max_length=64)
+    # NULL, not "": NULLs never collide in the unique constraint, on every backend.
+    reference = models.CharField(  # noqa: DJ001
+        _("reference"),
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("Idempotency key within account, currency and type; none never collides."),
+    )
+    event = models.ForeignKey(
+        StripeEvent,
+        verbose_name=_("Stripe event"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,  # the money trail outlives any clean-up of events
+        related_name="ledger_entries",
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+
+    objects = LedgerEntryManager.from_queryset(LedgerEntryQuerySet)()
+
+    class Meta:
+        verbose_name = _("ledger entry")
+        verbose_name_plural = _("ledger entries")
+        constraints = [
+            # NULL references are distinct on every backend, so entries without
+            # a reference repeat freely; a partial index would not be enforced
+            # on MySQL.
+            models.UniqueConstraint(
+                fields=["account", "currency", "entry_type", "reference"],
+                name="stripe_ledger_unique_reference",
+            ),
+        ]
+        indexes = [
+            # The running-sum order that verify_ledger walks.
+            models.Index(fields=["account", "currency", "id"], name="stripe_ledger_chain_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entry_type} {self.amount} {self.currency} for {self.account} ({self.reference})"
+
+    def save(self, *args: Any, ledger_write: object = None, **kwargs: Any) -> None:
+        if ledger_write is not LEDGER_WRITE or not self._state.adding:
+            raise LedgerEntryImmutable(
+                "Ledger entries are written by LedgerEntry.objects.credit()/debit() and never changed."
+            )
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise LedgerEntryImmutable("Ledger entries are never deleted; record a reversing entry.")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -47,6 +48,6 @@ def vendor() -> str:
     return connection.vendor
 
 
-def per_backend(**counts: int) -> int:
+def per_backend(**values: Any) -> Any:
     """The value for the backend under test, e.g. ``per_backend(postgresql=2, mysql=3, sqlite=3)``."""
-    return counts[vendor()]
+    return values[vendor()]

@@ -1,0 +1,327 @@
+"""The ledger: credits and debits that apply once, balances exact, nothing changed after the fact."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from stripe_idempotency import processing
+from stripe_idempotency.exceptions import (
+    InsufficientFunds,
+    InvalidLedgerEntry,
+    LedgerConflict,
+    LedgerEntryImmutable,
+    StripeIdempotencyError,
+)
+from stripe_idempotency.ledger import verify_balances
+from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.signals import event_received
+from stripe_idempotency.testing import build_event
+from stripe_idempotency.verification import VerifiedEvent
+from tests.concurrency import in_thread
+from tests.conftest import per_backend
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+objects = LedgerEntry.objects
+
+
+def credit(amount=1500, reference="cs_1", account="cus_1", **kwargs):
+    kwargs.setdefault("currency", "usd")
+    kwargs.setdefault("entry_type", "stripe_deposit")
+    return objects.credit(account=account, amount=amount, reference=reference, **kwargs)
+
+
+def debit(amount=500, reference="re_1", account="cus_1", **kwargs):
+    kwargs.setdefault("currency", "usd")
+    kwargs.setdefault("entry_type", "stripe_refund")
+    return objects.debit(account=account, amount=amount, reference=reference, **kwargs)
+
+
+def balance(account="cus_1", currency="usd"):
+    return objects.balance(account=account, currency=currency)
+
+
+def assert_consistent():
+    checks = list(verify_balances())
+    assert all(check.ok for check in checks), checks
+
+
+def test_credit():
+    entry, created = credit(metadata={"order": 7})
+    assert created is True
+    stored = LedgerEntry.objects.get()
+    assert (stored.account, stored.currency, stored.amount, stored.balance_after) == ("cus_1", "usd", 1500, 1500)
+    assert (stored.entry_type, stored.reference, stored.metadata) == ("stripe_deposit", "cs_1", {"order": 7})
+    assert stored.pk == entry.pk
+    assert balance() == 1500
+    assert balance(account="cus_never") == 0
+
+
+def test_a_repeated_reference_returns_the_first_entry_and_changes_nothing():
+    first, _ = credit()
+    again, created = credit()
+    assert created is False
+    assert again.pk == first.pk
+    assert LedgerEntry.objects.count() == 1
+    assert balance() == 1500
+
+
+def test_a_repeated_reference_with_another_amount_is_a_conflict():
+    credit()
+    with pytest.raises(LedgerConflict) as raised:
+        credit(amount=1600)
+    assert raised.value.existing.amount == 1500
+    assert raised.value.amount == 1600
+    assert isinstance(raised.value, StripeIdempotencyError)
+    assert LedgerEntry.objects.count() == 1
+    assert balance() == 1500
+
+
+def test_the_reference_is_scoped_to_account_currency_and_type():
+    credit()
+    assert credit(account="cus_2")[1] is True  # a second account's legitimate credit
+    assert credit(entry_type="promo")[1] is True
+    assert credit(currency="eur")[1] is True
+    assert LedgerEntry.objects.count() == 4
+    assert (balance(), balance("cus_2"), balance(currency="eur")) == (3000, 1500, 1500)
+    assert_consistent()
+
+
+def test_entries_without_reference_repeat_freely():
+    for _ in range(3):
+        assert credit(amount=100, reference=None)[1] is True
+    assert LedgerEntry.objects.count() == 3
+    assert balance() == 300
+    assert list(LedgerEntry.objects.order_by("id").values_list("balance_after", flat=True)) == [100, 200, 300]
+
+
+def test_debit_is_stored_negative():
+    credit()
+    entry, created = debit()
+    assert created is True
+    assert (entry.amount, entry.balance_after) == (-500, 1000)
+    assert balance() == 1000
+    assert_consistent()
+
+
+def test_debit_below_zero_is_refused_and_writes_nothing():
+    credit(amount=400)
+    with pytest.raises(InsufficientFunds) as raised:
+        debit(amount=500)
+    assert (raised.value.balance, raised.value.amount) == (400, 500)
+    assert LedgerEntry.objects.count() == 1
+    assert balance() == 400
+
+
+def test_a_first_debit_of_a_new_account_writes_nothing_at_all():
+    with pytest.raises(InsufficientFunds):
+        debit(account="cus_new")
+    assert LedgerEntry.objects.count() == 0
+    assert LedgerBalance.objects.count() == 0
+
+
+def test_allow_negative():
+    entry, _ = debit(amount=500, allow_negative=True)
+    assert (entry.amount, entry.balance_after) == (-500, -500)
+    assert balance() == -500
+    assert_consistent()
+
+
+def test_a_repeated_debit_is_returned_even_when_the_balance_could_not_pay_again():
+    credit(amount=500)
+    first, _ = debit(amount=500)
+    again, created = debit(amount=500)
+    assert (again.pk, created) == (first.pk, False)
+    assert balance() == 0
+
+
+def test_currency_is_lower_cased():
+    credit(currency="USD")
+    assert LedgerEntry.objects.get().currency == "usd"
+    assert balance(currency="Usd") == 1500
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"amount": 0},
+        {"amount": -5},
+        {"amount": 1.5},
+        {"amount": True},
+        {"amount": "100"},
+        {"currency": "us"},
+        {"currency": "usdd"},
+        {"currency": "€ur"},
+        {"currency": 840},
+        {"account": ""},
+        {"account": "x" * 256},
+        {"entry_type": ""},
+        {"entry_type": "t" * 65},
+        {"reference": ""},
+        {"metadata": ["not", "a", "dict"]},
+    ],
+)
+def test_invalid_arguments_are_refused_before_anything_is_written(kwargs):
+    with pytest.raises(InvalidLedgerEntry):
+        credit(**kwargs)
+    with pytest.raises(InvalidLedgerEntry):
+        debit(**kwargs, allow_negative=True)
+    assert LedgerEntry.objects.count() == 0
+    assert LedgerBalance.objects.count() == 0
+
+
+def test_inside_a_transaction_the_credit_commits_or_rolls_back_with_it():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        credit()
+        raise RuntimeError
+    assert LedgerEntry.objects.count() == 0
+    assert LedgerBalance.objects.filter(balance__gt=0).count() == 0
+
+
+def test_a_refusal_leaves_the_callers_transaction_usable():
+    with transaction.atomic():
+        credit(amount=100)
+        with pytest.raises(InsufficientFunds):
+            debit(amount=500)
+        with pytest.raises(LedgerConflict):
+            credit(amount=999)
+        credit(amount=50, reference="cs_2")
+    assert balance() == 150
+    assert_consistent()
+
+
+def test_a_receivers_credit_is_linked_to_its_event_and_rolls_back_with_a_failure(connect):
+    def receive(sender, event, **kwargs):
+        session = event.payload["data"]["object"]
+        credit(amount=session["amount_total"], reference=session["id"], event=event)
+        if session["id"] == "cs_fail":
+            raise RuntimeError("after the credit")
+
+    connect(event_received, receive)
+    ok = build_event(data={"id": "cs_ok", "amount_total": 700})
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(ok)), processing.Processed)
+    failing = build_event(data={"id": "cs_fail", "amount_total": 300})
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(failing)), processing.Failed)
+    entry = LedgerEntry.objects.get()
+    assert entry.event == StripeEvent.objects.get(event_id=ok["id"])
+    assert balance() == 700
+    assert_consistent()
+
+
+def test_entries_are_append_only():
+    entry, _ = credit()
+    entry.amount = 1
+    with pytest.raises(LedgerEntryImmutable):
+        entry.save()
+    with pytest.raises(LedgerEntryImmutable):
+        entry.delete()
+    with pytest.raises(LedgerEntryImmutable):
+        LedgerEntry.objects.filter(pk=entry.pk).update(amount=1)
+    with pytest.raises(LedgerEntryImmutable):
+        LedgerEntry.objects.all().delete()
+    with pytest.raises(LedgerEntryImmutable):
+        LedgerEntry.objects.bulk_update([entry], ["amount"])
+    with pytest.raises(LedgerEntryImmutable):
+        LedgerEntry.objects.create(account="x", currency="usd", amount=1, balance_after=1, entry_type="t")
+    with pytest.raises(LedgerEntryImmutable):
+        LedgerEntry.objects.bulk_create([LedgerEntry(account="x", currency="usd", amount=1, balance_after=1)])
+    with pytest.raises(LedgerEntryImmutable):
+        LedgerEntry(account="x", currency="usd", amount=1, balance_after=1, entry_type="t").save()
+    assert LedgerEntry.objects.get().amount == 1500
+
+
+def test_a_race_past_the_check_rolls_the_balance_back_with_the_entry():
+    """Another connection inserts the same reference, uncommitted, before our check; it commits after."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: the other insert cannot be pending during our transaction.")
+    credit(amount=1000, reference="cs_0")
+    inserted, go = threading.Event(), threading.Event()
+
+    def rogue_writer():
+        # Writes the entry the way a buggy or foreign writer would: without the balance lock.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {LedgerEntry._meta.db_table} "
+                "(account, currency, amount, balance_after, entry_type, reference, created_at, metadata) "
+                "VALUES ('cus_1', 'usd', 1500, 2500, 'stripe_deposit', 'cs_1', CURRENT_TIMESTAMP, '{}')"
+            )
+            inserted.set()
+            assert go.wait(30)
+
+    writer, _ = in_thread(rogue_writer)
+    assert inserted.wait(30)
+    ours, result = in_thread(lambda: _credit_capturing())
+    _wait_until_blocked()
+    go.set()
+    writer.join(30)
+    ours.join(30)
+    (entry, created), statements = result[0]
+    assert created is False
+    assert entry.reference == "cs_1"
+    rolled_back = any("ROLLBACK TO SAVEPOINT" in sql for sql in statements)
+    # PostgreSQL's check cannot see (or wait for) an uncommitted row, so our
+    # insert is what meets it and fails inside its savepoint. InnoDB's locking
+    # check waits for the pending row and then finds it: no insert is tried.
+    assert rolled_back is per_backend(postgresql=True, mysql=False)
+    # Our balance change never happened: the balance is what it was before.
+    assert balance() == 1000
+    assert LedgerEntry.objects.filter(reference="cs_1").count() == 1
+
+
+def _credit_capturing():
+    with CaptureQueriesContext(connection) as queries:
+        result = credit()
+    return result, [q["sql"].upper() for q in queries.captured_queries]
+
+
+def _wait_until_blocked():
+    """Until our credit's statement is waiting on the rogue writer's pending row."""
+    if connection.vendor == "postgresql":
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    else:
+        sql = (
+            "SELECT count(*) FROM information_schema.processlist "
+            "WHERE id != CONNECTION_ID() AND info LIKE '%%stripe_idempotency_ledgerentry%%'"
+        )
+    for _ in range(300):
+        with connections["default"].cursor() as cursor:
+            cursor.execute(sql)
+            if cursor.fetchone()[0]:
+                return
+        threading.Event().wait(0.05)
+    raise AssertionError("our credit never waited on the pending insert")
+
+
+# -- SQL per operation ----------------------------------------------------------------------
+
+
+def statements(func):
+    with CaptureQueriesContext(connection) as queries:
+        func()
+    return [q["sql"].split()[0].upper() for q in queries.captured_queries]
+
+
+def test_queries_per_operation():
+    first = statements(lambda: credit(reference="cs_a"))
+    # New account: lock (finds nothing), create the balance row, lock it, check the reference,
+    # insert in a savepoint, update the balance.
+    assert first == [
+        "BEGIN", "SELECT", "INSERT", "SELECT", "SELECT", "SAVEPOINT", "INSERT", "RELEASE", "UPDATE", "COMMIT"
+    ]  # fmt: skip
+    assert statements(lambda: credit(reference="cs_b")) == [
+        "BEGIN", "SELECT", "SELECT", "SAVEPOINT", "INSERT", "RELEASE", "UPDATE", "COMMIT"
+    ]  # fmt: skip
+    assert statements(lambda: credit(reference="cs_b")) == ["BEGIN", "SELECT", "SELECT", "COMMIT"]
+    assert statements(lambda: debit(reference="re_a")) == [
+        "BEGIN", "SELECT", "SELECT", "SAVEPOINT", "INSERT", "RELEASE", "UPDATE", "COMMIT"
+    ]  # fmt: skip
+    assert statements(lambda: credit(reference=None)) == ["BEGIN", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert statements(lambda: balance()) == ["SELECT"]
+    # In a receiver's transaction there is no BEGIN/COMMIT of the ledger's own.
+    with transaction.atomic():
+        inside = statements(lambda: credit(reference="cs_c"))
+    assert inside == ["SELECT", "SELECT", "SAVEPOINT", "INSERT", "RELEASE", "UPDATE"]

@@ -1,0 +1,120 @@
+"""The ledger under real concurrency: processes (own connections) on PostgreSQL and MariaDB, threads on SQLite."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import random
+import threading
+
+import pytest
+from django.db import connection, connections
+
+from stripe_idempotency.exceptions import InsufficientFunds
+from stripe_idempotency.ledger import verify_balances
+from stripe_idempotency.models import LedgerEntry
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
+
+WORKERS = 4
+REFERENCES = 120  # every worker credits every reference: 480 credits per account
+
+
+def _work(worker: int, jobs: list[tuple], start) -> collections.Counter:
+    outcomes: collections.Counter = collections.Counter()
+    random.Random(worker).shuffle(jobs)
+    start.wait()
+    try:
+        for kind, account, amount, reference in jobs:
+            try:
+                if kind == "credit":
+                    _, created = LedgerEntry.objects.credit(
+                        account=account, amount=amount, currency="usd", entry_type="deposit", reference=reference
+                    )
+                else:
+                    _, created = LedgerEntry.objects.debit(
+                        account=account, amount=amount, currency="usd", entry_type="spend", reference=reference
+                    )
+                outcomes[(kind, account, "created" if created else "duplicate")] += 1
+            except InsufficientFunds:
+                outcomes[(kind, account, "refused")] += 1
+            except Exception as exc:  # reported, so the assertion shows it
+                outcomes[(kind, account, f"raised {exc!r}")] += 1
+    finally:
+        connections.close_all()
+    return outcomes
+
+
+def _in_process(worker, jobs, start, queue):
+    queue.put(_work(worker, jobs, start))
+
+
+def run_workers(jobs_for) -> collections.Counter:
+    """``jobs_for(worker)`` -> that worker's jobs. Processes where the database allows, else threads."""
+    total: collections.Counter = collections.Counter()
+    if connection.vendor == "sqlite":
+        start = threading.Barrier(WORKERS)
+        results: list[collections.Counter] = []
+        threads = [
+            threading.Thread(target=lambda w=w: results.append(_work(w, jobs_for(w), start)))
+            for w in range(WORKERS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    else:
+        context = multiprocessing.get_context("fork")
+        start, queue = context.Barrier(WORKERS), context.Queue()
+        connections.close_all()
+        processes = [context.Process(target=_in_process, args=(w, jobs_for(w), start, queue)) for w in range(WORKERS)]
+        for p in processes:
+            p.start()
+        results = [queue.get(timeout=300) for _ in processes]
+        for p in processes:
+            p.join(30)
+            assert p.exitcode == 0
+    for result in results:
+        total.update(result)
+    return total
+
+
+def test_every_reference_credited_once_per_account_under_contention():
+    def jobs_for(worker):
+        return [
+            ("credit", account, n + 1, f"cs_{n}") for n in range(REFERENCES) for account in ("cus_hot", "cus_other")
+        ]
+
+    outcomes = run_workers(jobs_for)
+    assert outcomes == {
+        ("credit", "cus_hot", "created"): REFERENCES,
+        ("credit", "cus_hot", "duplicate"): REFERENCES * (WORKERS - 1),
+        ("credit", "cus_other", "created"): REFERENCES,
+        ("credit", "cus_other", "duplicate"): REFERENCES * (WORKERS - 1),
+    }
+    expected = REFERENCES * (REFERENCES + 1) // 2
+    for account in ("cus_hot", "cus_other"):
+        assert LedgerEntry.objects.filter(account=account).count() == REFERENCES
+        assert sorted(LedgerEntry.objects.filter(account=account).values_list("reference", flat=True)) == sorted(
+            f"cs_{n}" for n in range(REFERENCES)
+        )
+        assert LedgerEntry.objects.balance(account=account, currency="usd") == expected
+    checks = list(verify_balances())
+    assert [(c.account, c.entries, c.balance, c.total, c.chain_break) for c in checks] == [
+        ("cus_hot", REFERENCES, expected, expected, None),
+        ("cus_other", REFERENCES, expected, expected, None),
+    ]
+
+
+def test_concurrent_debits_never_take_the_balance_below_zero():
+    LedgerEntry.objects.credit(account="cus_1", amount=1000, currency="usd", entry_type="deposit", reference="d")
+
+    def jobs_for(worker):
+        return [("debit", "cus_1", 7, f"spend_{worker}_{n}") for n in range(100)]
+
+    outcomes = run_workers(jobs_for)
+    # 1000 pays for exactly 142 debits of 7; the other 258 are refused, whatever the interleaving.
+    assert outcomes == {("debit", "cus_1", "created"): 142, ("debit", "cus_1", "refused"): 258}
+    assert LedgerEntry.objects.balance(account="cus_1", currency="usd") == 6
+    assert min(LedgerEntry.objects.values_list("balance_after", flat=True)) == 6
+    assert all(check.ok for check in verify_balances())
