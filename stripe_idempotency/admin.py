@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -37,8 +37,21 @@ class StateFilter(admin.SimpleListFilter):
         return queryset & state() if state else queryset
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Shown, never edited: these rows are written by the app's own operations only."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(StripeEvent)
-class StripeEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class StripeEventAdmin(ReadOnlyAdmin):
     list_display = ["event_id", "type", "state", "attempts", "received_at", "processed_at", "livemode"]
     list_filter = [StateFilter, "livemode", "type"]
     search_fields = ["=event_id", "type"]
@@ -79,11 +92,42 @@ class StripeEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def last_error_display(self, event: StripeEvent) -> str:
         return format_html("<pre>{}</pre>", event.last_error) if event.last_error else "-"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
-        return False
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "account",
+        "currency",
+        "amount",
+        "balance_after",
+        "entry_type",
+        "reference",
+        "created_at",
+    ]
+    list_filter = ["currency", "entry_type"]
+    search_fields = ["=account", "=reference"]
+    list_select_related = ["event"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    fields = [
+        "account",
+        "currency",
+        "amount",
+        "balance_after",
+        "entry_type",
+        "reference",
+        "event",
+        "created_at",
+        "metadata",
+    ]
+    readonly_fields = fields
 
-    def has_delete_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
-        return False
+
+@admin.register(LedgerBalance)
+class LedgerBalanceAdmin(ReadOnlyAdmin):
+    list_display = ["account", "currency", "balance", "updated_at"]
+    list_filter = ["currency"]
+    search_fields = ["=account"]
+    ordering = ["account", "currency"]
+    readonly_fields = ["account", "currency", "balance", "updated_at"]

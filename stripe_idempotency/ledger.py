@@ -267,8 +267,10 @@ class AccountCheck:
 
     @property
     def ok(self) -> bool:
-        return (self.balance or 0) == self.total and self.chain_break is None and (
-            self.balance is not None or self.entries == 0
+        return (
+            (self.balance or 0) == self.total
+            and self.chain_break is None
+            and (self.balance is not None or self.entries == 0)
         )
 
 

@@ -74,3 +74,28 @@ def test_detail_shows_the_payload_and_the_error_and_cannot_be_changed(staff, one
     assert staff.post(url, {"type": "other"}).status_code == 403
     assert StripeEvent.objects.get(pk=event.pk).type == "checkout.session.completed"
     assert staff.get(reverse("admin:stripe_idempotency_stripeevent_add")).status_code == 403
+
+
+def test_ledger_admin_lists_entries_and_balances_and_changes_nothing(staff):
+    from stripe_idempotency.models import LedgerBalance, LedgerEntry
+
+    entry, _ = LedgerEntry.objects.credit(
+        account="cus_1", amount=1500, currency="usd", entry_type="deposit", reference="cs_1"
+    )
+    response = staff.get(reverse("admin:stripe_idempotency_ledgerentry_changelist"), {"q": "cus_1"})
+    assert [e.pk for e in response.context["cl"].result_list] == [entry.pk]
+    response = staff.get(reverse("admin:stripe_idempotency_ledgerbalance_changelist"))
+    assert [(b.account, b.balance) for b in response.context["cl"].result_list] == [("cus_1", 1500)]
+    change = reverse("admin:stripe_idempotency_ledgerentry_change", args=[entry.pk])
+    assert staff.get(change).status_code == 200
+    assert staff.post(change, {"amount": 1}).status_code == 403
+    delete = reverse("admin:stripe_idempotency_ledgerentry_delete", args=[entry.pk])
+    assert staff.post(delete, {"post": "yes"}).status_code == 403
+    balance = LedgerBalance.objects.get()
+    assert (
+        staff.post(
+            reverse("admin:stripe_idempotency_ledgerbalance_delete", args=[balance.pk]), {"post": "yes"}
+        ).status_code
+        == 403
+    )
+    assert LedgerEntry.objects.get().amount == 1500

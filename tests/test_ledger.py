@@ -54,7 +54,12 @@ def test_credit():
     entry, created = credit(metadata={"order": 7})
     assert created is True
     stored = LedgerEntry.objects.get()
-    assert (stored.account, stored.currency, stored.amount, stored.balance_after) == ("cus_1", "usd", 1500, 1500)
+    assert (stored.account, stored.currency, stored.amount, stored.balance_after) == (
+        "cus_1",
+        "usd",
+        1500,
+        1500,
+    )
     assert (stored.entry_type, stored.reference, stored.metadata) == ("stripe_deposit", "cs_1", {"order": 7})
     assert stored.pk == entry.pk
     assert balance() == 1500
@@ -175,9 +180,13 @@ def test_invalid_arguments_are_refused_before_anything_is_written(kwargs):
 
 
 def test_inside_a_transaction_the_credit_commits_or_rolls_back_with_it():
-    with pytest.raises(RuntimeError), transaction.atomic():
-        credit()
-        raise RuntimeError
+    def credit_then_fail():
+        with transaction.atomic():
+            credit()
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        credit_then_fail()
     assert LedgerEntry.objects.count() == 0
     assert LedgerBalance.objects.filter(balance__gt=0).count() == 0
 

@@ -1,4 +1,4 @@
-"""The ledger under real concurrency: processes (own connections) on PostgreSQL and MariaDB, threads on SQLite."""
+"""The ledger under real concurrency: processes on PostgreSQL and MariaDB, threads on SQLite."""
 
 from __future__ import annotations
 
@@ -29,11 +29,19 @@ def _work(worker: int, jobs: list[tuple], start) -> collections.Counter:
             try:
                 if kind == "credit":
                     _, created = LedgerEntry.objects.credit(
-                        account=account, amount=amount, currency="usd", entry_type="deposit", reference=reference
+                        account=account,
+                        amount=amount,
+                        currency="usd",
+                        entry_type="deposit",
+                        reference=reference,
                     )
                 else:
                     _, created = LedgerEntry.objects.debit(
-                        account=account, amount=amount, currency="usd", entry_type="spend", reference=reference
+                        account=account,
+                        amount=amount,
+                        currency="usd",
+                        entry_type="spend",
+                        reference=reference,
                     )
                 outcomes[(kind, account, "created" if created else "duplicate")] += 1
             except InsufficientFunds:
@@ -67,7 +75,9 @@ def run_workers(jobs_for) -> collections.Counter:
         context = multiprocessing.get_context("fork")
         start, queue = context.Barrier(WORKERS), context.Queue()
         connections.close_all()
-        processes = [context.Process(target=_in_process, args=(w, jobs_for(w), start, queue)) for w in range(WORKERS)]
+        processes = [
+            context.Process(target=_in_process, args=(w, jobs_for(w), start, queue)) for w in range(WORKERS)
+        ]
         for p in processes:
             p.start()
         results = [queue.get(timeout=300) for _ in processes]
@@ -82,7 +92,9 @@ def run_workers(jobs_for) -> collections.Counter:
 def test_every_reference_credited_once_per_account_under_contention():
     def jobs_for(worker):
         return [
-            ("credit", account, n + 1, f"cs_{n}") for n in range(REFERENCES) for account in ("cus_hot", "cus_other")
+            ("credit", account, n + 1, f"cs_{n}")
+            for n in range(REFERENCES)
+            for account in ("cus_hot", "cus_other")
         ]
 
     outcomes = run_workers(jobs_for)
@@ -95,9 +107,9 @@ def test_every_reference_credited_once_per_account_under_contention():
     expected = REFERENCES * (REFERENCES + 1) // 2
     for account in ("cus_hot", "cus_other"):
         assert LedgerEntry.objects.filter(account=account).count() == REFERENCES
-        assert sorted(LedgerEntry.objects.filter(account=account).values_list("reference", flat=True)) == sorted(
-            f"cs_{n}" for n in range(REFERENCES)
-        )
+        assert sorted(
+            LedgerEntry.objects.filter(account=account).values_list("reference", flat=True)
+        ) == sorted(f"cs_{n}" for n in range(REFERENCES))
         assert LedgerEntry.objects.balance(account=account, currency="usd") == expected
     checks = list(verify_balances())
     assert [(c.account, c.entries, c.balance, c.total, c.chain_break) for c in checks] == [
@@ -107,7 +119,9 @@ def test_every_reference_credited_once_per_account_under_contention():
 
 
 def test_concurrent_debits_never_take_the_balance_below_zero():
-    LedgerEntry.objects.credit(account="cus_1", amount=1000, currency="usd", entry_type="deposit", reference="d")
+    LedgerEntry.objects.credit(
+        account="cus_1", amount=1000, currency="usd", entry_type="deposit", reference="d"
+    )
 
     def jobs_for(worker):
         return [("debit", "cus_1", 7, f"spend_{worker}_{n}") for n in range(100)]

@@ -1,4 +1,4 @@
-"""Check the ledger's invariants: every balance is the sum of its entries, every balance_after the running sum."""
+"""Check the ledger: each balance is the sum of its entries, each balance_after the running sum."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--account", help="Check this account only.")
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default').")
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
+        )
 
     def handle(self, *, account: str | None, database: str, verbosity: int, **options: Any) -> None:
         checked = entries = 0
@@ -35,7 +37,7 @@ class Command(BaseCommand):
                 self.stdout.write(_describe(check))
             if verbosity >= 2 and checked % PROGRESS_EVERY == 0:
                 self.stderr.write(f"... {checked} balances, {entries} entries checked")
-        summary = f"Checked {checked} balance(s), {entries} entr{'y' if entries == 1 else 'ies'}"
+        summary = f"Checked {checked} balance(s), {_entries(entries)}"
         if bad:
             raise CommandError(f"{summary}: {len(bad)} inconsistent.", returncode=1)
         if verbosity >= 1:
@@ -45,7 +47,7 @@ class Command(BaseCommand):
 def _describe(check: AccountCheck) -> str:
     head = f"{check.account} {check.currency}:"
     if check.ok:
-        return f"{head} ok ({check.entries} entries, balance {check.balance})"
+        return f"{head} ok ({_entries(check.entries)}, balance {check.balance})"
     problems = []
     if check.balance is None:
         problems.append(f"no balance row, entries sum to {check.total}")
@@ -55,3 +57,7 @@ def _describe(check: AccountCheck) -> str:
         pk, stored, expected = check.chain_break
         problems.append(f"entry {pk} has balance_after {stored}, running sum {expected}")
     return f"{head} MISMATCH: {'; '.join(problems)}"
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
