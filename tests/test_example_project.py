@@ -26,10 +26,13 @@ def test_the_demo_handles_every_event_exactly_once(tmp_path):
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = demo.stdout
     assert "Sent 12 events, each delivered 4 times, from 6 concurrent senders (48 deliveries)" in out
-    assert re.search(r"processed\s+12 ", out)
-    assert re.search(r"duplicate\s+36 ", out)
+    assert re.search(r"processed\s+12 ", out), out
+    assert re.search(r"duplicate\s+36 ", out), out
     assert "Receiver runs per event: 1 run(s): 12 events" in out
-    assert "fulfilments 6, cancellations 6, confirmation emails sent 6" in out
+    assert "fulfilments 4, cancellations 4, refunds 4, confirmation emails sent 4" in out
+    balances = re.findall(r"cus_demo_\w+\s+(\d+) usd  \((\d+) entries; events add up to (\d+)\) ok", out)
+    # Four customers; each paid 1500 once and was refunded 500 once.
+    assert [(b, n, e) for b, n, e in balances] == [("1000", "2", "1000")] * 4
     assert "Every one of the 12 events was handled exactly once." in out
     assert demo.stderr == ""
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from example_project.shop.models import Cancellation, Fulfilment
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.signals import signal_for
 
 
@@ -22,6 +22,16 @@ def fulfil_order(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -
     time.sleep(settings.SHOP_FULFILMENT_SECONDS)
     Fulfilment.objects.create(
         checkout_session_id=session["id"], customer_email=email, stripe_event_id=event.event_id
+    )
+    # The customer's store credit: the session id makes the credit idempotent
+    # on its own, even if the same session reached us through another event.
+    LedgerEntry.objects.credit(
+        account=session["customer"],
+        amount=session["amount_total"],
+        currency=session["currency"],
+        entry_type="checkout_payment",
+        reference=session["id"],
+        event=event,
     )
     if email:
         # Mail leaves only once the fulfilment has committed: a delivery that
@@ -40,3 +50,19 @@ def fulfil_order(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -
 def end_subscription(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
     subscription = event.payload["data"]["object"]
     Cancellation.objects.create(subscription_id=subscription["id"], stripe_event_id=event.event_id)
+
+
+@receiver(signal_for("charge.refunded"))
+def refund(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
+    charge = event.payload["data"]["object"]
+    # This shop refunds charges in full, once: the charge id is the reference.
+    # A refund that arrives before the payment it refunds finds too little
+    # credit: InsufficientFunds fails the delivery and Stripe delivers it again.
+    LedgerEntry.objects.debit(
+        account=charge["customer"],
+        amount=charge["amount_refunded"],
+        currency=charge["currency"],
+        entry_type="refund",
+        reference=charge["id"],
+        event=event,
+    )

@@ -10,14 +10,15 @@ times each event's receivers ran.
 from __future__ import annotations
 
 import collections
+import heapq
 import json
+import logging
 import random
 import secrets
 import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler
@@ -32,6 +33,8 @@ from django.urls import reverse
 
 from example_project.shop.models import Cancellation, Fulfilment
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.ledger import verify_balances
+from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.testing import build_event, encode, sign
 
 MAX_ATTEMPTS = 30
@@ -66,7 +69,8 @@ class Command(BaseCommand):
         if secret is None:
             raise CommandError('STRIPE_IDEMPOTENCY["WEBHOOK_SECRETS"] is empty: nothing could be signed.')
 
-        burst = _events(events)
+        run = secrets.token_hex(4)
+        burst = _events(events, run)
         jobs = [_Delivery(e["id"]) for e in burst for _ in range(deliveries)]
         random.Random(seed).shuffle(jobs)
         bodies = {e["id"]: encode(e) for e in burst}
@@ -78,10 +82,15 @@ class Command(BaseCommand):
             thread = threading.Thread(target=server.serve_forever, daemon=True)
             thread.start()
             url = f"http://127.0.0.1:{server.server_port}{reverse('stripe_idempotency:webhook')}"
+            # Refunds that arrive before their payment fail on purpose; the app
+            # logs each failure with its traceback. The summary counts them instead.
+            app_logger = logging.getLogger("stripe_idempotency")
+            level = app_logger.level
+            app_logger.setLevel(logging.CRITICAL)
             try:
-                with ThreadPoolExecutor(max_workers=senders) as pool:
-                    list(pool.map(lambda job: _send(url, bodies[job.event_id], secret, job), jobs))
+                _deliver_all(jobs, senders, lambda job: _send(url, bodies[job.event_id], secret, job))
             finally:
+                app_logger.setLevel(level)
                 server.shutdown()
                 server.server_close()
             emails = len(mail.outbox)
@@ -100,6 +109,7 @@ class Command(BaseCommand):
         write = self.stdout.write
         finals = collections.Counter(job.answers[-1] for job in jobs)
         retried = sum(1 for job in jobs if "busy" in job.answers)
+        failed_first = sum(1 for job in jobs if "error" in job.answers)
         write(
             f"Sent {len(burst)} events, each delivered {deliveries} times, from {senders} concurrent "
             f"senders ({len(jobs)} deliveries) to {url}"
@@ -107,65 +117,158 @@ class Command(BaseCommand):
         write(f"  processed           {finals['processed']:5}  the delivery that ran the event's receivers")
         write(f"  duplicate           {finals['duplicate']:5}  already processed: receivers not run again")
         write(f"  busy, then retried  {retried:5}  another delivery held the event; asked again later")
+        write(f"  error, then retried {failed_first:5}  a refund came before its payment; delivered again")
         others = {k: v for k, v in finals.items() if k not in {"processed", "duplicate"}}
         if others:
             write(f"  other final answers {others}")
 
         ids = [e["id"] for e in burst]
         runs = collections.Counter(
-            list(Fulfilment.objects.filter(stripe_event_id__in=ids).values_list("stripe_event_id", flat=True))
-            + list(
-                Cancellation.objects.filter(stripe_event_id__in=ids).values_list("stripe_event_id", flat=True)
-            )
+            [
+                *Fulfilment.objects.filter(stripe_event_id__in=ids).values_list("stripe_event_id", flat=True),
+                *Cancellation.objects.filter(stripe_event_id__in=ids).values_list(
+                    "stripe_event_id", flat=True
+                ),
+                *LedgerEntry.objects.filter(event__event_id__in=ids, entry_type="refund").values_list(
+                    "event__event_id", flat=True
+                ),
+            ]
         )
         per_event = collections.Counter(runs[i] for i in ids)
-        fulfilments = sum(runs[e["id"]] for e in burst if e["type"] == "checkout.session.completed")
+        kinds: collections.Counter[str] = collections.Counter()
+        for event in burst:
+            kinds[event["type"]] += runs[event["id"]]
         summary = ", ".join(f"{n} run(s): {count} events" for n, count in sorted(per_event.items()))
         write(f"Receiver runs per event: {summary}")
         write(
-            f"  fulfilments {fulfilments}, cancellations {sum(runs.values()) - fulfilments}, "
+            f"  fulfilments {kinds['checkout.session.completed']}, cancellations "
+            f"{kinds['customer.subscription.deleted']}, refunds {kinds['charge.refunded']}, "
             f"confirmation emails sent {emails}"
         )
+        consistent = self._report_balances(burst)
         write(f"Database: {connection.vendor} ({connection.settings_dict['NAME']})")
         if per_event != collections.Counter({1: len(ids)}):
             raise CommandError("Some event's receivers did not run exactly once.")
+        if not consistent:
+            raise CommandError("Some balance is not what the events add up to.")
         self.stdout.write(self.style.SUCCESS(f"Every one of the {len(ids)} events was handled exactly once."))
 
+    def _report_balances(self, burst: list[dict[str, Any]]) -> bool:
+        """Print each customer's balance beside what the events add up to; True if all agree."""
+        consistent = True
+        self.stdout.write("Store credit (ledger), per customer:")
+        for account, expected in sorted(_expected_balances(burst).items()):
+            balance = LedgerEntry.objects.balance(account=account, currency="usd")
+            entries = LedgerEntry.objects.filter(account=account).count()
+            ok = balance == expected and _ledger_ok(account)
+            consistent &= ok
+            verdict = "ok" if ok else "WRONG"
+            self.stdout.write(
+                f"  {account}  {balance:6} usd  ({entries} entries; events add up to {expected}) {verdict}"
+            )
+        return consistent
 
-def _events(count: int) -> list[dict[str, Any]]:
-    run = secrets.token_hex(4)
+
+CUSTOMERS = 4
+PAYMENT = 1500
+REFUND = 500
+
+
+def _ledger_ok(account: str) -> bool:
+    return all(check.ok for check in verify_balances(account=account))
+
+
+def _expected_balances(burst: list[dict[str, Any]]) -> dict[str, int]:
+    expected: collections.Counter[str] = collections.Counter()
+    for event in burst:
+        obj = event["data"]["object"]
+        if event["type"] == "checkout.session.completed":
+            expected[obj["customer"]] += obj["amount_total"]
+        elif event["type"] == "charge.refunded":
+            expected[obj["customer"]] -= obj["amount_refunded"]
+    return dict(expected)
+
+
+def _events(count: int, run: str) -> list[dict[str, Any]]:
+    """Every third event a paid checkout, a cancelled subscription, a refund of an earlier checkout."""
     events = []
     for n in range(count):
-        if n % 2 == 0:
+        customer = f"cus_demo_{run}_{(n // 3) % CUSTOMERS}"
+        if n % 3 == 0:
             session = {
                 "id": f"cs_demo_{run}_{n}",
                 "object": "checkout.session",
-                "amount_total": 1500,
+                "amount_total": PAYMENT,
                 "currency": "usd",
+                "customer": customer,
                 "customer_details": {"email": f"customer{n}@example.com"},
                 "payment_status": "paid",
             }
             events.append(build_event("checkout.session.completed", data=session))
-        else:
+        elif n % 3 == 1:
             subscription = {"id": f"sub_demo_{run}_{n}", "object": "subscription", "status": "canceled"}
             events.append(build_event("customer.subscription.deleted", data=subscription))
+        else:
+            charge = {
+                "id": f"ch_demo_{run}_{n}",
+                "object": "charge",
+                "amount": PAYMENT,
+                "amount_refunded": REFUND,
+                "currency": "usd",
+                "customer": customer,
+                "refunded": False,
+            }
+            events.append(build_event("charge.refunded", data=charge))
     return events
 
 
-def _send(url: str, body: bytes, secret: str, job: _Delivery) -> None:
-    """Deliver like Stripe: retry anything but a 2xx, up to a bound."""
-    for _ in range(MAX_ATTEMPTS):
-        request = urllib.request.Request(
-            url,
-            data=body,
-            headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, secret)},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                job.answers.append(json.loads(response.read())["status"])
-                return
-        except urllib.error.HTTPError as error:
-            job.answers.append(json.loads(error.read()).get("status", str(error.code)))
-            pause = float(error.headers.get("Retry-After") or 1)
-        time.sleep(min(pause, RETRY_PAUSE_CAP_SECONDS))
+def _deliver_all(jobs: list[_Delivery], senders: int, send: Any) -> None:
+    """Run every job on ``senders`` threads. A delivery that was not answered 2xx goes back
+    in the queue with its retry time, so a sender is never tied up waiting to retry (as
+    Stripe's own queue never is), until the job is answered 2xx or runs out of attempts."""
+    lock = threading.Condition()
+    pending = [(0.0, n, job) for n, job in enumerate(jobs)]  # (not before, order, job)
+    heapq.heapify(pending)
+    in_flight = 0
+
+    def sender() -> None:
+        nonlocal in_flight
+        while True:
+            with lock:
+                while not pending and in_flight:
+                    lock.wait()
+                if not pending:
+                    lock.notify_all()
+                    return
+                not_before, order, job = heapq.heappop(pending)
+                in_flight += 1
+            time.sleep(max(0.0, not_before - time.monotonic()))
+            retry_in = send(job)
+            with lock:
+                in_flight -= 1
+                if retry_in is not None and len(job.answers) < MAX_ATTEMPTS:
+                    heapq.heappush(pending, (time.monotonic() + retry_in, order, job))
+                lock.notify_all()
+
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _send(url: str, body: bytes, secret: str, job: _Delivery) -> float | None:
+    """One delivery attempt; the seconds to wait before retrying it, or None when answered 2xx."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, secret)},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            job.answers.append(json.loads(response.read())["status"])
+            return None
+    except urllib.error.HTTPError as error:
+        job.answers.append(json.loads(error.read()).get("status", str(error.code)))
+        return min(float(error.headers.get("Retry-After") or 1), RETRY_PAUSE_CAP_SECONDS)
