@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from stripe_idempotency import processing
+from stripe_idempotency.exceptions import ClaimRequired
+from stripe_idempotency.leases import Duplicate
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.processing import Failed, Processed
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -58,6 +62,7 @@ class StripeEventAdmin(ReadOnlyAdmin):
     date_hierarchy = "received_at"
     ordering = ["-received_at"]
     show_full_result_count = False  # no COUNT(*) over a large table on every page
+    actions = ["reprocess_selected"]
     fields = [
         "event_id",
         "type",
@@ -75,6 +80,38 @@ class StripeEventAdmin(ReadOnlyAdmin):
         "payload_display",
     ]
     readonly_fields = fields
+
+    @admin.action(description=_("Reprocess selected events"), permissions=["reprocess"])
+    def reprocess_selected(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> None:
+        """Claim and process each selected event: the path of a delivery and of the reaper."""
+        outcomes: dict[str, list[str]] = {"processed": [], "failed": [], "busy": [], "done": []}
+        for event in queryset.order_by("id"):
+            try:
+                outcome = processing.reprocess(event)
+            except ClaimRequired:
+                self.message_user(
+                    request,
+                    _(
+                        "Events cannot be claimed inside a transaction (ATOMIC_REQUESTS is on): use "
+                        "`manage.py reap_stale_claims --reprocess` or `manage.py replay_stripe_event`."
+                    ),
+                    messages.ERROR,
+                )
+                return
+            kind = {Processed: "processed", Failed: "failed", Duplicate: "done"}.get(type(outcome), "busy")
+            outcomes[kind].append(event.event_id)
+        reports = [
+            ("processed", messages.SUCCESS, _("Processed: %(ids)s.")),
+            ("failed", messages.ERROR, _("Failed again (see each event's last error): %(ids)s.")),
+            ("busy", messages.WARNING, _("Skipped, being processed by another process: %(ids)s.")),
+            ("done", messages.INFO, _("Skipped, already processed: %(ids)s.")),
+        ]
+        for kind, level, text in reports:
+            if outcomes[kind]:
+                self.message_user(request, text % {"ids": ", ".join(outcomes[kind])}, level)
+
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{StripeEvent._meta.app_label}.change_stripeevent")
 
     @admin.display(description=_("state"))
     def state(self, event: StripeEvent) -> str:

@@ -109,6 +109,7 @@ _NUMBERS = {
     "TOLERANCE_SECONDS": ("E004", 1, False),
     "RETRY_AFTER_MAX_SECONDS": ("E005", 1, False),
     "MAX_BODY_BYTES": ("E006", 1, False),
+    "MAX_ATTEMPTS": ("E009", 1, False),
 }
 
 

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BODY_BYTES": 1024 * 1024,
     "LIVEMODE": None,
     "INSTANCE_ID": None,
+    "MAX_ATTEMPTS": 20,
 }
 
 # The host name does not change while a process runs; the pid does change
@@ -81,6 +82,11 @@ class AppSettings:
         """``True`` or ``False`` accepts only live or only test events; ``None`` both."""
         value = self.get("LIVEMODE")
         return None if value is None else bool(value)
+
+    @property
+    def MAX_ATTEMPTS(self) -> int:
+        """Dispatches after which the reaper stops reprocessing an event and reports it dead."""
+        return int(self.get("MAX_ATTEMPTS"))
 
     @property
     def INSTANCE_ID(self) -> str:

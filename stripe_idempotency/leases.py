@@ -25,12 +25,13 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
 from django.db import OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import DurationField, ExpressionWrapper, F, Field
+from django.db.models import DurationField, ExpressionWrapper, F, Field, Q, QuerySet
 from django.db.models.functions import Now
 
 from stripe_idempotency.conf import app_settings
@@ -132,6 +133,59 @@ def release(claimed: Claimed, error: str) -> bool:
         .update(claim_expires_at=None, claim_token=None, last_error=error)
     )
     return updated == 1
+
+
+def find_stale(
+    *,
+    using: str | None = None,
+    event_type: str | None = None,
+    min_age: float = 0,
+    limit: int | None = None,
+) -> QuerySet[StripeEvent]:
+    """Events that are not processed and not under a live lease, oldest first.
+
+    ``min_age`` leaves alone events whose last claim is more recent than that
+    many seconds (a failure Stripe will retry soon). Each row carries ``age``,
+    the time since it was first received, on the database clock. Served by the
+    ``stripe_event_unprocessed_idx`` index: the cost follows the number of
+    unprocessed rows, not the size of the table.
+    """
+    events = StripeEvent.objects.using(using or router.db_for_read(StripeEvent)).stale()
+    if event_type is not None:
+        events = events.filter(type=event_type)
+    if min_age > 0:
+        events = events.filter(claimed_at__lte=Now() - timedelta(seconds=min_age))
+    age = ExpressionWrapper(Now() - F("received_at"), output_field=DurationField())
+    events = events.annotate(age=age).order_by("id")
+    return events[:limit] if limit is not None else events
+
+
+def reclaim_processed(event: StripeEvent, *, using: str | None = None) -> Claimed | None:
+    """Take a fresh claim on a *processed* event, making it unprocessed again (a forced replay).
+
+    Returns ``None`` if the event is not processed, or is under a live lease.
+    """
+    using = using or router.db_for_write(StripeEvent)
+    if connections[using].in_atomic_block:
+        raise ClaimRequired("A forced replay must claim outside transaction.atomic().")
+    token = uuid.uuid4()
+    updated = (
+        StripeEvent.objects.using(using)
+        .filter(pk=event.pk, processed_at__isnull=False)
+        .filter(Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()))
+        .update(
+            processed_at=None,
+            claim_token=token,
+            claimed_at=Now(),
+            claimed_by=app_settings.INSTANCE_ID,
+            claim_expires_at=Now() + timedelta(seconds=app_settings.CLAIM_TTL_SECONDS),
+            attempts=F("attempts") + 1,
+        )
+    )
+    if updated != 1:
+        return None
+    event = StripeEvent.objects.using(using).get(pk=event.pk)
+    return Claimed(event=event, token=token, using=using)
 
 
 def busy_retry_after(event_id: str, *, using: str) -> int:

@@ -18,7 +18,7 @@ from stripe_idempotency.exceptions import LeaseLost
 from stripe_idempotency.leases import Busy, Claimed, Duplicate
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received, registered_signal
-from stripe_idempotency.verification import VerifiedEvent
+from stripe_idempotency.verification import VerifiedEvent, stored_event
 
 logger = logging.getLogger("stripe_idempotency")
 
@@ -59,6 +59,16 @@ def receive(verified: VerifiedEvent, *, using: str | None = None) -> Outcome:
     if isinstance(result, Claimed):
         return process(result)
     return result
+
+
+def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
+    """Claim a stored event and process it again from its stored payload.
+
+    For the reaper, a replay, an admin action: the same claim and the same
+    processing as a delivery, so a live lease is respected (``Busy``), a
+    processed event is left alone (``Duplicate``) and failures are recorded.
+    """
+    return receive(stored_event(event), using=using or event._state.db)
 
 
 def process(claimed: Claimed) -> Outcome:

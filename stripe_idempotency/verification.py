@@ -11,12 +11,15 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import WebhookRejected
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import StripeEvent
 
 # Printable ASCII without spaces: what Stripe's ids and type names are made of.
 # Anything else (control characters, CR/LF) never reaches the database or a log line.
@@ -64,6 +67,18 @@ class VerifiedEvent:
             created=_timestamp(created),
             payload=payload,
         )
+
+
+def stored_event(event: StripeEvent) -> VerifiedEvent:
+    """The :class:`VerifiedEvent` of a stored row: it was verified when it was first received."""
+    return VerifiedEvent(
+        id=event.event_id,
+        type=event.type,
+        livemode=event.livemode,
+        api_version=event.api_version or None,
+        created=event.created,
+        payload=event.payload,
+    )
 
 
 def _timestamp(value: Any) -> datetime | None:

@@ -72,6 +72,8 @@ def test_a_secret_that_is_not_a_signing_secret_is_w001():
         ("RETRY_AFTER_MAX_SECONDS", 0, "E005"),
         ("MAX_BODY_BYTES", 0, "E006"),
         ("MAX_BODY_BYTES", True, "E006"),
+        ("MAX_ATTEMPTS", 0, "E009"),
+        ("MAX_ATTEMPTS", 2.5, "E009"),
         ("LIVEMODE", "live", "E007"),
         ("INSTANCE_ID", "", "E008"),
         ("INSTANCE_ID", 7, "E008"),

@@ -18,6 +18,7 @@ def test_defaults():
         assert app_settings.RETRY_AFTER_MAX_SECONDS == 60
         assert app_settings.MAX_BODY_BYTES == 1024 * 1024
         assert app_settings.LIVEMODE is None
+        assert app_settings.MAX_ATTEMPTS == 20
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -27,6 +28,7 @@ def test_defaults():
         "MAX_BODY_BYTES",
         "LIVEMODE",
         "INSTANCE_ID",
+        "MAX_ATTEMPTS",
     }
 
 

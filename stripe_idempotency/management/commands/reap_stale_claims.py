@@ -1,0 +1,163 @@
+"""Find events nobody is processing any more, and (with --reprocess) process them.
+
+An event is stale when it is not processed and not under a live lease: its
+process died mid-dispatch (the lease expired), or a receiver raised (the
+claim was released) and Stripe may have given up. Run this from cron or a
+scheduler; it is safe from several hosts at once, because each event is
+taken with the same single-statement claim as a delivery: one reaper wins,
+the others are told the event is busy and move on, without waiting.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from stripe_idempotency import leases, processing
+from stripe_idempotency.conf import app_settings
+from stripe_idempotency.leases import Busy, Duplicate
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.processing import Failed, Fenced, Processed
+
+
+class Command(BaseCommand):
+    help = (
+        "List Stripe events that are not processed and not under a live claim; with --reprocess, "
+        "claim and process each one. Exits with status 1 when an event failed again or is dead "
+        "(MAX_ATTEMPTS reached)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--reprocess", action="store_true", help="Claim and process each stale event.")
+        parser.add_argument("--dry-run", action="store_true", help="Change nothing; say what would be done.")
+        parser.add_argument(
+            "--limit", type=int, default=None, help="At most this many events (oldest first)."
+        )
+        parser.add_argument(
+            "--min-age",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="Skip events claimed less than SECONDS ago (leave fresh failures to Stripe's retries).",
+        )
+        parser.add_argument("--type", dest="event_type", default=None, help="Only events of this type.")
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
+        )
+
+    def handle(
+        self,
+        *,
+        reprocess: bool,
+        dry_run: bool,
+        limit: int | None,
+        min_age: float,
+        event_type: str | None,
+        database: str,
+        verbosity: int,
+        **options: Any,
+    ) -> None:
+        if limit is not None and limit < 1:
+            raise CommandError("--limit must be at least 1.")
+        if min_age < 0:
+            raise CommandError("--min-age cannot be negative.")
+        max_attempts = app_settings.MAX_ATTEMPTS
+        stale = leases.find_stale(using=database, event_type=event_type, min_age=min_age, limit=limit)
+        if not reprocess:
+            # Listing only: the payloads are not needed.
+            stale = stale.defer("payload")
+        events = list(stale)
+        if not events:
+            if verbosity >= 1:
+                self.stdout.write("No stale events.")
+            return
+
+        tally = {"processed": 0, "failed": 0, "skipped": 0, "dead": 0, "would": 0}
+        for position, event in enumerate(events, start=1):
+            progress = f"[{position}/{len(events)}] " if len(events) > 1 else ""
+            line = f"{progress}{_describe(event)}"
+            if event.attempts >= max_attempts:
+                tally["dead"] += 1
+                self.stdout.write(
+                    self.style.ERROR(
+                        f"{line}: DEAD after {event.attempts} attempts (MAX_ATTEMPTS {max_attempts}); "
+                        f"run `manage.py replay_stripe_event {event.event_id}` once it is fixed"
+                    )
+                )
+            elif not reprocess:
+                if verbosity >= 1:
+                    self.stdout.write(line)
+            elif dry_run:
+                tally["would"] += 1
+                if verbosity >= 1:
+                    self.stdout.write(f"Would reprocess {line}")
+            else:
+                self._reprocess(event, line, tally, verbosity)
+
+        summary = _summary(len(events), tally, reprocess, dry_run)
+        if tally["failed"] or tally["dead"]:
+            raise CommandError(summary, returncode=1)
+        if verbosity >= 1:
+            self.stdout.write(summary)
+
+    def _reprocess(self, event: StripeEvent, line: str, tally: dict[str, int], verbosity: int) -> None:
+        outcome = processing.reprocess(event)
+        match outcome:
+            case Processed():
+                tally["processed"] += 1
+                if verbosity >= 1:
+                    self.stdout.write(self.style.SUCCESS(f"Reprocessed {line}: processed"))
+            case Failed(error=error):
+                tally["failed"] += 1
+                self.stdout.write(self.style.ERROR(f"Reprocessed {line}: failed again: {_last_line(error)}"))
+            case Busy() | Fenced():
+                tally["skipped"] += 1
+                if verbosity >= 1:
+                    self.stdout.write(f"Skipped {line}: taken by another process")
+            case Duplicate():
+                tally["skipped"] += 1
+                if verbosity >= 1:
+                    self.stdout.write(f"Skipped {line}: processed meanwhile")
+
+
+def _describe(event: StripeEvent) -> str:
+    error = _last_line(event.last_error) if event.last_error else "no error recorded (lease expired)"
+    return (
+        f"{event.event_id} {event.type} age {_duration(event.age)} "  # type: ignore[attr-defined]
+        f"attempts {event.attempts}: {error}"
+    )
+
+
+def _summary(found: int, tally: dict[str, int], reprocess: bool, dry_run: bool) -> str:
+    head = f"{found} stale event{'s' if found != 1 else ''}"
+    parts = []
+    if reprocess and dry_run:
+        parts.append(f"would reprocess {tally['would']}")
+    elif reprocess:
+        parts.append(
+            f"{tally['processed']} processed, {tally['failed']} failed again, {tally['skipped']} skipped"
+        )
+    parts.append(f"{tally['dead']} dead")
+    return f"{head}: {', '.join(parts)}."
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _duration(value: timedelta | None) -> str:
+    seconds = max(0, int(value.total_seconds())) if value is not None else 0
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{seconds}s"

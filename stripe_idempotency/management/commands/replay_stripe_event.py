@@ -1,0 +1,74 @@
+"""Run one stored event's receivers on purpose, from its stored payload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from stripe_idempotency import leases, processing
+from stripe_idempotency.leases import Busy, Duplicate
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.processing import Failed, Fenced, Outcome, Processed
+
+
+class Command(BaseCommand):
+    help = (
+        "Process one stored Stripe event now, through the same claim as a delivery (dead events "
+        "included). A processed event is run again only with --force."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("event_id", help="The Stripe event id, evt_...")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Run a processed event's receivers again, under a fresh claim. Their effects happen twice.",
+        )
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
+        )
+
+    def handle(self, *, event_id: str, force: bool, database: str, **options: Any) -> None:
+        try:
+            event = StripeEvent.objects.using(database).get(event_id=event_id)
+        except StripeEvent.DoesNotExist:
+            raise CommandError(f"No stored Stripe event {event_id}.") from None
+
+        outcome: Outcome
+        if event.processed_at is not None:
+            if not force:
+                raise CommandError(
+                    f"{event_id} was processed at {event.processed_at:%Y-%m-%d %H:%M:%S %Z}; "
+                    "pass --force to run its receivers again."
+                )
+            claimed = leases.reclaim_processed(event, using=database)
+            if claimed is None:
+                raise CommandError(f"{event_id} changed while being replayed; try again.")
+            self.stderr.write(
+                self.style.WARNING(
+                    f"FORCED: {event_id} ({event.type}) was already processed; its receivers run again "
+                    "now and their effects happen a second time (idempotent ledger references excepted)."
+                )
+            )
+            outcome = processing.process(claimed)
+        else:
+            outcome = processing.reprocess(event, using=database)
+
+        match outcome:
+            case Processed():
+                self.stdout.write(self.style.SUCCESS(f"Processed {event_id} ({event.type})."))
+            case Failed(error=error):
+                raise CommandError(f"{event_id} failed again: {error.strip().splitlines()[-1]}", returncode=1)
+            case Busy(retry_after=retry_after):
+                raise CommandError(
+                    f"{event_id} is being processed by {event.claimed_by or 'another process'} right now; "
+                    f"try again in {retry_after} s."
+                )
+            case Fenced():
+                raise CommandError(
+                    f"{event_id} was taken over by another process while it ran; nothing kept."
+                )
+            case Duplicate():
+                raise CommandError(f"{event_id} was processed meanwhile; pass --force to run it again.")
