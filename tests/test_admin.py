@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
 from django.db.models.functions import Now
 from django.urls import reverse
 
@@ -14,6 +15,7 @@ from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
+from tests.testapp.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,3 +101,49 @@ def test_ledger_admin_lists_entries_and_balances_and_changes_nothing(staff):
         == 403
     )
     assert LedgerEntry.objects.get().amount == 1500
+
+
+def test_reprocess_action(staff, one_of_each, connect):
+    # The fixture's raising receiver is still connected: every event it runs fails again.
+    events = StripeEvent.objects.order_by("id")
+    selected = [e.pk for e in events]
+    response = staff.post(
+        reverse(CHANGELIST), {"action": "reprocess_selected", "_selected_action": selected}, follow=True
+    )
+    assert response.status_code == 200
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [
+        "Failed again (see each event's last error): evt_expired, evt_failed.",
+        "Skipped, being processed by another process: evt_claimed.",
+        "Skipped, already processed: evt_processed.",
+    ]
+    rows = {e.event_id: e for e in StripeEvent.objects.all()}
+    assert (rows["evt_expired"].attempts, rows["evt_failed"].attempts) == (2, 2)
+    assert rows["evt_claimed"].attempts == 1
+    assert Effect.objects.count() == 0
+
+
+def test_reprocess_action_processes(staff):
+    leases.claim(VerifiedEvent.from_payload(build_event(id="evt_expired")))
+    StripeEvent.objects.update(claim_expires_at=Now() - dt.timedelta(seconds=1))
+    response = staff.post(
+        reverse(CHANGELIST),
+        {"action": "reprocess_selected", "_selected_action": [StripeEvent.objects.get().pk]},
+        follow=True,
+    )
+    assert [str(m) for m in get_messages(response.wsgi_request)] == ["Processed: evt_expired."]
+    assert StripeEvent.objects.get().processed_at is not None
+
+
+def test_reprocess_action_needs_the_change_permission(client, one_of_each):
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_stripeevent"))
+    client.force_login(viewer)
+    response = client.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    assert "reprocess_selected" not in response.content.decode()
+    response = client.post(
+        reverse(CHANGELIST),
+        {"action": "reprocess_selected", "_selected_action": [e.pk for e in StripeEvent.objects.all()]},
+    )
+    assert StripeEvent.objects.processed().count() == 1
+    assert response.status_code in {200, 302}

@@ -1,0 +1,268 @@
+"""reap_stale_claims and replay_stripe_event: exact output, exit status, what they change."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.models.functions import Now
+from django.test import override_settings
+
+from stripe_idempotency import leases, processing
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.signals import event_received
+from stripe_idempotency.testing import build_event
+from stripe_idempotency.verification import VerifiedEvent
+from tests.testapp.models import Effect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TYPE = "checkout.session.completed"
+TWO_HOURS = dt.timedelta(hours=2)
+
+
+@pytest.fixture
+def failing(connect):
+    """Event ids whose receivers raise while they are in this set."""
+    ids: set[str] = set()
+
+    def fail(sender, event, **kwargs):
+        if event.event_id in ids:
+            raise RuntimeError("boom")
+
+    connect(event_received, fail)
+    return ids
+
+
+def receive(event_id: str, event_type: str = TYPE):
+    return processing.receive(VerifiedEvent.from_payload(build_event(event_type, id=event_id)))
+
+
+def claim(event_id: str):
+    return leases.claim(VerifiedEvent.from_payload(build_event(TYPE, id=event_id)))
+
+
+def age_all(by=TWO_HOURS):
+    StripeEvent.objects.update(received_at=Now() - by, claimed_at=Now() - by)
+
+
+def expire(event_id: str):
+    StripeEvent.objects.filter(event_id=event_id).update(claim_expires_at=Now() - dt.timedelta(seconds=1))
+
+
+@pytest.fixture
+def states(record_effects, failing):
+    """evt_done (processed), evt_live (live claim), evt_expired (lease ran out), evt_failed (released)."""
+    receive("evt_done")
+    claim("evt_live")
+    claim("evt_expired")
+    expire("evt_expired")
+    failing.add("evt_failed")
+    receive("evt_failed")
+    failing.discard("evt_failed")
+    age_all()
+    return failing
+
+
+def reap(*args):
+    out = StringIO()
+    call_command("reap_stale_claims", *args, stdout=out, no_color=True)
+    return out.getvalue()
+
+
+def snapshot():
+    return list(StripeEvent.objects.order_by("id").values())
+
+
+def test_lists_stale_events(states):
+    assert reap() == (
+        "[1/2] evt_expired checkout.session.completed age 2h00m attempts 1: "
+        "no error recorded (lease expired)\n"
+        "[2/2] evt_failed checkout.session.completed age 2h00m attempts 1: RuntimeError: boom\n"
+        "2 stale events: 0 dead.\n"
+    )
+
+
+def test_nothing_to_do_is_said_once_or_not_at_all():
+    assert reap() == "No stale events.\n"
+    assert reap("-v", "0") == ""
+
+
+def test_dry_run_changes_nothing(states):
+    before = snapshot()
+    assert reap("--reprocess", "--dry-run") == (
+        "Would reprocess [1/2] evt_expired checkout.session.completed age 2h00m attempts 1: "
+        "no error recorded (lease expired)\n"
+        "Would reprocess [2/2] evt_failed checkout.session.completed age 2h00m attempts 1: "
+        "RuntimeError: boom\n"
+        "2 stale events: would reprocess 2, 0 dead.\n"
+    )
+    assert snapshot() == before
+
+
+def test_reprocess(states):
+    assert reap("--reprocess") == (
+        "Reprocessed [1/2] evt_expired checkout.session.completed age 2h00m attempts 1: "
+        "no error recorded (lease expired): processed\n"
+        "Reprocessed [2/2] evt_failed checkout.session.completed age 2h00m attempts 1: RuntimeError: boom: "
+        "processed\n"
+        "2 stale events: 2 processed, 0 failed again, 0 skipped, 0 dead.\n"
+    )
+    rows = {e.event_id: e for e in StripeEvent.objects.all()}
+    assert rows["evt_expired"].processed_at is not None
+    assert rows["evt_failed"].processed_at is not None
+    assert (rows["evt_expired"].attempts, rows["evt_failed"].attempts) == (2, 2)
+    # A live claim and a processed event are never touched.
+    assert rows["evt_live"].processed_at is None
+    assert rows["evt_live"].attempts == 1
+    assert rows["evt_done"].attempts == 1
+    assert sorted(Effect.objects.filter(receiver="typed").values_list("event_id", flat=True)) == [
+        "evt_done",
+        "evt_expired",
+        "evt_failed",
+    ]
+    assert reap() == "No stale events.\n"
+
+
+def test_an_event_that_fails_again_exits_non_zero(states):
+    states.add("evt_failed")
+    out = StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("reap_stale_claims", "--reprocess", "-v", "0", stdout=out, no_color=True)
+    assert raised.value.returncode == 1
+    assert str(raised.value) == "2 stale events: 1 processed, 1 failed again, 0 skipped, 0 dead."
+    assert out.getvalue() == (
+        "Reprocessed [2/2] evt_failed checkout.session.completed age 2h00m attempts 1: RuntimeError: boom: "
+        "failed again: RuntimeError: boom\n"
+    )
+    assert StripeEvent.objects.get(event_id="evt_failed").attempts == 2
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 3})
+def test_a_poison_event_is_reported_dead_and_left_alone(failing):
+    failing.add("evt_poison")
+    for _ in range(3):
+        receive("evt_poison")
+    age_all()
+    before = snapshot()
+    out = StringIO()
+    with pytest.raises(
+        CommandError, match=r"^1 stale event: 0 processed, 0 failed again, 0 skipped, 1 dead\.$"
+    ):
+        call_command("reap_stale_claims", "--reprocess", stdout=out, no_color=True)
+    assert out.getvalue() == (
+        "evt_poison checkout.session.completed age 2h00m attempts 3: RuntimeError: boom: DEAD after 3 "
+        "attempts (MAX_ATTEMPTS 3); run `manage.py replay_stripe_event evt_poison` once it is fixed\n"
+    )
+    assert snapshot() == before
+
+
+def test_limit_type_and_min_age(states):
+    receive("evt_other_type", "invoice.paid")
+    claim("evt_recent")
+    expire("evt_recent")  # claimed just now: younger than --min-age
+    StripeEvent.objects.filter(event_id="evt_other_type").update(
+        processed_at=None, claimed_at=Now() - TWO_HOURS, received_at=Now() - TWO_HOURS
+    )
+    assert reap("--limit", "1").splitlines() == [
+        "evt_expired checkout.session.completed age 2h00m attempts 1: no error recorded (lease expired)",
+        "1 stale event: 0 dead.",
+    ]
+    assert reap("--type", "invoice.paid").splitlines() == [
+        "evt_other_type invoice.paid age 2h00m attempts 1: no error recorded (lease expired)",
+        "1 stale event: 0 dead.",
+    ]
+    everything = [line.split()[1] for line in reap().splitlines()[:-1]]
+    assert everything == ["evt_expired", "evt_failed", "evt_other_type", "evt_recent"]
+    aged = [line.split()[1] for line in reap("--min-age", "3600").splitlines()[:-1]]
+    assert aged == ["evt_expired", "evt_failed", "evt_other_type"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(["--limit", "0"], "--limit"), (["--min-age", "-1"], "--min-age")]
+)
+def test_bad_options(args, message):
+    with pytest.raises(CommandError, match=message):
+        reap(*args)
+
+
+def test_the_reapers_query_uses_the_index():
+    if connection.vendor != "postgresql":
+        pytest.skip("EXPLAIN is checked on PostgreSQL")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {StripeEvent._meta.db_table}
+                (event_id, type, livemode, api_version, payload, received_at, claimed_at, claimed_by,
+                 processed_at, attempts, last_error)
+            SELECT 'evt_bulk_' || n, 'invoice.paid', false, '', '{{}}', now(), now(), 'bulk', now(), 1, ''
+            FROM generate_series(1, 50000) AS n
+            """
+        )
+        cursor.execute(f"ANALYZE {StripeEvent._meta.db_table}")
+    claim("evt_stale")
+    expire("evt_stale")
+    plan = leases.find_stale(limit=100).explain()
+    assert "stripe_event_unprocessed_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
+
+
+# -- replay_stripe_event --------------------------------------------------------------------
+
+
+def replay(*args):
+    out, err = StringIO(), StringIO()
+    call_command("replay_stripe_event", *args, stdout=out, stderr=err, no_color=True)
+    return out.getvalue(), err.getvalue()
+
+
+def test_replay_runs_a_stale_event(states):
+    assert replay("evt_failed") == ("Processed evt_failed (checkout.session.completed).\n", "")
+    assert StripeEvent.objects.get(event_id="evt_failed").processed_at is not None
+
+
+def test_replay_refuses_a_processed_event_without_force(states):
+    with pytest.raises(CommandError, match="pass --force"):
+        replay("evt_done")
+    assert Effect.objects.filter(event_id="evt_done").count() == 2
+
+
+def test_replay_with_force_runs_a_processed_event_again_and_says_so(states):
+    out, err = replay("evt_done", "--force")
+    assert out == "Processed evt_done (checkout.session.completed).\n"
+    assert err.startswith("FORCED: evt_done (checkout.session.completed) was already processed;")
+    assert Effect.objects.filter(event_id="evt_done").count() == 4
+    row = StripeEvent.objects.get(event_id="evt_done")
+    assert row.processed_at is not None
+    assert row.attempts == 2
+
+
+def test_replay_never_takes_a_live_claim(states):
+    with pytest.raises(CommandError, match="being processed by test-instance"):
+        replay("evt_live")
+    with pytest.raises(CommandError, match="being processed"):
+        replay("evt_live", "--force")
+    assert StripeEvent.objects.get(event_id="evt_live").attempts == 1
+
+
+def test_replay_runs_a_dead_event(failing):
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 1}):
+        failing.add("evt_poison")
+        receive("evt_poison")
+        failing.discard("evt_poison")
+        assert replay("evt_poison")[0] == "Processed evt_poison (checkout.session.completed).\n"
+
+
+def test_replay_of_a_failing_event_exits_non_zero(states):
+    states.add("evt_failed")
+    with pytest.raises(CommandError, match="evt_failed failed again: RuntimeError: boom") as raised:
+        replay("evt_failed")
+    assert raised.value.returncode == 1
+
+
+def test_replay_of_an_unknown_event():
+    with pytest.raises(CommandError, match="No stored Stripe event evt_nope"):
+        replay("evt_nope")
