@@ -1,0 +1,88 @@
+"""What every benchmark needs: Django set up on its own database, the machine described, a timer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    import django
+
+    _create_database()
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _create_database() -> None:
+    """Create the benchmark database if it does not exist (PostgreSQL only; others must exist)."""
+    from benchmarks.settings import DATABASES
+
+    db = DATABASES["default"]
+    if not db["ENGINE"].endswith("postgresql"):
+        return
+    import psycopg
+
+    conninfo = f"host={db['HOST'] or '127.0.0.1'} port={db['PORT'] or 5432} user={db['USER']} dbname=postgres"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+
+
+def machine() -> str:
+    import django
+    from django.db import connection
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+            database = f"PostgreSQL {cursor.fetchone()[0]}"
+        else:
+            database = connection.vendor
+    return (
+        f"{dt.date.today().isoformat()}; {cpu}, {os.cpu_count()} cores; {database}; "
+        f"Python {platform.python_version()}; Django {django.get_version()}"
+    )
+
+
+def median_seconds(func: Callable[[], object], runs: int) -> float:
+    func()  # warm caches and plans
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        func()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or add) the ``## title`` section of the Markdown report at ``path``."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by the scripts in `benchmarks/`.\n"
+    head = f"## {title}\n"
+    start = text.find(head)
+    section = f"{head}\n{body.strip()}\n\n"
+    if start == -1:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(head))
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    path.write_text(text.rstrip() + "\n")

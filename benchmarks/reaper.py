@@ -1,0 +1,124 @@
+"""How the reaper's query scales: 100 stale events among 10k, 100k and 1M processed ones.
+
+    python -m benchmarks.reaper            # PostgreSQL at $DATABASE_URL (default: a local stripe_idempotency_bench)
+    python -m benchmarks.reaper --smoke    # seconds, for CI: proves the script runs
+
+Each figure is beside the raw SQL of the same query, timed in the same run on the same
+data, because absolute timings on a shared machine drift. Writes the "Reaper scaling"
+section of BENCHMARKS.md (or of --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.common import ROOT, machine, median_seconds, setup_django, write_section
+
+STALE = 100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="1,000 rows, 3 runs: checks the script, measures nothing"
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    setup_django()
+
+    from django.db import connection
+
+    from stripe_idempotency import leases
+    from stripe_idempotency.models import StripeEvent
+
+    if connection.vendor != "postgresql":
+        raise SystemExit("The reaper benchmark runs on PostgreSQL (it fills the table with generate_series).")
+    table = StripeEvent._meta.db_table
+    sizes = [1_000] if args.smoke else [10_000, 100_000, 1_000_000]
+    runs = 3 if args.smoke else 30
+    # The same columns the ORM reads (all but the payload), the same rows, the same order.
+    columns = ", ".join(f.column for f in StripeEvent._meta.concrete_fields if f.name != "payload")
+    raw_sql = (
+        f"SELECT {columns}, now() - received_at FROM {table} "
+        "WHERE processed_at IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= now()) "
+        "ORDER BY id LIMIT 100"
+    )
+
+    def ours() -> None:
+        events = list(leases.find_stale(limit=STALE).defer("payload"))
+        assert len(events) == STALE
+
+    def raw() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(raw_sql)
+            assert len(cursor.fetchall()) == STALE
+
+    rows = []
+    plan = ""
+    for size in sizes:
+        print(f"filling {size:,} processed rows and {STALE} stale ones ...", flush=True)
+        _fill(connection, table, size)
+        ours_s, raw_s = median_seconds(ours, runs), median_seconds(raw, runs)
+        rows.append((size, ours_s, raw_s))
+        plan = leases.find_stale(limit=STALE).defer("payload").explain()
+        print(f"  find_stale {ours_s * 1000:.2f} ms, raw SQL {raw_s * 1000:.2f} ms")
+
+    first = rows[0][1]
+    table_md = "\n".join(
+        f"| {size:,} | {ours_s * 1000:.2f} | {raw_s * 1000:.2f} | {ours_s / raw_s:.2f} | {ours_s / first:.2f} |"
+        for size, ours_s, raw_s in rows
+    )
+    body = f"""
+Machine: {machine()}. Command: `python -m benchmarks.reaper{" --smoke" if args.smoke else ""}`.
+
+Time to find the {STALE} stale events (`leases.find_stale(limit=100)`, what `reap_stale_claims`
+runs) among N processed rows; median of {runs} runs. The baseline is the raw SQL of the
+same query on the same data in the same run.
+
+| processed rows | find_stale (ms) | raw SQL (ms) | find_stale ÷ raw | ÷ smallest table |
+|---|---|---|---|---|
+{table_md}
+
+Target: flat from 10k to 1M rows (the last column stays near 1). The plan at the largest size:
+
+```
+{plan}
+```
+"""
+    write_section(args.output, "Reaper scaling" + (" (smoke)" if args.smoke else ""), body)
+    print(f"wrote {args.output}")
+
+
+def _fill(connection, table: str, processed: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {table} CASCADE")
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (event_id, type, livemode, api_version, payload, received_at, claimed_at,
+                                 claimed_by, claim_expires_at, processed_at, attempts, last_error)
+            SELECT 'evt_done_' || n, 'invoice.paid', false, '', '{{"object": "event"}}',
+                   now() - interval '1 day', now() - interval '1 day', 'bench', NULL,
+                   now() - interval '1 day', 1, ''
+            FROM generate_series(1, %s) AS n
+            """,
+            [processed],
+        )
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (event_id, type, livemode, api_version, payload, received_at, claimed_at,
+                                 claimed_by, claim_expires_at, processed_at, attempts, last_error)
+            SELECT 'evt_stale_' || n, 'invoice.paid', false, '', '{{"object": "event"}}',
+                   now() - interval '1 hour', now() - interval '1 hour', 'bench',
+                   now() - interval '1 minute', NULL, 1, ''
+            FROM generate_series(1, %s) AS n
+            """,
+            [STALE],
+        )
+        cursor.execute(f"VACUUM ANALYZE {table}")
+
+
+if __name__ == "__main__":
+    main()
