@@ -1,6 +1,6 @@
 """How the reaper's query scales: 100 stale events among 10k, 100k and 1M processed ones.
 
-    python -m benchmarks.reaper            # PostgreSQL at $DATABASE_URL (default: a local stripe_idempotency_bench)
+    python -m benchmarks.reaper            # PostgreSQL at $DATABASE_URL (see benchmarks/README.md)
     python -m benchmarks.reaper --smoke    # seconds, for CI: proves the script runs
 
 Each figure is beside the raw SQL of the same query, timed in the same run on the same
@@ -68,7 +68,8 @@ def main() -> None:
 
     first = rows[0][1]
     table_md = "\n".join(
-        f"| {size:,} | {ours_s * 1000:.2f} | {raw_s * 1000:.2f} | {ours_s / raw_s:.2f} | {ours_s / first:.2f} |"
+        f"| {size:,} | {ours_s * 1000:.2f} | {raw_s * 1000:.2f} | {ours_s / raw_s:.2f} "
+        f"| {ours_s / first:.2f} |"
         for size, ours_s, raw_s in rows
     )
     body = f"""
