@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from stripe_idempotency import processing
+from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimRequired
 from stripe_idempotency.leases import Duplicate
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
@@ -28,6 +29,7 @@ class StateFilter(admin.SimpleListFilter):
             ("claimed", _("being processed")),
             ("stale", _("waiting (not processed, no live claim)")),
             ("failed", _("failed (waiting, last attempt raised)")),
+            ("dead", _("dead (MAX_ATTEMPTS reached; replay by hand)")),
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> QuerySet[StripeEvent]:
@@ -36,6 +38,7 @@ class StateFilter(admin.SimpleListFilter):
             "claimed": StripeEvent.objects.claimed,
             "stale": StripeEvent.objects.stale,
             "failed": StripeEvent.objects.failed,
+            "dead": StripeEvent.objects.dead,
         }
         state = states.get(self.value() or "")
         return queryset & state() if state else queryset
@@ -119,6 +122,8 @@ class StripeEventAdmin(ReadOnlyAdmin):
             return str(_("processed"))
         if event.claim_expires_at is not None:
             return str(_("claimed by %(holder)s") % {"holder": event.claimed_by})
+        if event.attempts >= app_settings.MAX_ATTEMPTS:
+            return str(_("dead"))
         return str(_("failed")) if event.last_error else str(_("waiting"))
 
     @admin.display(description=_("payload"))

@@ -34,6 +34,12 @@ class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
         """Stale events whose last dispatch raised."""
         return self.stale().exclude(last_error="")
 
+    def dead(self) -> StripeEventQuerySet:
+        """Stale events that reached ``MAX_ATTEMPTS``: the reaper no longer retries them."""
+        from stripe_idempotency.conf import app_settings
+
+        return self.stale().filter(attempts__gte=app_settings.MAX_ATTEMPTS)
+
 
 class StripeEvent(models.Model):
     """One row per Stripe event id: the stored event and the state of its processing.

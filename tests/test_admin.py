@@ -58,6 +58,11 @@ def test_state_filters(staff, one_of_each):
     assert listed(staff, state="claimed") == ["evt_claimed"]
     assert listed(staff, state="stale") == ["evt_expired", "evt_failed"]
     assert listed(staff, state="failed") == ["evt_failed"]
+    assert listed(staff, state="dead") == []
+    StripeEvent.objects.filter(event_id="evt_failed").update(attempts=20)
+    assert listed(staff, state="dead") == ["evt_failed"]
+    response = staff.get(reverse(CHANGELIST), {"state": "dead"})
+    assert '<td class="field-state">dead</td>' in response.content.decode()
 
 
 def test_search_by_event_id_and_type(staff, one_of_each):
