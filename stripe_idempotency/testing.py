@@ -16,11 +16,13 @@ with Django's test client::
 
 from __future__ import annotations
 
+import heapq
 import json
 import secrets
+import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import stripe
 from django.http import HttpResponse
@@ -30,6 +32,8 @@ from django.urls import reverse
 from stripe_idempotency.conf import app_settings
 
 DEFAULT_API_VERSION = "2024-06-20"
+
+T = TypeVar("T")
 
 
 def build_event(
@@ -125,6 +129,54 @@ def deliver(
         **extra,
     )
     return response
+
+
+def deliver_concurrently(
+    jobs: Iterable[T],
+    attempt: Callable[[T], float | None],
+    *,
+    senders: int = 8,
+    max_attempts: int = 10,
+) -> None:
+    """Run ``attempt(job)`` for every job on ``senders`` threads, retrying the way Stripe does.
+
+    ``attempt`` makes one delivery and returns ``None`` when it is done (a 2xx) or the
+    seconds to wait before the next try. A job waiting for its retry goes back in the
+    queue, so no sender is tied up while it waits and the other jobs keep moving, until
+    it is done or has made ``max_attempts`` attempts. Returns when every job is finished.
+    For load and burst tests against a running server (``attempt`` sends the request).
+    """
+    condition = threading.Condition()
+    queue: list[tuple[float, int, int, T]] = [(0.0, n, 0, job) for n, job in enumerate(jobs)]
+    heapq.heapify(queue)  # (not before, order, attempts made, job)
+    in_flight = 0
+
+    def sender() -> None:
+        nonlocal in_flight
+        while True:
+            with condition:
+                while not queue and in_flight:
+                    condition.wait()
+                if not queue:
+                    condition.notify_all()
+                    return
+                not_before, order, made, job = heapq.heappop(queue)
+                in_flight += 1
+            time.sleep(max(0.0, not_before - time.monotonic()))
+            try:
+                retry_in = attempt(job)
+            finally:
+                with condition:
+                    in_flight -= 1
+                    if retry_in is not None and made + 1 < max_attempts:
+                        heapq.heappush(queue, (time.monotonic() + retry_in, order, made + 1, job))
+                    condition.notify_all()
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _default_secret() -> str:

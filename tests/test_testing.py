@@ -65,3 +65,29 @@ def test_rotation_accepts_either_secret(client):
 def test_deliver_without_any_secret_says_so(client):
     with pytest.raises(ValueError, match="pass secret="):
         deliver(client, build_event())
+
+
+def test_deliver_concurrently_retries_until_done_and_no_further():
+    import collections
+    import threading
+
+    from stripe_idempotency.testing import deliver_concurrently
+
+    attempts: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+
+    def attempt(job):
+        with lock:
+            attempts[job] += 1
+            made = attempts[job]
+        if job == "fails_twice":
+            return 0.01 if made <= 2 else None
+        if job == "never_succeeds":
+            return 0.01
+        return None
+
+    jobs = ["fails_twice", "never_succeeds", *[f"ok_{n}" for n in range(20)]]
+    deliver_concurrently(jobs, attempt, senders=3, max_attempts=5)
+    assert attempts["fails_twice"] == 3
+    assert attempts["never_succeeds"] == 5
+    assert all(attempts[f"ok_{n}"] == 1 for n in range(20))

@@ -10,13 +10,11 @@ times each event's receivers ran.
 from __future__ import annotations
 
 import collections
-import heapq
 import json
 import logging
 import random
 import secrets
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from example_project.shop.models import Cancellation, Fulfilment
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerEntry
-from stripe_idempotency.testing import build_event, encode, sign
+from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
 
 MAX_ATTEMPTS = 30
 # Stripe waits far longer between retries; the demo compresses time.
@@ -88,7 +86,12 @@ class Command(BaseCommand):
             level = app_logger.level
             app_logger.setLevel(logging.CRITICAL)
             try:
-                _deliver_all(jobs, senders, lambda job: _send(url, bodies[job.event_id], secret, job))
+                deliver_concurrently(
+                    jobs,
+                    lambda job: _send(url, bodies[job.event_id], secret, job),
+                    senders=senders,
+                    max_attempts=MAX_ATTEMPTS,
+                )
             finally:
                 app_logger.setLevel(level)
                 server.shutdown()
@@ -220,41 +223,6 @@ def _events(count: int, run: str) -> list[dict[str, Any]]:
             }
             events.append(build_event("charge.refunded", data=charge))
     return events
-
-
-def _deliver_all(jobs: list[_Delivery], senders: int, send: Any) -> None:
-    """Run every job on ``senders`` threads. A delivery that was not answered 2xx goes back
-    in the queue with its retry time, so a sender is never tied up waiting to retry (as
-    Stripe's own queue never is), until the job is answered 2xx or runs out of attempts."""
-    lock = threading.Condition()
-    pending = [(0.0, n, job) for n, job in enumerate(jobs)]  # (not before, order, job)
-    heapq.heapify(pending)
-    in_flight = 0
-
-    def sender() -> None:
-        nonlocal in_flight
-        while True:
-            with lock:
-                while not pending and in_flight:
-                    lock.wait()
-                if not pending:
-                    lock.notify_all()
-                    return
-                not_before, order, job = heapq.heappop(pending)
-                in_flight += 1
-            time.sleep(max(0.0, not_before - time.monotonic()))
-            retry_in = send(job)
-            with lock:
-                in_flight -= 1
-                if retry_in is not None and len(job.answers) < MAX_ATTEMPTS:
-                    heapq.heappush(pending, (time.monotonic() + retry_in, order, job))
-                lock.notify_all()
-
-    threads = [threading.Thread(target=sender) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def _send(url: str, body: bytes, secret: str, job: _Delivery) -> float | None:
