@@ -115,6 +115,10 @@ def verify(body: bytes, signature_header: str | None) -> VerifiedEvent:
 
 
 def _verify_signature(text: str, header: str) -> None:
+    if not header.isascii():
+        # Stripe's headers are ASCII; anything else would make the constant-time
+        # comparison raise TypeError instead of answering "no match".
+        raise WebhookRejected("invalid_signature", "The Stripe-Signature header is not ASCII.")
     secrets = app_settings.WEBHOOK_SECRETS
     tolerance = app_settings.TOLERANCE_SECONDS
     if _signed_by_any(text, header, secrets, tolerance):
