@@ -30,6 +30,8 @@ STRIPE_IDEMPOTENCY = {
     # deliveries set STRIPE_WEBHOOK_SECRET to what `stripe listen` prints.
     "WEBHOOK_SECRETS": env.list("STRIPE_WEBHOOK_SECRET", default=["whsec_example_local_only"]),
     "CLAIM_TTL_SECONDS": env.float("STRIPE_CLAIM_TTL_SECONDS", default=300),
+    # None: "<hostname>:<pid>". Name instances when several run on one host.
+    "INSTANCE_ID": env("STRIPE_INSTANCE_ID", default=None),
 }
 
 # Stands in for the time a real fulfilment takes (calling a warehouse, say).

@@ -137,6 +137,7 @@ def deliver_concurrently(
     *,
     senders: int = 8,
     max_attempts: int = 10,
+    spread: float = 0.0,
 ) -> None:
     """Run ``attempt(job)`` for every job on ``senders`` threads, retrying the way Stripe does.
 
@@ -144,10 +145,15 @@ def deliver_concurrently(
     seconds to wait before the next try. A job waiting for its retry goes back in the
     queue, so no sender is tied up while it waits and the other jobs keep moving, until
     it is done or has made ``max_attempts`` attempts. Returns when every job is finished.
-    For load and burst tests against a running server (``attempt`` sends the request).
+    ``spread`` (seconds) staggers the first attempts evenly over that time, in order, as
+    events arrive over time in real life; 0 starts them all at once. For load and burst
+    tests against a running server (``attempt`` sends the request).
     """
     condition = threading.Condition()
-    queue: list[tuple[float, int, int, T]] = [(0.0, n, 0, job) for n, job in enumerate(jobs)]
+    job_list = list(jobs)
+    start = time.monotonic()
+    step = spread / len(job_list) if job_list else 0.0
+    queue: list[tuple[float, int, int, T]] = [(start + n * step, n, 0, job) for n, job in enumerate(job_list)]
     heapq.heapify(queue)  # (not before, order, attempts made, job)
     in_flight = 0
 

@@ -91,3 +91,16 @@ def test_deliver_concurrently_retries_until_done_and_no_further():
     assert attempts["fails_twice"] == 3
     assert attempts["never_succeeds"] == 5
     assert all(attempts[f"ok_{n}"] == 1 for n in range(20))
+
+
+def test_deliver_concurrently_spreads_first_attempts_in_order():
+    import time
+
+    from stripe_idempotency.testing import deliver_concurrently
+
+    started = []
+    deliver_concurrently(range(5), lambda job: started.append((job, time.monotonic())), senders=1, spread=0.5)
+    assert [job for job, _ in started] == [0, 1, 2, 3, 4]
+    # Job n does not start before n * 0.1 s after the first (a bound, not a timing measurement).
+    first = started[0][1]
+    assert all(at - first >= n * 0.1 - 0.01 for n, (_, at) in enumerate(started))
