@@ -69,6 +69,8 @@ class Database:
         if wrapper is None:
             wrapper = _wrapper_class()({**self.settings_dict, "NAME": self.name}, alias=f"chaos-{self.name}")
             self._connections.wrapper = wrapper
+        elif wrapper.connection is not None and not wrapper.is_usable():
+            wrapper.close()  # the server restarted under it
         return wrapper.cursor()
 
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
