@@ -231,6 +231,7 @@ def _sql(connection: BaseDatabaseWrapper, template: str, **extra: str) -> str:
         table = quote(StripeEvent._meta.db_table)
         sql = template.format(
             table=table,
+            inserted=_INSERTED,
             columns=", ".join(quote(f.column) for f in _returned_fields()),
             **{name: value.format(table=table) for name, value in extra.items()},
         )
@@ -260,14 +261,17 @@ def _claim_params(
     }
 
 
+# The columns a claim writes when it stores a new event, in the order of every VALUES below.
+_INSERTED = (
+    "event_id, type, livemode, api_version, created, payload, received_at, "
+    "claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error"
+)
+
 _CLAIMABLE = "{t}.processed_at IS NULL AND ({t}.claim_expires_at IS NULL OR {t}.claim_expires_at <= {now})"
 
 _POSTGRESQL = """
 WITH claimed AS (
-    INSERT INTO {table} AS e (
-        event_id, type, livemode, api_version, created, payload, received_at,
-        claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error
-    ) VALUES (
+    INSERT INTO {table} AS e ({inserted}) VALUES (
         %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
         statement_timestamp(), statement_timestamp(), %(claimed_by)s,
         statement_timestamp() + make_interval(secs => %(ttl)s), %(token)s, 1, ''
@@ -311,10 +315,7 @@ def _claim_postgresql(connection: BaseDatabaseWrapper, params: dict[str, Any]) -
 _SQLITE_NOW = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
 
 _SQLITE = """
-INSERT INTO {table} (
-    event_id, type, livemode, api_version, created, payload, received_at,
-    claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error
-) VALUES (
+INSERT INTO {table} ({inserted}) VALUES (
     %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
     {now}, {now}, %(claimed_by)s,
     STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl_modifier)s), %(token)s, 1, ''
@@ -357,10 +358,7 @@ _MYSQL_CLAIMABLE = _CLAIMABLE.format(t="{table}", now="NOW(6)")
 # server applies assignments in order (the default) or simultaneously
 # (MariaDB's SIMULTANEOUS_ASSIGNMENT mode).
 _MYSQL = """
-INSERT INTO {table} (
-    event_id, type, livemode, api_version, created, payload, received_at,
-    claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error
-) VALUES (
+INSERT INTO {table} ({inserted}) VALUES (
     %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
     NOW(6), NOW(6), %(claimed_by)s, NOW(6) + INTERVAL %(ttl_us)s MICROSECOND, %(token)s, 1, ''
 )
