@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,18 @@ def _create_database() -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+
+
+def database_url(settings_dict: dict[str, Any], name: str | None = None) -> str:
+    """A ``DATABASE_URL`` for the database of ``settings_dict`` (or another ``name`` on its server)."""
+    from urllib.parse import quote
+
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[settings_dict["ENGINE"].rsplit(".", 1)[-1]]
+    user = quote(settings_dict.get("USER") or "")
+    password = f":{quote(settings_dict['PASSWORD'])}" if settings_dict.get("PASSWORD") else ""
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    return f"{scheme}://{user}{password}@{host}{port}/{name or settings_dict['NAME']}"
 
 
 def machine() -> str:

@@ -1,4 +1,4 @@
-"""Settings for the benchmarks: a real database of its own (PostgreSQL by default), never the tests'."""
+"""The example project's settings, on a database of the benchmarks' own (PostgreSQL by default)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import os
 
 import environ
 
+from example_project.settings import *  # noqa: F403
+
 DATABASES = {
     "default": environ.Env.db_url_config(
         os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/stripe_idempotency_bench"
     )
 }
-SECRET_KEY = "benchmarks-only"
-USE_TZ = True
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "stripe_idempotency"]
-STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": ["whsec_benchmarks"]}
+DEBUG = False
+SHOP_FULFILMENT_SECONDS = 0.0
+LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "ERROR"}}

@@ -144,7 +144,8 @@ def deliver_concurrently(
     ``attempt`` makes one delivery and returns ``None`` when it is done (a 2xx) or the
     seconds to wait before the next try. A job waiting for its retry goes back in the
     queue, so no sender is tied up while it waits and the other jobs keep moving, until
-    it is done or has made ``max_attempts`` attempts. Returns when every job is finished.
+    it is done or has made ``max_attempts`` attempts. Returns when every job is finished; if
+    ``attempt`` raised, the first exception is raised then (the other jobs still run).
     ``spread`` (seconds) staggers the first attempts evenly over that time, in order, as
     events arrive over time in real life; 0 starts them all at once. For load and burst
     tests against a running server (``attempt`` sends the request).
@@ -156,6 +157,7 @@ def deliver_concurrently(
     queue: list[tuple[float, int, int, T]] = [(start + n * step, n, 0, job) for n, job in enumerate(job_list)]
     heapq.heapify(queue)  # (not before, order, attempts made, job)
     in_flight = 0
+    errors: list[BaseException] = []
 
     def sender() -> None:
         nonlocal in_flight
@@ -169,8 +171,11 @@ def deliver_concurrently(
                 not_before, order, made, job = heapq.heappop(queue)
                 in_flight += 1
             time.sleep(max(0.0, not_before - time.monotonic()))
+            retry_in: float | None = None
             try:
                 retry_in = attempt(job)
+            except BaseException as exc:  # reported once every sender is done, never lost
+                errors.append(exc)
             finally:
                 with condition:
                     in_flight -= 1
@@ -183,6 +188,8 @@ def deliver_concurrently(
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _default_secret() -> str:

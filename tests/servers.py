@@ -6,6 +6,7 @@ Everything started here is stopped by pid when the test ends, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -22,9 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+
+from benchmarks.common import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = (
@@ -43,15 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def database_url(settings_dict: dict[str, Any], name: str) -> str:
-    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
-    user = quote(settings_dict.get("USER") or "")
-    password = f":{quote(settings_dict['PASSWORD'])}" if settings_dict.get("PASSWORD") else ""
-    host = settings_dict.get("HOST") or "127.0.0.1"
-    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
-    return f"{scheme}://{user}{password}@{host}{port}/{name}"
 
 
 @dataclass
@@ -212,7 +205,8 @@ def post(url: str, body: bytes, signature: str, timeout: float = 30) -> tuple[in
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
-    except (OSError, urllib.error.URLError) as error:
+    except (OSError, http.client.HTTPException) as error:
+        # The worker died mid-answer (killed), or the connection was refused.
         return 0, {}, str(error).encode()
 
 

@@ -104,3 +104,18 @@ def test_deliver_concurrently_spreads_first_attempts_in_order():
     # Job n does not start before n * 0.1 s after the first (a bound, not a timing measurement).
     first = started[0][1]
     assert all(at - first >= n * 0.1 - 0.01 for n, (_, at) in enumerate(started))
+
+
+def test_deliver_concurrently_reports_an_attempt_that_raised_after_the_others_ran():
+    from stripe_idempotency.testing import deliver_concurrently
+
+    done = []
+
+    def attempt(job):
+        if job == "bad":
+            raise ValueError("bad job")
+        done.append(job)
+
+    with pytest.raises(ValueError, match="bad job"):
+        deliver_concurrently(["bad", "a", "b", "c"], attempt, senders=2)
+    assert sorted(done) == ["a", "b", "c"]

@@ -1,0 +1,127 @@
+"""Drive HTTP load and pgbench at a given concurrency, for a bounded time; report rate and latency."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import re
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PGBENCH_SCRIPTS = Path(__file__).resolve().parent / "pgbench"
+
+
+@dataclass(frozen=True)
+class Figures:
+    count: int
+    seconds: float
+    latencies: list[float]  # seconds
+    errors: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies) * 1000 if self.latencies else 0.0
+
+    @property
+    def p99_ms(self) -> float:
+        return self.percentile(99) * 1000
+
+
+def http_load(
+    port: int, requests: Iterator[tuple[str, bytes, dict[str, str]]], concurrency: int, seconds: float
+) -> Figures:
+    """``concurrency`` threads send requests from the shared iterator until ``seconds`` pass.
+
+    Every answer must be 2xx: anything else counts as an error (reported, so a figure
+    is never made of failures).
+    """
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> None:
+        nonlocal errors
+        mine: list[float] = []
+        bad = 0
+        while time.perf_counter() < deadline:
+            with lock:
+                path, body, headers = next(requests)
+            start = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = 200 <= response.status < 300
+            except OSError:
+                ok = False
+            finally:
+                conn.close()
+            if ok:
+                mine.append(time.perf_counter() - start)
+            else:
+                bad += 1
+        with lock:
+            latencies.extend(mine)
+            errors += bad
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return Figures(len(latencies), time.perf_counter() - started, latencies, errors)
+
+
+def pgbench(
+    settings_dict: dict[str, Any], script: str, concurrency: int, seconds: float, **variables: Any
+) -> Figures:
+    """Run ``benchmarks/pgbench/<script>.sql`` with pgbench; per-transaction latencies from its log."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        host, port = settings_dict.get("HOST") or "127.0.0.1", str(settings_dict.get("PORT") or 5432)
+        command = [
+            *("pgbench", "-n", "-h", host, "-p", port, "-U", settings_dict["USER"]),
+            *("-c", str(concurrency), "-j", str(min(concurrency, 2)), "-T", str(max(1, round(seconds)))),
+            *("-f", str(PGBENCH_SCRIPTS / f"{script}.sql"), "-l", "--log-prefix", f"{log_dir}/tx"),
+            *itertools.chain.from_iterable(("-D", f"{k}={v}") for k, v in variables.items()),
+            settings_dict["NAME"],
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+        if result.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {result.stderr}")
+        latencies = []
+        for log in Path(log_dir).glob("tx*"):
+            for line in log.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 3:
+                    latencies.append(int(fields[2]) / 1_000_000)
+        match = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
+        count = int(match.group(1)) if match else len(latencies)
+        duration = re.search(r"duration: (\d+) s", result.stdout)
+        return Figures(count, float(duration.group(1)) if duration else seconds, latencies)
+
+
+def forever(
+    make: Callable[[int], tuple[str, bytes, dict[str, str]]],
+) -> Iterator[tuple[str, bytes, dict[str, str]]]:
+    for n in itertools.count():
+        yield make(n)
