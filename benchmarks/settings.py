@@ -13,6 +13,9 @@ DATABASES = {
         os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/stripe_idempotency_bench"
     )
 }
+# As the example project: persistent connections, checked before use.
+DATABASES["default"].update(CONN_MAX_AGE=int(os.environ.get("CONN_MAX_AGE", "60")), CONN_HEALTH_CHECKS=True)
 DEBUG = False
 SHOP_FULFILMENT_SECONDS = 0.0
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "ERROR"}}
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]  # testserver: the in-process figure

@@ -20,6 +20,11 @@ SECRET_KEY = env("SECRET_KEY", default="example-project-only-not-a-secret")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'example.sqlite3'}")}
+# Persistent connections: opening a PostgreSQL connection costs more than a whole
+# webhook delivery (see BENCHMARKS.md). Health checks drop a connection the
+# server closed (a restart, a killed backend) before a request uses it.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Concurrent deliveries wait their turn for SQLite's single writer
     # instead of failing with "database is locked" (system check W003).

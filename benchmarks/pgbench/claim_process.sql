@@ -15,10 +15,10 @@ WITH claimed AS (
     WHERE e.processed_at IS NULL AND (e.claim_expires_at IS NULL OR e.claim_expires_at <= statement_timestamp())
     RETURNING id, claim_token
 )
-SELECT id, claim_token AS tok FROM claimed \gset
+SELECT id, quote_literal(claim_token::text) AS tok FROM claimed \gset
 BEGIN;
 INSERT INTO shop_cancellation (subscription_id, stripe_event_id, created_at)
     VALUES ('sub_pgb', 'evt_pgb_' || :client_id || '_' || :n, now());
 UPDATE stripe_idempotency_stripeevent SET processed_at = statement_timestamp(), claim_expires_at = NULL, claim_token = NULL
-    WHERE id = :id AND claim_token = :'tok' AND processed_at IS NULL;
+    WHERE id = :id AND claim_token = :tok::uuid AND processed_at IS NULL;
 COMMIT;
