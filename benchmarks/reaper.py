@@ -28,7 +28,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
     setup_django()
+    sizes = [1_000] if args.smoke else [10_000, 100_000, 1_000_000]
+    print(run(sizes=sizes, runs=3 if args.smoke else 30, output=args.output, smoke=args.smoke))
 
+
+def run(*, sizes: list[int], runs: int, output: Path, smoke: bool) -> str:
     from django.db import connection
 
     from stripe_idempotency import leases
@@ -37,8 +41,6 @@ def main() -> None:
     if connection.vendor != "postgresql":
         raise SystemExit("The reaper benchmark runs on PostgreSQL (it fills the table with generate_series).")
     table = StripeEvent._meta.db_table
-    sizes = [1_000] if args.smoke else [10_000, 100_000, 1_000_000]
-    runs = 3 if args.smoke else 30
     # The same columns the ORM reads (all but the payload), the same rows, the same order.
     columns = ", ".join(f.column for f in StripeEvent._meta.concrete_fields if f.name != "payload")
     raw_sql = (
@@ -73,7 +75,7 @@ def main() -> None:
         for size, ours_s, raw_s in rows
     )
     body = f"""
-Machine: {machine()}. Command: `python -m benchmarks.reaper{" --smoke" if args.smoke else ""}`.
+Machine: {machine()}. Command: `python -m benchmarks.reaper{" --smoke" if smoke else ""}`.
 
 Time to find the {STALE} stale events (`leases.find_stale(limit=100)`, what `reap_stale_claims`
 runs) among N processed rows; median of {runs} runs. The baseline is the raw SQL of the
@@ -89,8 +91,8 @@ Target: flat from 10k to 1M rows (the last column stays near 1). The plan at the
 {plan}
 ```
 """
-    write_section(args.output, "Reaper scaling" + (" (smoke)" if args.smoke else ""), body)
-    print(f"wrote {args.output}")
+    write_section(output, "Reaper scaling" + (" (smoke)" if smoke else ""), body)
+    return f"wrote {output}"
 
 
 def _fill(connection, table: str, processed: int) -> None:
