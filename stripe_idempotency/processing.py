@@ -11,7 +11,7 @@ import logging
 import traceback
 from dataclasses import dataclass
 
-from django.db import router, transaction
+from django.db import transaction
 
 from stripe_idempotency import leases
 from stripe_idempotency.exceptions import LeaseLost
@@ -55,7 +55,7 @@ Outcome = Processed | Failed | Fenced | Duplicate | Busy
 
 def receive(verified: VerifiedEvent, *, using: str | None = None) -> Outcome:
     """Claim ``verified`` and, if the claim is ours, process it."""
-    result = leases.claim(verified, using=using or router.db_for_write(StripeEvent))
+    result = leases.claim(verified, using=using)
     if isinstance(result, Claimed):
         return process(result)
     return result
