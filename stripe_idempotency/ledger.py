@@ -2,13 +2,14 @@
 
 Every write to an account locks its balance row first, so writers to one
 (account, currency) serialise and the entries' ``balance_after`` chain is the
-running sum in primary-key order. Under that lock a repeated reference is
-found before anything is written; the unique constraint on (account, currency,
-entry_type, reference) is the backstop for a writer that slips past the check
-(one that does not take the lock): its insert fails inside a savepoint, before
-the balance is touched, and the existing entry is returned. The entry is
-always written *before* the balance, so a balance change never commits
-without its entry.
+running sum in primary-key order. The unique constraint on (account, currency,
+entry_type, reference) decides whether a reference is new: on PostgreSQL and
+SQLite the entry is inserted with ``ON CONFLICT DO NOTHING``; on MySQL the
+reference is looked up under the lock and the insert runs in a savepoint, so
+that a writer that slipped past the check (one that did not take the lock)
+costs only the savepoint. Either way the entry is written *before* the
+balance, so a balance change never commits without its entry, and a repeated
+reference returns the existing entry with nothing changed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _CURRENCY = re.compile(r"[a-z]{3}")
 _MYSQL_RETRYABLE = {1205, 1213}
 _POSTGRESQL_RETRYABLE = {"40001", "40P01"}
 _ATTEMPTS = 3
+_INSERT_UNLESS_REFERENCED = {"postgresql", "sqlite"}
 _USE_CREDIT_OR_DEBIT = "Write ledger entries with LedgerEntry.objects.credit() or .debit()."
 
 
@@ -206,12 +208,20 @@ class LedgerEntryManager(models.Manager["LedgerEntry"]):
                     [LedgerBalance(account=account, currency=currency, balance=0)], ignore_conflicts=True
                 )
                 row = balances.get(account=account, currency=currency)
-            if reference is not None:
+            # PostgreSQL and SQLite insert "unless the reference exists" in one
+            # statement; elsewhere the reference is looked up first, under the lock.
+            one_statement = connections[using].vendor in _INSERT_UNLESS_REFERENCED
+            if reference is not None and not one_statement:
                 existing = self._existing(using, account, currency, entry_type, reference)
                 if existing is not None:
                     return _duplicate(existing, amount)
             balance_after = row.balance + amount
             if amount < 0 and balance_after < 0 and not allow_negative:
+                if reference is not None and one_statement:
+                    # A repeat is returned even when the balance could not pay for it again.
+                    existing = self._existing(using, account, currency, entry_type, reference)
+                    if existing is not None:
+                        return _duplicate(existing, amount)
                 return _Refused(
                     InsufficientFunds(account=account, currency=currency, balance=row.balance, amount=-amount)
                 )
@@ -227,6 +237,15 @@ class LedgerEntryManager(models.Manager["LedgerEntry"]):
             )
             if reference is None:
                 entry.save(using=using, force_insert=True, ledger_write=LEDGER_WRITE)
+            elif one_statement:
+                if not _insert_unless_referenced(entry, using):
+                    # The reference exists: written before us, or by a writer that
+                    # did not take the balance lock (the insert waited for it).
+                    # Nothing was written; the balance is not touched.
+                    existing = self._existing(using, account, currency, entry_type, reference)
+                    if existing is None:
+                        raise LookupError(f"Ledger reference {reference!r} vanished while being written.")
+                    return _duplicate(existing, amount)
             else:
                 try:
                     with transaction.atomic(using=using):
@@ -310,6 +329,35 @@ def verify_balances(*, account: str | None = None, using: str | None = None) -> 
     for (row_account, row_currency), balance in sorted(balances.items()):
         # Balances with no entry at all: fine at zero (a refused first debit writes none).
         yield AccountCheck(row_account, row_currency, 0, balance, 0, None)
+
+
+def _insert_unless_referenced(entry: LedgerEntry, using: str) -> bool:
+    """``INSERT ... ON CONFLICT (the reference's scope) DO NOTHING RETURNING id``; False if it existed.
+
+    One statement, no savepoint, no error: the database's unique constraint
+    decides. (MySQL has no such statement; ``INSERT IGNORE`` would also hide
+    other errors, such as a truncated value, so it keeps the check and the
+    savepoint.)
+    """
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    fields = [f for f in entry._meta.concrete_fields if not f.primary_key]
+    scope = ", ".join(quote(name) for name in ("account", "currency", "entry_type", "reference"))
+    sql = (
+        f"INSERT INTO {quote(entry._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({scope}) DO NOTHING RETURNING {quote(entry._meta.pk.column)}"
+    )
+    params = [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    entry.pk = row[0]
+    entry._state.adding = False
+    entry._state.db = using
+    return True
 
 
 def _duplicate(existing: LedgerEntry, amount: int) -> tuple[LedgerEntry, bool] | _Refused:
