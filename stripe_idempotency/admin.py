@@ -18,6 +18,35 @@ from stripe_idempotency.leases import Duplicate
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.processing import Failed, Processed
 
+# Every field shown, all read-only.
+_EVENT_FIELDS = (
+    "event_id",
+    "type",
+    "livemode",
+    "api_version",
+    "created",
+    "received_at",
+    "processed_at",
+    "attempts",
+    "claimed_at",
+    "claimed_by",
+    "claim_expires_at",
+    "claim_token",
+    "last_error_display",
+    "payload_display",
+)
+_ENTRY_FIELDS = (
+    "account",
+    "currency",
+    "amount",
+    "balance_after",
+    "entry_type",
+    "reference",
+    "event",
+    "created_at",
+    "metadata",
+)
+
 
 class StateFilter(admin.SimpleListFilter):
     title = _("state")
@@ -66,23 +95,7 @@ class StripeEventAdmin(ReadOnlyAdmin):
     ordering = ["-received_at"]
     show_full_result_count = False  # no COUNT(*) over a large table on every page
     actions = ["reprocess_selected"]
-    fields = [
-        "event_id",
-        "type",
-        "livemode",
-        "api_version",
-        "created",
-        "received_at",
-        "processed_at",
-        "attempts",
-        "claimed_at",
-        "claimed_by",
-        "claim_expires_at",
-        "claim_token",
-        "last_error_display",
-        "payload_display",
-    ]
-    readonly_fields = fields
+    fields = readonly_fields = _EVENT_FIELDS
 
     @admin.action(description=_("Reprocess selected events"), permissions=["reprocess"])
     def reprocess_selected(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> None:
@@ -152,18 +165,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     list_select_related = ["event"]
     ordering = ["-id"]
     show_full_result_count = False
-    fields = [
-        "account",
-        "currency",
-        "amount",
-        "balance_after",
-        "entry_type",
-        "reference",
-        "event",
-        "created_at",
-        "metadata",
-    ]
-    readonly_fields = fields
+    fields = readonly_fields = _ENTRY_FIELDS
 
 
 @admin.register(LedgerBalance)

@@ -37,6 +37,7 @@ from django.db.models.functions import Now
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimRequired, LeaseLost
 from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.sql import concrete_field, quoted_columns
 from stripe_idempotency.verification import VerifiedEvent
 
 
@@ -232,7 +233,7 @@ def _sql(connection: BaseDatabaseWrapper, template: str, **extra: str) -> str:
         sql = template.format(
             table=table,
             inserted=_INSERTED,
-            columns=", ".join(quote(f.column) for f in _returned_fields()),
+            columns=quoted_columns(connection, _returned_fields()),
             **{name: value.format(table=table) for name, value in extra.items()},
         )
         _sql_cache[key] = sql
@@ -243,7 +244,7 @@ def _claim_params(
     connection: BaseDatabaseWrapper, verified: VerifiedEvent, token: uuid.UUID
 ) -> dict[str, Any]:
     def prepare(name: str, value: Any) -> Any:
-        return StripeEvent._meta.get_field(name).get_db_prep_save(value, connection)
+        return concrete_field(StripeEvent, name).get_db_prep_save(value, connection)
 
     ttl = app_settings.CLAIM_TTL_SECONDS
     return {
@@ -302,14 +303,15 @@ def _claim_postgresql(connection: BaseDatabaseWrapper, params: dict[str, Any]) -
     sql = _sql(connection, _POSTGRESQL, claimable=_CLAIMABLE.format(t="e", now="statement_timestamp()"))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
+        row: Row | None = cursor.fetchone()
         if row is not None:
             return row
         # The conflicting row was inserted by a transaction that committed
         # after this statement took its snapshot: the upsert saw it (and was
         # refused), the SELECT could not. A new statement sees it.
         cursor.execute(_sql(connection, _POSTGRESQL_READ), {"event_id": params["event_id"]})
-        return cursor.fetchone()
+        row = cursor.fetchone()
+        return row
 
 
 _SQLITE_NOW = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
@@ -342,13 +344,14 @@ def _claim_sqlite(connection: BaseDatabaseWrapper, params: dict[str, Any]) -> Ro
     )
     with connection.cursor() as cursor:
         cursor.execute(upsert, params)
-        row = cursor.fetchone()
+        row: Row | None = cursor.fetchone()
         if row is not None:
             return row
         # SQLite has one writer at a time: the upsert above waited for it, so
         # this read sees the row as the winner committed it.
         cursor.execute(_sql(connection, _SQLITE_READ), {"event_id": params["event_id"]})
-        return cursor.fetchone()
+        row = cursor.fetchone()
+        return row
 
 
 _MYSQL_CLAIMABLE = _CLAIMABLE.format(t="{table}", now="NOW(6)")
@@ -386,10 +389,10 @@ def _claim_mysql(
         try:
             with connection.cursor() as cursor:
                 cursor.execute(upsert, params)
-                if returning:
-                    return cursor.fetchone()
-                cursor.execute(_sql(connection, _MYSQL_READ), {"event_id": params["event_id"]})
-                return cursor.fetchone()
+                if not returning:
+                    cursor.execute(_sql(connection, _MYSQL_READ), {"event_id": params["event_id"]})
+                row: Row | None = cursor.fetchone()
+                return row
         except OperationalError as exc:
             if exc.args[0] != _MYSQL_DEADLOCK or attempt == 2:
                 raise

@@ -15,9 +15,9 @@ reference returns the existing entry with nothing changed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import IntegrityError, OperationalError, connections, models, router, transaction
 
@@ -28,9 +28,12 @@ from stripe_idempotency.exceptions import (
     LedgerEntryImmutable,
     LedgerError,
 )
+from stripe_idempotency.sql import concrete_field, quoted_columns
 
 if TYPE_CHECKING:
     from stripe_idempotency.models import LedgerEntry, StripeEvent
+
+T = TypeVar("T")
 
 #: Passed to ``LedgerEntry.save()`` by this module only: any other save is refused.
 LEDGER_WRITE = object()
@@ -340,13 +343,14 @@ def _insert_unless_referenced(entry: LedgerEntry, using: str) -> bool:
     savepoint.)
     """
     connection = connections[using]
-    quote = connection.ops.quote_name
-    fields = [f for f in entry._meta.concrete_fields if not f.primary_key]
-    scope = ", ".join(quote(name) for name in ("account", "currency", "entry_type", "reference"))
+    opts = entry._meta
+    fields = [f for f in opts.concrete_fields if not f.primary_key]
+    scope = [concrete_field(type(entry), name) for name in ("account", "currency", "entry_type", "reference")]
     sql = (
-        f"INSERT INTO {quote(entry._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"INSERT INTO {connection.ops.quote_name(opts.db_table)} ({quoted_columns(connection, fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({scope}) DO NOTHING RETURNING {quote(entry._meta.pk.column)}"
+        f"ON CONFLICT ({quoted_columns(connection, scope)}) DO NOTHING "
+        f"RETURNING {quoted_columns(connection, [opts.pk])}"
     )
     params = [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in fields]
     with connection.cursor() as cursor:
@@ -366,7 +370,7 @@ def _duplicate(existing: LedgerEntry, amount: int) -> tuple[LedgerEntry, bool] |
     return existing, False
 
 
-def _retrying(using: str, apply: Any) -> Any:
+def _retrying(using: str, apply: Callable[[], T]) -> T:
     """Run ``apply``; if the ledger owns the transaction, repeat what the database asks to repeat."""
     connection = connections[using]
     if connection.in_atomic_block:

@@ -22,14 +22,17 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
-from django.http import HttpResponse
 from django.test import Client
 from django.urls import reverse
 
 from stripe_idempotency.conf import app_settings
+
+if TYPE_CHECKING:
+    # The test client's response (``.json()``, ``.templates``...), named only in django-stubs.
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
 
 DEFAULT_API_VERSION = "2024-06-20"
 
@@ -108,7 +111,7 @@ def deliver(
     signature: str | None = None,
     url: str | None = None,
     **extra: Any,
-) -> HttpResponse:
+) -> TestResponse:
     """POST ``event`` to the webhook view, signed, and return the response.
 
     ``signature`` replaces the computed ``Stripe-Signature`` header (pass
@@ -121,7 +124,7 @@ def deliver(
         signature = sign(body, secret, timestamp=timestamp)
     if signature:
         headers["Stripe-Signature"] = signature
-    response: HttpResponse = client.post(
+    response = client.post(
         url or reverse("stripe_idempotency:webhook"),
         data=body,
         content_type="application/json",

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import InterfaceError, OperationalError, connections, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
@@ -34,7 +34,7 @@ class WebhookView(View):
     http_method_names = ["post"]
 
     @classmethod
-    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponse]:
+    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
         view = super().as_view(**initkwargs)
         # Stripe has no CSRF token and no session: it proves itself by signature.
         view = login_not_required(csrf_exempt(view))
