@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 
+from example_project import mail
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -79,7 +81,9 @@ TEMPLATES = [
     }
 ]
 
-EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+globals().update(
+    mail.backend_settings(env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend"))
+)
 DEFAULT_FROM_EMAIL = "shop@example.com"
 
 USE_TZ = True

@@ -29,6 +29,7 @@ from django.db import connection
 from django.test.utils import override_settings
 from django.urls import reverse
 
+from example_project.mail import backend_settings
 from example_project.shop.models import Cancellation, Fulfilment
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.ledger import verify_balances
@@ -73,7 +74,7 @@ class Command(BaseCommand):
         random.Random(seed).shuffle(jobs)
         bodies = {e["id"]: encode(e) for e in burst}
 
-        with override_settings(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend"):
+        with override_settings(**backend_settings("django.core.mail.backends.locmem.EmailBackend")):
             mail.outbox = []
             server = ThreadedWSGIServer(("127.0.0.1", 0), _QuietHandler)
             server.set_app(get_wsgi_application())
