@@ -9,6 +9,8 @@ from django.db import connection
 from stripe_idempotency.signals import event_received, signal_for
 from tests.testapp.models import Effect
 
+pytest_plugins = ["pytester"]
+
 TYPE = "checkout.session.completed"
 
 
