@@ -1,6 +1,9 @@
 """Settings of the example shop, from the environment (django-environ).
 
 DATABASE_URL           default: sqlite:///example.sqlite3 (beside manage.py)
+DATABASE_POOL_SIZE     PostgreSQL only: use Django's connection pool of this many
+                       connections per process instead of persistent connections
+                       (the shape for ASGI servers; see docs/deployment.md)
 STRIPE_WEBHOOK_SECRET  the endpoint's signing secret; `stripe listen` prints one
 """
 
@@ -27,6 +30,12 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 # server closed (a restart, a killed backend) before a request uses it.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if pool_size := env.int("DATABASE_POOL_SIZE", default=0):
+    # Under ASGI each request runs the view in a thread of its own, and a
+    # persistent connection belongs to its thread: connections pile up until the
+    # server refuses more. A pool hands connections back after every request.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": pool_size}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Concurrent deliveries wait their turn for SQLite's single writer
     # instead of failing with "database is locked" (system check W003).

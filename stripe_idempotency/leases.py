@@ -381,22 +381,45 @@ _MYSQL_READ = "SELECT {columns}, " + _MYSQL_LEASE_LEFT + " FROM {table} WHERE ev
 def _claim_mysql(
     connection: BaseDatabaseWrapper, params: dict[str, Any], *, returning: bool | None = None
 ) -> Row | None:
-    """MariaDB 10.5+ returns the row from the upsert itself; MySQL reads it back."""
+    """A plain read first; the upsert only for a new or claimable event.
+
+    InnoDB's upsert locks an existing row exclusively even when it changes
+    nothing. A receiver transaction holding a shared lock on that row (which any
+    foreign key to the event takes, the ledger's included) would then queue
+    behind the duplicate's upsert for its own fenced update: a deadlock, and
+    the receivers' work rolled back. The read takes no lock, so duplicates and
+    busy answers never touch a live claim. The upsert still decides, so a race
+    between the read and the upsert changes nothing.
+
+    MariaDB 10.5+ returns the row from the upsert itself; MySQL reads it back.
+    """
     if returning is None:
         returning = connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)  # type: ignore[attr-defined]
     upsert = _sql(connection, _MYSQL_RETURNING if returning else _MYSQL, claimable=_MYSQL_CLAIMABLE)
+    read = _sql(connection, _MYSQL_READ)
     for attempt in range(3):
         try:
             with connection.cursor() as cursor:
+                cursor.execute(read, {"event_id": params["event_id"]})
+                existing: Row | None = cursor.fetchone()
+                if existing is not None and _refused(existing):
+                    return existing
                 cursor.execute(upsert, params)
                 if not returning:
-                    cursor.execute(_sql(connection, _MYSQL_READ), {"event_id": params["event_id"]})
+                    cursor.execute(read, {"event_id": params["event_id"]})
                 row: Row | None = cursor.fetchone()
                 return row
         except OperationalError as exc:
             if exc.args[0] != _MYSQL_DEADLOCK or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _refused(row: Row) -> bool:
+    """Whether a read row is processed or under a live lease: no claim could take it now."""
+    processed_at = row[[f.name for f in _returned_fields()].index("processed_at")]
+    lease_left = row[-1]
+    return processed_at is not None or (lease_left is not None and lease_left > 0)
 
 
 _CLAIM_STATEMENTS: dict[str, Callable[[BaseDatabaseWrapper, dict[str, Any]], Row | None]] = {

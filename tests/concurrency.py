@@ -69,8 +69,7 @@ def burst(events: Sequence[dict[str, Any]], *, processes: int = 1, threads: int 
     context = multiprocessing.get_context("fork")
     start = context.Barrier(processes * threads)
     queue = context.Queue()
-    # A forked child must not share the parent's open sockets.
-    connections.close_all()
+    close_connections_and_pools()
     children = [
         context.Process(target=_process_main, args=(events, threads, n + 1, start, queue))
         for n in range(processes)
@@ -84,6 +83,21 @@ def burst(events: Sequence[dict[str, Any]], *, processes: int = 1, threads: int 
         child.join(timeout=30)
         assert child.exitcode == 0, f"delivery process exited with {child.exitcode}"
     return results
+
+
+def close_connections_and_pools() -> None:
+    """Close every connection and connection pool; call it before forking.
+
+    A forked child must not share the parent's sockets, and a pool's worker
+    threads do not survive a fork: each child opens its own pool on first use,
+    as each worker of an app server does. Also how a test makes the next
+    connection honour changed settings.
+    """
+    connections.close_all()
+    for connection in connections.all(initialized_only=True):
+        close_pool = getattr(connection, "close_pool", None)  # PostgreSQL with OPTIONS["pool"]
+        if close_pool is not None:
+            close_pool()
 
 
 def in_thread(func: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:

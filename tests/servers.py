@@ -1,4 +1,4 @@
-"""Real servers for the chaos tests: a database of their own, gunicorn instances, a private PostgreSQL.
+"""Real servers: a database of the test's own, gunicorn and uvicorn instances, a private PostgreSQL.
 
 Everything started here is stopped by pid when the test ends, whatever happens.
 """
@@ -130,19 +130,17 @@ def manage(db_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[s
     return result
 
 
-class Gunicorn:
-    """One app instance: a gunicorn master with sync workers, on its own port and INSTANCE_ID."""
+class AppServer:
+    """One app instance: a server process on its own port and INSTANCE_ID, serving the example project."""
+
+    name = "server"
 
     def __init__(self, db_url: str, instance_id: str, workers: int, log_dir: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/stripe/webhook/"
         self.log = log_dir / f"{instance_id}.log"
         self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "example_project.wsgi:application"),
-                *("--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--preload"),
-                *("--timeout", "30", "--graceful-timeout", "2", "--log-level", "warning"),
-            ],
+            self.command(workers),
             cwd=ROOT,
             env=app_environment(db_url, STRIPE_INSTANCE_ID=instance_id, **env),
             stdout=self.log.open("w"),
@@ -151,11 +149,14 @@ class Gunicorn:
         )
         self._wait_until_up()
 
+    def command(self, workers: int) -> list[str]:
+        raise NotImplementedError
+
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(self.url, timeout=2)
             except urllib.error.HTTPError as error:
@@ -164,7 +165,7 @@ class Gunicorn:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("gunicorn did not come up")
+        raise RuntimeError(f"{self.name} did not come up")
 
     def worker_pids(self) -> list[int]:
         pids = []
@@ -190,6 +191,32 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+
+
+class Gunicorn(AppServer):
+    """WSGI: a gunicorn master with sync workers."""
+
+    name = "gunicorn"
+
+    def command(self, workers: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "gunicorn", "example_project.wsgi:application"),
+            *("--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--preload"),
+            *("--timeout", "30", "--graceful-timeout", "2", "--log-level", "warning"),
+        ]
+
+
+class Uvicorn(AppServer):
+    """ASGI: uvicorn worker processes, each running the sync view in Django's thread."""
+
+    name = "uvicorn"
+
+    def command(self, workers: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "uvicorn", "example_project.asgi:application"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)),
+            *("--log-level", "warning", "--no-access-log"),
+        ]
 
 
 def post(url: str, body: bytes, signature: str, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:

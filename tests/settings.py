@@ -5,6 +5,12 @@
     pytest
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/stripe_idempotency pytest
     DATABASE_URL=mysql://root@127.0.0.1:3306/stripe_idempotency pytest
+
+``DATABASE_POOL`` runs PostgreSQL the way pooled deployments do:
+
+    DATABASE_POOL=psycopg     Django's own connection pool (psycopg_pool)
+    DATABASE_POOL=pgbouncer   through PgBouncer in transaction pooling mode
+                              (DATABASE_URL pointing at it; see .ci/pgbouncer)
 """
 
 from __future__ import annotations
@@ -30,6 +36,18 @@ if _database["ENGINE"].endswith("sqlite3"):
     }
 else:
     _database["TEST"] = {"NAME": f"test_{_database['NAME']}_{_suffix}"}
+
+DATABASE_POOL = os.environ.get("DATABASE_POOL", "")
+if DATABASE_POOL == "psycopg":
+    # Every thread of a concurrency test holds one connection while it delivers.
+    _database["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 24, "timeout": 5}}
+elif DATABASE_POOL == "pgbouncer":
+    # Consecutive transactions of one client may run on different server
+    # connections: nothing may outlive a transaction on the server.
+    _database["OPTIONS"] = {"prepare_threshold": None}
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = True
+elif DATABASE_POOL:
+    raise ValueError(f"DATABASE_POOL must be 'psycopg' or 'pgbouncer', not {DATABASE_POOL!r}.")
 
 SECRET_KEY = "tests-only-not-secret"
 USE_TZ = True

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.test import Client, override_settings
 
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event, deliver
 from tests.concurrency import burst, in_thread
@@ -126,3 +126,38 @@ def test_sqlite_serialises_a_takeover_behind_the_running_dispatch(record_effects
     assert (other.status_code, other.json()["status"]) in {(200, "duplicate"), (503, "unavailable")}
     assert sorted(Effect.objects.values_list("receiver", flat=True)) == ["received", "typed"]
     assert StripeEvent.objects.get().attempts == 1
+
+
+def test_a_duplicate_arriving_while_the_receivers_hold_a_foreign_key_does_not_deadlock(connect):
+    # A receiver's row that points at the event (a ledger entry, or any model of
+    # the project's own with a foreign key to StripeEvent) makes InnoDB hold a
+    # shared lock on the event's row until commit. A duplicate that asked for an
+    # exclusive lock on that row would queue in front of the fenced update that
+    # ends the receivers' transaction: a deadlock, and their work rolled back.
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: the duplicate waits for the whole dispatch instead.")
+    duplicates = []
+
+    def credit_then_meet_a_duplicate(sender, event, **kwargs):
+        LedgerEntry.objects.credit(
+            account="cus_fk",
+            amount=100,
+            currency="usd",
+            entry_type="payment",
+            reference=event.event_id,
+            event=event,
+        )
+        # The duplicate is answered while this transaction holds the row's shared lock.
+        thread, result = in_thread(lambda: deliver(Client(), event.payload))
+        thread.join(30)
+        duplicates.append(result[0] if result else None)
+
+    connect(event_received, credit_then_meet_a_duplicate)
+    event = build_event()
+    response = deliver(Client(), event)
+
+    assert (response.status_code, response.json()["status"]) == (200, "processed")
+    [duplicate] = duplicates
+    assert (duplicate.status_code, duplicate.json()["status"]) == (503, "busy")
+    assert LedgerEntry.objects.balance(account="cus_fk", currency="usd") == 100
+    assert StripeEvent.objects.get().processed_at is not None

@@ -13,6 +13,7 @@ from django.db import connection, connections
 from stripe_idempotency.exceptions import InsufficientFunds
 from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerEntry
+from tests.concurrency import close_connections_and_pools
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -74,7 +75,7 @@ def run_workers(jobs_for) -> collections.Counter:
     else:
         context = multiprocessing.get_context("fork")
         start, queue = context.Barrier(WORKERS), context.Queue()
-        connections.close_all()
+        close_connections_and_pools()
         processes = [
             context.Process(target=_in_process, args=(w, jobs_for(w), start, queue)) for w in range(WORKERS)
         ]

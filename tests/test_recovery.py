@@ -18,6 +18,7 @@ from django.test import Client, override_settings
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event, deliver
+from tests.concurrency import close_connections_and_pools
 from tests.testapp.models import Effect
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
@@ -54,7 +55,7 @@ def test_killed_workers_events_are_reprocessed_exactly_once_by_two_reapers(recor
     connect(event_received, killer)
     events = [build_event(id=f"evt_killed_{n}") for n in range(EVENTS)]
     context = multiprocessing.get_context("fork")
-    connections.close_all()
+    close_connections_and_pools()
     for event in events:
         worker = context.Process(target=_die_mid_receiver, args=(event,))
         worker.start()
@@ -80,7 +81,7 @@ def test_killed_workers_events_are_reprocessed_exactly_once_by_two_reapers(recor
     assert list(rows.order_by("id").values()) == before
 
     start, queue = context.Barrier(2), context.Queue()
-    connections.close_all()
+    close_connections_and_pools()
     reapers = [context.Process(target=_reaper, args=(start, queue)) for _ in range(2)]
     for reaper in reapers:
         reaper.start()

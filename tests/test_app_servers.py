@@ -1,0 +1,102 @@
+"""WSGI and ASGI: the example project under gunicorn and under uvicorn at once, on one database.
+
+A deployment may run both (an ASGI instance for other traffic beside WSGI
+workers, or a move from one to the other): every event must still be handled
+once, whichever server each of its deliveries reaches.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
+from tests.servers import Gunicorn, Uvicorn, answer_status, own_database, post
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
+
+SECRET = "whsec_example_local_only"  # the example project's default
+EVENTS = 150
+DELIVERIES = 4  # of each event, at the same moment, alternating between the servers
+
+
+@pytest.fixture
+def server_database():
+    if connection.vendor == "sqlite":
+        pytest.skip("The server suites run on PostgreSQL and MariaDB.")
+    with own_database() as db:
+        yield db
+
+
+def checkout(n: int) -> dict:
+    session = {
+        "id": f"cs_servers_{n}",
+        "object": "checkout.session",
+        "amount_total": 1000 + n,
+        "currency": "usd",
+        "customer": f"cus_servers_{n % 10}",
+        "customer_details": {"email": ""},
+    }
+    return build_event("checkout.session.completed", data=session, id=f"evt_servers_{n}")
+
+
+def test_gunicorn_and_uvicorn_instances_handle_each_event_once(server_database, tmp_path: Path):
+    db = server_database
+    events = [checkout(n) for n in range(EVENTS)]
+    bodies = {e["id"]: encode(e) for e in events}
+    # Under ASGI every request gets a thread, so persistent connections (one per
+    # thread) pile up: the ASGI instance uses Django's pool on PostgreSQL, and
+    # closes its connections after each request on MariaDB.
+    asgi_env = {"DATABASE_POOL_SIZE": "8"} if connection.vendor == "postgresql" else {"CONN_MAX_AGE": "0"}
+    servers = [
+        Uvicorn(db.url, "asgi-instance", workers=2, log_dir=tmp_path, **asgi_env),
+        Gunicorn(db.url, "wsgi-instance", workers=2, log_dir=tmp_path),
+    ]
+    answers: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+
+    def attempt(job: list) -> float | None:
+        event_id, delivery = job
+        server = servers[delivery % len(servers)]
+        status, headers, body = post(server.url, bodies[event_id], sign(bodies[event_id], SECRET))
+        with lock:
+            answers[(server.name, status, answer_status(body))] += 1
+        if 200 <= status < 300:
+            return None
+        job[1] = delivery + 1  # the retry goes to the other server
+        return min(float(headers.get("Retry-After") or 1), 0.5)
+
+    jobs = [[e["id"], d] for e in events for d in range(DELIVERIES)]
+    try:
+        deliver_concurrently(jobs, attempt, senders=16, max_attempts=60)
+    finally:
+        for server in servers:
+            server.stop()
+
+    unexpected = {
+        key: n
+        for key, n in answers.items()
+        if key[1:] not in {(200, "processed"), (200, "duplicate"), (503, "busy")}
+    }
+    assert not unexpected, (unexpected, [s.log.read_text()[-2000:] for s in servers])
+    # Both servers did real work, not only one of them.
+    for name in ("uvicorn", "gunicorn"):
+        assert answers[(name, 200, "processed")] > 0, answers
+        assert answers[(name, 200, "duplicate")] > 0, answers
+    assert sum(n for (_, _, kind), n in answers.items() if kind == "processed") == EVENTS
+
+    assert (
+        db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NOT NULL")
+        == EVENTS
+    )
+    fulfilments = db.rows("SELECT stripe_event_id, COUNT(*) FROM shop_fulfilment GROUP BY stripe_event_id")
+    assert len(fulfilments) == EVENTS
+    assert {count for _, count in fulfilments} == {1}
+    credited = db.scalar(
+        "SELECT COUNT(*) FROM stripe_idempotency_ledgerentry WHERE entry_type = 'checkout_payment'"
+    )
+    assert credited == EVENTS
