@@ -205,11 +205,8 @@ class LedgerEntryManager(models.Manager["LedgerEntry"]):
                 )
             if row is None:
                 # Concurrent first writers to an account both land here; one
-                # inserts the row, the other's insert is ignored, and both
-                # then queue on its lock.
-                LedgerBalance.objects.using(using).bulk_create(
-                    [LedgerBalance(account=account, currency=currency, balance=0)], ignore_conflicts=True
-                )
+                # inserts the row, and both then queue on its lock.
+                _create_balance_row(using, account, currency)
                 row = balances.get(account=account, currency=currency)
             # PostgreSQL and SQLite insert "unless the reference exists" in one
             # statement; elsewhere the reference is looked up first, under the lock.
@@ -368,6 +365,37 @@ def _duplicate(existing: LedgerEntry, amount: int) -> tuple[LedgerEntry, bool] |
     if existing.amount != amount:
         return _Refused(LedgerConflict(existing=existing, amount=amount))
     return existing, False
+
+
+def _create_balance_row(using: str, account: str, currency: str) -> None:
+    """Insert the (account, currency) balance row at 0, unless it exists.
+
+    On MySQL/MariaDB an ignored duplicate insert (``INSERT IGNORE``) leaves a
+    shared lock on the row, which the ``SELECT ... FOR UPDATE`` that follows must
+    upgrade; two first writers doing that at once deadlock, and inside a
+    receiver's transaction a deadlock cannot be retried. A no-op
+    ``ON DUPLICATE KEY UPDATE`` takes the exclusive lock at once instead.
+    Elsewhere the conflict check of ``ON CONFLICT DO NOTHING`` leaves no lock.
+    """
+    from stripe_idempotency.models import LedgerBalance
+
+    connection = connections[using]
+    if connection.vendor != "mysql":
+        LedgerBalance.objects.using(using).bulk_create(
+            [LedgerBalance(account=account, currency=currency, balance=0)], ignore_conflicts=True
+        )
+        return
+    row = LedgerBalance(account=account, currency=currency, balance=0)
+    fields = [f for f in LedgerBalance._meta.concrete_fields if not f.primary_key]
+    params = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
+    balance = quoted_columns(connection, [concrete_field(LedgerBalance, "balance")])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {connection.ops.quote_name(LedgerBalance._meta.db_table)} "
+            f"({quoted_columns(connection, fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
+            f"ON DUPLICATE KEY UPDATE {balance} = {balance}",
+            params,
+        )
 
 
 def _retrying(using: str, apply: Callable[[], T]) -> T:

@@ -8,7 +8,7 @@ import random
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from stripe_idempotency.exceptions import InsufficientFunds
 from stripe_idempotency.ledger import verify_balances
@@ -132,4 +132,56 @@ def test_concurrent_debits_never_take_the_balance_below_zero():
     assert outcomes == {("debit", "cus_1", "created"): 142, ("debit", "cus_1", "refused"): 258}
     assert LedgerEntry.objects.balance(account="cus_1", currency="usd") == 6
     assert min(LedgerEntry.objects.values_list("balance_after", flat=True)) == 6
+    assert all(check.ok for check in verify_balances())
+
+
+def _first_credits_in_transactions(worker, accounts, start, queue):
+    outcomes: collections.Counter = collections.Counter()
+    try:
+        for account in accounts:
+            start.wait(30)  # every worker on the same new account at the same moment
+            try:
+                # In a caller's transaction (a receiver's), the ledger cannot retry.
+                with transaction.atomic():
+                    LedgerEntry.objects.credit(
+                        account=account,
+                        amount=5,
+                        currency="usd",
+                        entry_type="deposit",
+                        reference=f"w{worker}",
+                    )
+                outcomes["created"] += 1
+            except Exception as exc:  # reported, so the assertion shows it
+                outcomes[f"raised {exc!r}"] += 1
+    finally:
+        connections.close_all()
+    queue.put(outcomes)
+
+
+def test_first_credits_to_new_accounts_in_callers_transactions_never_deadlock():
+    # Receivers credit inside the dispatch transaction, where a deadlock would
+    # roll back all their work. Concurrent first writers to an account both
+    # create its balance row: on InnoDB an ignored duplicate insert leaves a
+    # shared lock that the row lock then has to upgrade, and two such upgrades
+    # deadlock. The row is created so that no shared lock is left.
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: first writers queue for the database, not for a row.")
+    accounts = [f"acct_new_{n}" for n in range(30)]
+    context = multiprocessing.get_context("fork")
+    start, queue = context.Barrier(WORKERS), context.Queue()
+    close_connections_and_pools()
+    processes = [
+        context.Process(target=_first_credits_in_transactions, args=(w, accounts, start, queue))
+        for w in range(WORKERS)
+    ]
+    for p in processes:
+        p.start()
+    outcomes: collections.Counter = collections.Counter()
+    for _ in processes:
+        outcomes.update(queue.get(timeout=300))
+    for p in processes:
+        p.join(30)
+    assert outcomes == {"created": WORKERS * len(accounts)}
+    for account in accounts:
+        assert LedgerEntry.objects.balance(account=account, currency="usd") == 5 * WORKERS
     assert all(check.ok for check in verify_balances())
