@@ -112,11 +112,14 @@ def complete(claimed: Claimed) -> None:
     receivers' work. When another instance has taken the event over, nothing
     is updated and :class:`LeaseLost` is raised, so that work rolls back.
     """
-    updated = (
-        StripeEvent.objects.using(claimed.using)
-        .filter(pk=claimed.event.pk, claim_token=claimed.token, processed_at__isnull=True)
-        .update(processed_at=Now(), claim_expires_at=None, claim_token=None)
-    )
+    connection = connections[claimed.using]
+    # Every delivery runs this statement: it is built once per backend, as the
+    # claim is, rather than compiled by the ORM each time.
+    sql = _sql(connection, _COMPLETE, now=_NOW[connection.vendor])
+    token = concrete_field(StripeEvent, "claim_token").get_db_prep_save(claimed.token, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"pk": claimed.event.pk, "token": token})
+        updated = cursor.rowcount
     if updated != 1:
         raise LeaseLost(f"Another instance took over the lease on {claimed.event.event_id}.")
 
@@ -238,6 +241,12 @@ def _sql(connection: BaseDatabaseWrapper, template: str, **extra: str) -> str:
         )
         _sql_cache[key] = sql
     return sql
+
+
+_COMPLETE = """
+UPDATE {table} SET processed_at = {now}, claim_expires_at = NULL, claim_token = NULL
+WHERE id = %(pk)s AND claim_token = %(token)s AND processed_at IS NULL
+"""
 
 
 def _claim_params(
@@ -421,6 +430,9 @@ def _refused(row: Row) -> bool:
     lease_left = row[-1]
     return processed_at is not None or (lease_left is not None and lease_left > 0)
 
+
+# The current time on each backend's clock, as the claim statements read it.
+_NOW = {"postgresql": "statement_timestamp()", "mysql": "NOW(6)", "sqlite": _SQLITE_NOW}
 
 _CLAIM_STATEMENTS: dict[str, Callable[[BaseDatabaseWrapper, dict[str, Any]], Row | None]] = {
     "postgresql": _claim_postgresql,
