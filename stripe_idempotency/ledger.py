@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import IntegrityError, OperationalError, connections, models, router, transaction
+from django.db.models.functions import Now
 
 from stripe_idempotency.exceptions import (
     InsufficientFunds,
@@ -28,7 +29,7 @@ from stripe_idempotency.exceptions import (
     LedgerEntryImmutable,
     LedgerError,
 )
-from stripe_idempotency.sql import concrete_field, quoted_columns
+from stripe_idempotency.sql import column, concrete_field, quoted_columns
 
 if TYPE_CHECKING:
     from stripe_idempotency.models import LedgerEntry, StripeEvent
@@ -195,7 +196,24 @@ class LedgerEntryManager(models.Manager["LedgerEntry"]):
         # Inside a caller's transaction, no savepoint of our own: nothing is
         # written before the last refusal is decided, and a database error
         # must take the caller's transaction down with it.
+        entry = self.model(
+            account=account,
+            currency=currency,
+            amount=amount,
+            balance_after=0,  # set under the balance's lock
+            entry_type=entry_type,
+            reference=reference,
+            event=event,
+            metadata=metadata or {},
+        )
         with transaction.atomic(using=using, savepoint=False):
+            if connections[using].vendor == "postgresql" and _apply_in_one_statement(
+                entry, using, allow_negative
+            ):
+                return entry, True
+            # The general path: a new account, a refusal, a repeated reference,
+            # or a backend without data-modifying CTEs. On PostgreSQL the
+            # statement above already holds the balance's lock, if it exists.
             balances = LedgerBalance.objects.using(using).select_for_update()
             row = balances.filter(account=account, currency=currency).first()
             if row is None and amount < 0 and not allow_negative:
@@ -225,16 +243,7 @@ class LedgerEntryManager(models.Manager["LedgerEntry"]):
                 return _Refused(
                     InsufficientFunds(account=account, currency=currency, balance=row.balance, amount=-amount)
                 )
-            entry = self.model(
-                account=account,
-                currency=currency,
-                amount=amount,
-                balance_after=balance_after,
-                entry_type=entry_type,
-                reference=reference,
-                event=event,
-                metadata=metadata or {},
-            )
+            entry.balance_after = balance_after
             if reference is None:
                 entry.save(using=using, force_insert=True, ledger_write=LEDGER_WRITE)
             elif one_statement:
@@ -258,7 +267,9 @@ class LedgerEntryManager(models.Manager["LedgerEntry"]):
                     if existing is None:
                         raise
                     return _duplicate(existing, amount)
-            LedgerBalance.objects.using(using).filter(pk=row.pk).update(balance=balance_after)
+            LedgerBalance.objects.using(using).filter(pk=row.pk).update(
+                balance=balance_after, updated_at=Now()
+            )
             return entry, True
 
     def _existing(
@@ -356,6 +367,61 @@ def _insert_unless_referenced(entry: LedgerEntry, using: str) -> bool:
     if row is None:
         return False
     entry.pk = row[0]
+    entry._state.adding = False
+    entry._state.db = using
+    return True
+
+
+def _apply_in_one_statement(entry: LedgerEntry, using: str, allow_negative: bool) -> bool:
+    """PostgreSQL: lock the balance, insert the entry and move the balance in one statement.
+
+    The balance row's lock is then held for one statement and the COMMIT,
+    rather than across three round trips and the Python between them: on a
+    hot account, that hold time is the throughput. Returns ``False`` when it
+    wrote nothing, leaving the decision to the general path: the account has
+    no balance row yet, the debit would overdraw, or the reference exists.
+    The lock, when the row exists, is kept either way.
+    """
+    from stripe_idempotency.models import LedgerBalance
+
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    opts = entry._meta
+    fields = [f for f in opts.concrete_fields if not f.primary_key]
+    scope = [concrete_field(type(entry), name) for name in ("account", "currency", "entry_type", "reference")]
+    balance_table = quote(LedgerBalance._meta.db_table)
+    balance, account, currency, updated_at = (
+        quote(column(concrete_field(LedgerBalance, name)))
+        for name in ("balance", "account", "currency", "updated_at")
+    )
+    values, params = [], []
+    for field in fields:
+        if field.name == "balance_after":
+            values.append(f"locked.{balance} + %s")
+            params.append(entry.amount)
+        else:
+            values.append("%s")
+            params.append(field.get_db_prep_save(getattr(entry, field.attname), connection))
+    sql = (
+        f"WITH locked AS ("
+        f"SELECT id, {balance} FROM {balance_table} WHERE {account} = %s AND {currency} = %s FOR UPDATE"
+        f"), inserted AS ("
+        f"INSERT INTO {quote(opts.db_table)} ({quoted_columns(connection, fields)}) "
+        f"SELECT {', '.join(values)} FROM locked WHERE %s OR locked.{balance} + %s >= 0 "
+        f"ON CONFLICT ({quoted_columns(connection, scope)}) DO NOTHING "
+        f"RETURNING {quoted_columns(connection, [opts.pk, concrete_field(type(entry), 'balance_after')])}"
+        f"), moved AS ("
+        f"UPDATE {balance_table} "
+        f"SET {balance} = inserted.balance_after, {updated_at} = statement_timestamp() "
+        f"FROM inserted, locked WHERE {balance_table}.id = locked.id"
+        f") SELECT * FROM inserted"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [entry.account, entry.currency, *params, allow_negative, entry.amount])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    entry.pk, entry.balance_after = row
     entry._state.adding = False
     entry._state.db = using
     return True

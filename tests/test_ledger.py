@@ -66,6 +66,34 @@ def test_credit():
     assert balance(account="cus_never") == 0
 
 
+def test_the_returned_entry_is_the_stored_one():
+    credit(amount=100, reference="cs_0")
+    event = StripeEvent.objects.create(event_id="evt_ledger", type="charge.succeeded", payload={})
+    entry, _ = credit(amount=250, reference="cs_1", metadata={"order": 8}, event=event)
+    stored = LedgerEntry.objects.get(pk=entry.pk)
+    fields = (
+        "account",
+        "currency",
+        "amount",
+        "balance_after",
+        "entry_type",
+        "reference",
+        "event_id",
+        "metadata",
+    )
+    assert [getattr(entry, f) for f in fields] == [getattr(stored, f) for f in fields]
+    assert entry.balance_after == 350
+    assert entry.created_at == stored.created_at
+    assert entry._state.adding is False
+
+
+def test_a_write_moves_the_balance_updated_at():
+    credit(amount=100, reference="cs_0")
+    first = LedgerBalance.objects.get().updated_at
+    credit(amount=100, reference="cs_1")
+    assert LedgerBalance.objects.get().updated_at > first
+
+
 def test_a_repeated_reference_returns_the_first_entry_and_changes_nothing():
     first, _ = credit()
     again, created = credit()
@@ -316,9 +344,11 @@ def statements(func):
 
 
 def test_queries_per_operation():
-    # PostgreSQL and SQLite insert "unless the reference exists" in one statement;
-    # MySQL/MariaDB look the reference up first and insert inside a savepoint.
-    one = connection.vendor in {"postgresql", "sqlite"}
+    if connection.vendor == "postgresql":
+        return _queries_per_operation_on_postgresql()
+    # SQLite inserts "unless the reference exists" in one statement; MySQL/MariaDB
+    # look the reference up first and insert inside a savepoint.
+    one = connection.vendor == "sqlite"
     checked_insert = ["INSERT"] if one else ["SELECT", "SAVEPOINT", "INSERT", "RELEASE"]
     first = statements(lambda: credit(reference="cs_a"))
     # New account: lock (finds nothing), create the balance row, lock it, insert, update the balance.
@@ -345,3 +375,20 @@ def test_queries_per_operation():
     with transaction.atomic():
         inside = statements(lambda: credit(reference="cs_c"))
     assert inside == ["SELECT", *checked_insert, "UPDATE"]
+
+
+def _queries_per_operation_on_postgresql():
+    # One statement locks the balance, inserts the entry and moves the balance.
+    # When it writes nothing (a new account, a repeated reference, an overdraft)
+    # the general path decides, under the lock that statement already took.
+    first = statements(lambda: credit(reference="cs_a"))
+    assert first == ["BEGIN", "WITH", "SELECT", "INSERT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert statements(lambda: credit(reference="cs_b")) == ["BEGIN", "WITH", "COMMIT"]
+    repeat = statements(lambda: credit(reference="cs_b"))
+    assert repeat == ["BEGIN", "WITH", "SELECT", "INSERT", "SELECT", "COMMIT"]
+    assert statements(lambda: debit(reference="re_a")) == ["BEGIN", "WITH", "COMMIT"]
+    assert statements(lambda: credit(reference=None)) == ["BEGIN", "WITH", "COMMIT"]
+    assert statements(lambda: balance()) == ["SELECT"]
+    with transaction.atomic():
+        inside = statements(lambda: credit(reference="cs_c"))
+    assert inside == ["WITH"]
