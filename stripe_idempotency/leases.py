@@ -26,12 +26,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.db import OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import DurationField, ExpressionWrapper, F, Field, Q, QuerySet
+from django.db.models.expressions import Col
 from django.db.models.functions import Now
 
 from stripe_idempotency.conf import app_settings
@@ -441,6 +442,24 @@ _CLAIM_STATEMENTS: dict[str, Callable[[BaseDatabaseWrapper, dict[str, Any]], Row
 }
 
 
+@cache
+def _returned_attnames() -> list[str]:
+    return [f.attname for f in _returned_fields()]
+
+
+# Keyed by the connection object (one per thread and alias), whose backend's
+# converters these are; a handful of entries live, the bound only guards churn.
+@lru_cache(maxsize=64)
+def _row_converters(connection: BaseDatabaseWrapper) -> tuple[tuple[Col, tuple[Any, ...]], ...]:
+    """Each returned column with the converters the ORM would apply to it, worked out once."""
+    table = StripeEvent._meta.db_table
+    columns = [field.get_col(table) for field in _returned_fields()]
+    return tuple(
+        (column, (*connection.ops.get_db_converters(column), *column.field.get_db_converters(connection)))
+        for column in columns
+    )
+
+
 def _event_from_row(
     connection: BaseDatabaseWrapper, using: str, row: Row | None, payload: dict[str, Any]
 ) -> tuple[StripeEvent, float | None]:
@@ -449,14 +468,12 @@ def _event_from_row(
         # The upsert either inserts, updates or finds the row; only a delete
         # racing with it could leave nothing.
         raise LookupError("The event's row vanished while it was being claimed.")
-    fields = _returned_fields()
     values = []
-    for field, value in zip(fields, row, strict=False):
-        column = field.get_col(StripeEvent._meta.db_table)
-        for converter in [*connection.ops.get_db_converters(column), *field.get_db_converters(connection)]:
+    for (column, converters), value in zip(_row_converters(connection), row, strict=False):
+        for converter in converters:
             value = converter(value, column, connection)
         values.append(value)
-    event = StripeEvent.from_db(using, [f.attname for f in fields], values)
+    event = StripeEvent.from_db(using, _returned_attnames(), values)
     event.payload = payload
-    lease_left = row[len(fields)]
+    lease_left = row[len(_returned_fields())]
     return event, None if lease_left is None else float(lease_left)
