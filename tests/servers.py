@@ -55,6 +55,7 @@ class Database:
     url: str
     settings_dict: dict[str, Any]
     _connections: threading.local = field(default_factory=threading.local)
+    _opened: list[Any] = field(default_factory=list)  # every thread's, to close them all at the end
 
     def cursor(self) -> Any:
         """A cursor on this database, one connection per thread (autocommit)."""
@@ -62,6 +63,7 @@ class Database:
         if wrapper is None:
             wrapper = _wrapper_class()({**self.settings_dict, "NAME": self.name}, alias=f"chaos-{self.name}")
             self._connections.wrapper = wrapper
+            self._opened.append(wrapper)
         elif wrapper.connection is not None and not wrapper.is_usable():
             wrapper.close()  # the server restarted under it
         return wrapper.cursor()
@@ -78,9 +80,12 @@ class Database:
             return list(cursor.fetchall())
 
     def close(self) -> None:
-        wrapper = getattr(self._connections, "wrapper", None)
-        if wrapper is not None:
+        for wrapper in self._opened:
+            # Closing another thread's connection is refused by default; these
+            # threads are done with theirs.
+            wrapper.inc_thread_sharing()
             wrapper.close()
+        self._opened.clear()
 
 
 @contextlib.contextmanager
@@ -139,14 +144,15 @@ class AppServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/stripe/webhook/"
         self.log = log_dir / f"{instance_id}.log"
-        self.process = subprocess.Popen(
-            self.command(workers),
-            cwd=ROOT,
-            env=app_environment(db_url, STRIPE_INSTANCE_ID=instance_id, **env),
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log.open("w") as log:  # the server writes to its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self.command(workers),
+                cwd=ROOT,
+                env=app_environment(db_url, STRIPE_INSTANCE_ID=instance_id, **env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._wait_until_up()
 
     def command(self, workers: int) -> list[str]:
@@ -158,8 +164,9 @@ class AppServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(self.url, timeout=2)
+                urllib.request.urlopen(self.url, timeout=2).close()
             except urllib.error.HTTPError as error:
+                error.close()
                 if error.code == 405:  # GET is answered "method not allowed": the app is up
                     return
             except OSError:
