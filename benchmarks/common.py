@@ -26,10 +26,21 @@ def setup_django() -> None:
 
 
 def _create_database() -> None:
-    """Create the benchmark database if it does not exist (PostgreSQL only; others must exist)."""
+    """Create the benchmark database if it does not exist (SQLite creates its file itself)."""
     from benchmarks.settings import DATABASES
 
     db = DATABASES["default"]
+    if db["ENGINE"].endswith("mysql"):
+        import MySQLdb
+
+        server = MySQLdb.connect(
+            host=db["HOST"] or "127.0.0.1", port=int(db["PORT"] or 3306), user=db["USER"]
+        )
+        try:
+            server.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{db['NAME']}`")
+        finally:
+            server.close()
+        return
     if not db["ENGINE"].endswith("postgresql"):
         return
     import psycopg
