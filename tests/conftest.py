@@ -46,6 +46,17 @@ def connect():
         signal.disconnect(receiver)
 
 
+@pytest.fixture
+def server_database():
+    """A database of the test's own, the example project migrated into it, for real app servers."""
+    from tests.servers import own_database
+
+    if connection.vendor == "sqlite":
+        pytest.skip("The server suites run on PostgreSQL and MariaDB.")
+    with own_database() as db:
+        yield db
+
+
 def vendor() -> str:
     return connection.vendor
 

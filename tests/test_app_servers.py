@@ -15,21 +15,13 @@ import pytest
 from django.db import connection
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
-from tests.servers import Gunicorn, Uvicorn, answer_status, own_database, post
+from tests.servers import Gunicorn, Uvicorn, answer_status, post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
 
 SECRET = "whsec_example_local_only"  # the example project's default
 EVENTS = 150
 DELIVERIES = 4  # of each event, at the same moment, alternating between the servers
-
-
-@pytest.fixture
-def server_database():
-    if connection.vendor == "sqlite":
-        pytest.skip("The server suites run on PostgreSQL and MariaDB.")
-    with own_database() as db:
-        yield db
 
 
 def checkout(n: int) -> dict:

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
-from tests.servers import ROOT, Gunicorn, answer_status, app_environment, own_database, post
+from tests.servers import ROOT, Gunicorn, answer_status, app_environment, post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chaos]
 
@@ -31,14 +30,6 @@ LEASE = 2.0
 SPREAD_SECONDS = 35  # events arrive over this long, each one's deliveries together
 LOAD_SECONDS = 60  # the sender stops starting new attempts after this
 MIX = {"slow": 0.01, "fail": 0.04, "kill": 0.02}
-
-
-@pytest.fixture
-def chaos_database():
-    if connection.vendor == "sqlite":
-        pytest.skip("The chaos suite runs on PostgreSQL and MariaDB.")
-    with own_database() as db:
-        yield db
 
 
 def events_with_misbehaviour(seed: int) -> list[dict]:
@@ -64,8 +55,8 @@ def events_with_misbehaviour(seed: int) -> list[dict]:
     return events
 
 
-def test_exactly_once_under_chaos(chaos_database, tmp_path: Path, capsys):
-    db = chaos_database
+def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
+    db = server_database
     events = events_with_misbehaviour(seed=7)
     bodies = {e["id"]: encode(e) for e in events}
     instances = [
