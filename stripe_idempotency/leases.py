@@ -427,7 +427,7 @@ def _claim_mysql(
 
 def _refused(row: Row) -> bool:
     """Whether a read row is processed or under a live lease: no claim could take it now."""
-    processed_at = row[[f.name for f in _returned_fields()].index("processed_at")]
+    processed_at = row[_returned_attnames().index("processed_at")]
     lease_left = row[-1]
     return processed_at is not None or (lease_left is not None and lease_left > 0)
 
@@ -444,6 +444,7 @@ _CLAIM_STATEMENTS: dict[str, Callable[[BaseDatabaseWrapper, dict[str, Any]], Row
 
 @cache
 def _returned_attnames() -> list[str]:
+    # Cached, so the same list serves every call: never mutate it.
     return [f.attname for f in _returned_fields()]
 
 

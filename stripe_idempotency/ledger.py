@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import IntegrityError, OperationalError, connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.functions import Now
 
 from stripe_idempotency.exceptions import (
@@ -382,42 +383,19 @@ def _apply_in_one_statement(entry: LedgerEntry, using: str, allow_negative: bool
     no balance row yet, the debit would overdraw, or the reference exists.
     The lock, when the row exists, is kept either way.
     """
-    from stripe_idempotency.models import LedgerBalance
-
     connection = connections[using]
-    quote = connection.ops.quote_name
-    opts = entry._meta
-    fields = [f for f in opts.concrete_fields if not f.primary_key]
-    scope = [concrete_field(type(entry), name) for name in ("account", "currency", "entry_type", "reference")]
-    balance_table = quote(LedgerBalance._meta.db_table)
-    balance, account, currency, updated_at = (
-        quote(column(concrete_field(LedgerBalance, name)))
-        for name in ("balance", "account", "currency", "updated_at")
-    )
-    values, params = [], []
-    for field in fields:
-        if field.name == "balance_after":
-            values.append(f"locked.{balance} + %s")
-            params.append(entry.amount)
-        else:
-            values.append("%s")
-            params.append(field.get_db_prep_save(getattr(entry, field.attname), connection))
-    sql = (
-        f"WITH locked AS ("
-        f"SELECT id, {balance} FROM {balance_table} WHERE {account} = %s AND {currency} = %s FOR UPDATE"
-        f"), inserted AS ("
-        f"INSERT INTO {quote(opts.db_table)} ({quoted_columns(connection, fields)}) "
-        f"SELECT {', '.join(values)} FROM locked WHERE %s OR locked.{balance} + %s >= 0 "
-        f"ON CONFLICT ({quoted_columns(connection, scope)}) DO NOTHING "
-        f"RETURNING {quoted_columns(connection, [opts.pk, concrete_field(type(entry), 'balance_after')])}"
-        f"), moved AS ("
-        f"UPDATE {balance_table} "
-        f"SET {balance} = inserted.balance_after, {updated_at} = statement_timestamp() "
-        f"FROM inserted, locked WHERE {balance_table}.id = locked.id"
-        f") SELECT * FROM inserted"
-    )
+    fields = [f for f in entry._meta.concrete_fields if not f.primary_key]
+    params = [
+        entry.amount
+        if field.name == "balance_after"
+        else field.get_db_prep_save(getattr(entry, field.attname), connection)
+        for field in fields
+    ]
+    sql = _one_statement_sql(connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [entry.account, entry.currency, *params, allow_negative, entry.amount])
+        # A credit never overdraws; a debit may only where allowed (the same rule as the general path).
+        may_go_negative = allow_negative or entry.amount > 0
+        cursor.execute(sql, [entry.account, entry.currency, *params, may_go_negative, entry.amount])
         row = cursor.fetchone()
     if row is None:
         return False
@@ -425,6 +403,46 @@ def _apply_in_one_statement(entry: LedgerEntry, using: str, allow_negative: bool
     entry._state.adding = False
     entry._state.db = using
     return True
+
+
+_one_statement_cache: dict[str, str] = {}
+
+
+def _one_statement_sql(connection: BaseDatabaseWrapper) -> str:
+    """The statement of ``_apply_in_one_statement``, its names quoted from the models, built once."""
+    from stripe_idempotency.models import LedgerBalance, LedgerEntry
+
+    sql = _one_statement_cache.get(connection.vendor)
+    if sql is not None:
+        return sql
+    quote = connection.ops.quote_name
+    opts = LedgerEntry._meta
+    fields = [f for f in opts.concrete_fields if not f.primary_key]
+    scope = [concrete_field(LedgerEntry, name) for name in ("account", "currency", "entry_type", "reference")]
+    balance_table = quote(LedgerBalance._meta.db_table)
+    balance, account, currency, updated_at = (
+        quote(column(concrete_field(LedgerBalance, name)))
+        for name in ("balance", "account", "currency", "updated_at")
+    )
+    # balance_after is the locked balance plus the amount; every other column a parameter.
+    values = [f"locked.{balance} + %s" if f.name == "balance_after" else "%s" for f in fields]
+    returned = [opts.pk, concrete_field(LedgerEntry, "balance_after")]
+    sql = (
+        f"WITH locked AS ("
+        f"SELECT id, {balance} FROM {balance_table} WHERE {account} = %s AND {currency} = %s FOR UPDATE"
+        f"), inserted AS ("
+        f"INSERT INTO {quote(opts.db_table)} ({quoted_columns(connection, fields)}) "
+        f"SELECT {', '.join(values)} FROM locked WHERE %s OR locked.{balance} + %s >= 0 "
+        f"ON CONFLICT ({quoted_columns(connection, scope)}) DO NOTHING "
+        f"RETURNING {quoted_columns(connection, returned)}"
+        f"), moved AS ("
+        f"UPDATE {balance_table} "
+        f"SET {balance} = inserted.balance_after, {updated_at} = statement_timestamp() "
+        f"FROM inserted, locked WHERE {balance_table}.id = locked.id"
+        f") SELECT * FROM inserted"
+    )
+    _one_statement_cache[connection.vendor] = sql
+    return sql
 
 
 def _duplicate(existing: LedgerEntry, amount: int) -> tuple[LedgerEntry, bool] | _Refused:
