@@ -75,6 +75,8 @@ _CLAIM_ROUNDS = 3
 # MySQL/MariaDB can pick two concurrent upserts of a new key as deadlock
 # victims; the statement is safe to repeat.
 _MYSQL_DEADLOCK = 1213
+# MariaDB's upsert does not wait for a lock on the event's row (see _claim_mysql).
+_MYSQL_LOCK_WAIT_TIMEOUT = 1205
 
 
 def claim(verified: VerifiedEvent, *, using: str | None = None) -> ClaimResult:
@@ -391,27 +393,27 @@ _MYSQL_READ = "SELECT {columns}, " + _MYSQL_LEASE_LEFT + " FROM {table} WHERE ev
 def _claim_mysql(
     connection: BaseDatabaseWrapper, params: dict[str, Any], *, returning: bool | None = None
 ) -> Row | None:
-    """A plain read first; the upsert only for a new or claimable event.
+    """A plain read first; the upsert only for a new or claimable event, and never waiting for a lock.
 
     InnoDB's upsert locks an existing row exclusively even when it changes
     nothing. A receiver transaction holding a shared lock on that row (which any
     foreign key to the event takes, the ledger's included) would then queue
-    behind the duplicate's upsert for its own fenced update: a deadlock, and
-    the receivers' work rolled back. The read takes no lock, so duplicates and
-    busy answers never touch a live claim. The upsert still decides, so a race
-    between the read and the upsert changes nothing.
-
-    MariaDB 10.5+ returns the row from the upsert itself; MySQL reads it back.
+    behind a waiting upsert for its own fenced update: a deadlock, and the
+    receivers' work rolled back. So duplicates and busy answers come from a
+    read that takes no lock, and the upsert itself does not wait: a row that a
+    transaction holds is being worked on, so the claim reads again and is
+    answered busy. The upsert still decides every claim, so a race between the
+    read and the upsert changes nothing. (MySQL has no per-statement way to
+    wait zero seconds; its upsert may still wait for the lock.)
     """
-    if returning is None:
-        returning = connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)  # type: ignore[attr-defined]
-    upsert = _sql(connection, _MYSQL_RETURNING if returning else _MYSQL, claimable=_MYSQL_CLAIMABLE)
+    upsert, returning = _mysql_upsert(connection, returning)
     read = _sql(connection, _MYSQL_READ)
+    existing: Row | None = None
     for attempt in range(3):
         try:
             with connection.cursor() as cursor:
                 cursor.execute(read, {"event_id": params["event_id"]})
-                existing: Row | None = cursor.fetchone()
+                existing = cursor.fetchone()
                 if existing is not None and _refused(existing):
                     return existing
                 cursor.execute(upsert, params)
@@ -420,9 +422,23 @@ def _claim_mysql(
                 row: Row | None = cursor.fetchone()
                 return row
         except OperationalError as exc:
-            if exc.args[0] != _MYSQL_DEADLOCK or attempt == 2:
+            locked = exc.args[0] == _MYSQL_LOCK_WAIT_TIMEOUT
+            if locked and existing is not None:
+                return existing  # held by a transaction: not ours, so claim() answers busy
+            if not (locked or exc.args[0] == _MYSQL_DEADLOCK) or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _mysql_upsert(connection: BaseDatabaseWrapper, returning: bool | None = None) -> tuple[str, bool]:
+    """The claim's upsert for this server, and whether it returns the row (MariaDB 10.5+)."""
+    mariadb = connection.mysql_is_mariadb  # type: ignore[attr-defined]
+    if returning is None:
+        returning = mariadb and connection.mysql_version >= (10, 5)  # type: ignore[attr-defined]
+    template = _MYSQL_RETURNING if returning else _MYSQL
+    if mariadb:
+        template = "SET STATEMENT innodb_lock_wait_timeout=0 FOR " + template
+    return _sql(connection, template, claimable=_MYSQL_CLAIMABLE), returning
 
 
 def _refused(row: Row) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import uuid
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection, connections
 from django.test import Client, override_settings
 
 from stripe_idempotency.models import LedgerEntry, StripeEvent
@@ -161,3 +162,60 @@ def test_a_duplicate_arriving_while_the_receivers_hold_a_foreign_key_does_not_de
     assert (duplicate.status_code, duplicate.json()["status"]) == (503, "busy")
     assert LedgerEntry.objects.balance(account="cus_fk", currency="usd") == 100
     assert StripeEvent.objects.get().processed_at is not None
+
+
+def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(connect):
+    # MySQL/MariaDB: a duplicate reads the row without a lock before its upsert.
+    # When that read ran just before this delivery's claim, the upsert comes
+    # after it, while the receivers hold the event's row through a foreign key.
+    # An upsert that waited for that lock would deadlock the receivers' fenced
+    # update; MariaDB's claim upsert does not wait: it fails at once, and the
+    # claim reads again and answers busy.
+    if connection.vendor != "mysql":
+        pytest.skip("InnoDB's upsert and foreign-key locks; PostgreSQL and SQLite have neither problem.")
+    from stripe_idempotency import leases
+    from stripe_idempotency.verification import VerifiedEvent
+
+    racing = []
+
+    def raced_upsert(payload):
+        db = connections["default"]  # this thread's own connection
+        params = leases._claim_params(db, VerifiedEvent.from_payload(payload), uuid.uuid4())
+        upsert, _ = leases._mysql_upsert(db)
+        with db.cursor() as cursor:
+            try:
+                cursor.execute(upsert, params)
+            except OperationalError as exc:
+                return exc.args[0]
+            return "upserted"
+
+    def credit_then_meet_the_upsert(sender, event, **kwargs):
+        reference = event.event_id
+        LedgerEntry.objects.credit(
+            account="cus_race",
+            amount=100,
+            currency="usd",
+            entry_type="payment",
+            reference=reference,
+            event=event,
+        )
+        thread, result = in_thread(lambda: raced_upsert(event.payload))
+        thread.join(30)
+        racing.append(result)
+        # And the claim as a whole, while the row is held: busy, at once.
+        thread, claimed = in_thread(lambda: leases.claim(VerifiedEvent.from_payload(event.payload)))
+        thread.join(30)
+        racing.append(claimed)
+
+    connect(event_received, credit_then_meet_the_upsert)
+    event = build_event()
+    response = deliver(Client(), event)
+
+    assert (response.status_code, response.json()["status"]) == (200, "processed")
+    [upsert_result], [claim_result] = racing
+    assert upsert_result == 1205  # lock wait timeout, at once: it did not queue on the row
+    assert isinstance(claim_result, leases.Busy)
+    row = StripeEvent.objects.get()
+    assert row.processed_at is not None
+    assert row.attempts == 1
+    assert LedgerEntry.objects.balance(account="cus_race", currency="usd") == 100
