@@ -146,6 +146,27 @@ def test_complete_is_fenced_by_the_token():
     assert (row.claim_token, row.claim_expires_at) == (None, None)
 
 
+def test_completing_twice_is_refused():
+    claimed = leases.claim(verified())
+    with transaction.atomic():
+        leases.complete(claimed)
+    with pytest.raises(LeaseLost), transaction.atomic():
+        leases.complete(claimed)
+
+
+def test_the_fenced_update_can_only_use_the_primary_key():
+    # Any other index would let the optimizer scan it and lock other events'
+    # entries on the way (MariaDB did, deadlocking two deliveries' updates).
+    if connection.vendor != "mysql":
+        pytest.skip("EXPLAIN's possible_keys is MySQL/MariaDB's.")
+    sql = leases._sql(connection, leases._COMPLETE, now=leases._NOW["mysql"])
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, {"pk": 1, "token": uuid.uuid4().hex})
+        columns = [c[0] for c in cursor.description]
+        plans = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    assert [plan["possible_keys"] for plan in plans] == ["PRIMARY"]
+
+
 def test_release_leaves_another_holders_claim_alone():
     event = verified()
     first = leases.claim(event)
