@@ -11,12 +11,9 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from stripe_idempotency import processing
-from stripe_idempotency.conf import app_settings
-from stripe_idempotency.exceptions import ClaimRequired
-from stripe_idempotency.leases import Duplicate
-from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
-from stripe_idempotency.processing import Failed, Processed
+from stripe_idempotency import outcomes, processing
+from stripe_idempotency.exceptions import ClaimInsideTransaction
+from stripe_idempotency.models import EventState, LedgerBalance, LedgerEntry, StripeEvent
 
 # Every field shown, all read-only.
 _EVENT_FIELDS = (
@@ -49,28 +46,29 @@ _ENTRY_FIELDS = (
 
 
 class StateFilter(admin.SimpleListFilter):
+    """The states of :class:`~stripe_idempotency.models.EventState`, as the reaper sees them."""
+
     title = _("state")
     parameter_name = "state"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [
-            ("processed", _("processed")),
-            ("claimed", _("being processed")),
-            ("stale", _("waiting (not processed, no live claim)")),
-            ("failed", _("failed (waiting, last attempt raised)")),
-            ("dead", _("dead (MAX_ATTEMPTS reached; replay by hand)")),
-        ]
+        return [(state.value, _STATE_HELP[state]) for state in EventState]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> QuerySet[StripeEvent]:
-        states = {
-            "processed": StripeEvent.objects.processed,
-            "claimed": StripeEvent.objects.claimed,
-            "stale": StripeEvent.objects.stale,
-            "failed": StripeEvent.objects.failed,
-            "dead": StripeEvent.objects.dead,
-        }
-        state = states.get(self.value() or "")
-        return queryset & state() if state else queryset
+        value = self.value()
+        if value not in EventState.values:
+            return queryset
+        return queryset.in_state(value)  # type: ignore[attr-defined,no-any-return]
+
+
+_STATE_HELP = {
+    EventState.PENDING: _("pending (stored, waiting for a worker)"),
+    EventState.CLAIMED: _("being processed"),
+    EventState.STALE: _("stale (lease expired, not processed)"),
+    EventState.FAILED: _("failed (last attempt raised; will be retried)"),
+    EventState.DEAD: _("dead (MAX_ATTEMPTS reached; replay by hand)"),
+    EventState.PROCESSED: _("processed"),
+}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -100,11 +98,11 @@ class StripeEventAdmin(ReadOnlyAdmin):
     @admin.action(description=_("Reprocess selected events"), permissions=["reprocess"])
     def reprocess_selected(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> None:
         """Claim and process each selected event: the path of a delivery and of the reaper."""
-        outcomes: dict[str, list[str]] = {"processed": [], "failed": [], "busy": [], "done": []}
+        done: dict[outcomes.Report, list[str]] = {}
         for event in queryset.order_by("id"):
             try:
                 outcome = processing.reprocess(event)
-            except ClaimRequired:
+            except ClaimInsideTransaction:
                 self.message_user(
                     request,
                     _(
@@ -114,30 +112,25 @@ class StripeEventAdmin(ReadOnlyAdmin):
                     messages.ERROR,
                 )
                 return
-            kind = {Processed: "processed", Failed: "failed", Duplicate: "done"}.get(type(outcome), "busy")
-            outcomes[kind].append(event.event_id)
-        reports = [
-            ("processed", messages.SUCCESS, _("Processed: %(ids)s.")),
-            ("failed", messages.ERROR, _("Failed again (see each event's last error): %(ids)s.")),
-            ("busy", messages.WARNING, _("Skipped, being processed by another process: %(ids)s.")),
-            ("done", messages.INFO, _("Skipped, already processed: %(ids)s.")),
-        ]
-        for kind, level, text in reports:
-            if outcomes[kind]:
-                self.message_user(request, text % {"ids": ", ".join(outcomes[kind])}, level)
+            done.setdefault(outcomes.report(outcome), []).append(event.event_id)
+        # In the table's order; Busy and Fenced share one report, and one message.
+        for report in dict.fromkeys(outcomes.REPORTS.values()):
+            if report in done:
+                ids = ", ".join(done[report])
+                self.message_user(request, report.admin_message % {"ids": ids}, report.admin_level)
 
     def has_reprocess_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(f"{StripeEvent._meta.app_label}.change_stripeevent")
 
-    @admin.display(description=_("state"))
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StripeEvent]:
+        return super().get_queryset(request).with_state()  # type: ignore[attr-defined,no-any-return]
+
+    @admin.display(description=_("state"), ordering="state")
     def state(self, event: StripeEvent) -> str:
-        if event.processed_at is not None:
-            return str(_("processed"))
-        if event.claim_expires_at is not None:
+        state = EventState(event.state)  # type: ignore[attr-defined]
+        if state is EventState.CLAIMED:
             return str(_("claimed by %(holder)s") % {"holder": event.claimed_by})
-        if event.attempts >= app_settings.MAX_ATTEMPTS:
-            return str(_("dead"))
-        return str(_("failed")) if event.last_error else str(_("waiting"))
+        return str(state.label)
 
     @admin.display(description=_("payload"))
     def payload_display(self, event: StripeEvent) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
-from django.db import router
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections, router
 
 from stripe_idempotency.conf import DEFAULTS, SETTINGS_NAME
 
@@ -69,7 +69,7 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
             Error(
                 f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] must be a list of strings.",
                 hint='Write ["whsec_..."], even for a single secret.',
-                id=_ID.format("E002"),
+                id=_ID.format("E011"),
             )
         ]
     if not secrets:
@@ -88,7 +88,7 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
                 Error(
                     f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] contains an empty or non-string value.",
                     hint="Each secret is a string such as 'whsec_...'.",
-                    id=_ID.format("E002"),
+                    id=_ID.format("E012"),
                 )
             )
         elif not secret.startswith("whsec_"):
@@ -156,3 +156,42 @@ def check_sqlite_transaction_mode(
             id=_ID.format("W003"),
         )
     ]
+
+
+@register(Tags.database)
+def check_database_support(
+    app_configs: Sequence[AppConfig] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Every database the app's tables may be written to must have a backend here.
+
+    Without it the first delivery would fail; this says so at deploy time.
+    Needs no connection: a backend is chosen by the engine's ``vendor``.
+    """
+    from stripe_idempotency.backends import SUPPORTED_VENDORS
+
+    messages: list[CheckMessage] = []
+    for alias in sorted(_writable_aliases()):
+        vendor = connections[alias].vendor
+        if vendor not in SUPPORTED_VENDORS:
+            messages.append(
+                Error(
+                    f"The database {alias!r} is a {vendor!r} database, which stripe_idempotency "
+                    "cannot claim events or write the ledger on.",
+                    hint=f"Use one of: {', '.join(SUPPORTED_VENDORS)}; or route the app's models away "
+                    "from this database (a router's db_for_write and allow_migrate).",
+                    id=_ID.format("E010"),
+                )
+            )
+    return messages
+
+
+def _writable_aliases() -> set[str]:
+    """The aliases a router sends the app's writes to, and those its tables are migrated into."""
+    from django.apps import apps
+
+    models = apps.get_app_config("stripe_idempotency").get_models()
+    aliases: set[str] = set()
+    for model in models:
+        aliases.add(router.db_for_write(model))
+        aliases.update(alias for alias in connections if router.allow_migrate_model(alias, model))
+    return aliases

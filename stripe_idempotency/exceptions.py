@@ -20,13 +20,36 @@ class WebhookRejected(StripeIdempotencyError):
         self.status = status
 
 
-class ClaimRequired(StripeIdempotencyError):
-    """A claim was asked for inside a transaction.
+class ClaimInsideTransaction(StripeIdempotencyError):
+    """A claim was asked for inside ``transaction.atomic()``.
 
     A claim must commit before any receiver runs (otherwise a crash or a
     rollback would take the claim with it and other instances would wait on
     an uncommitted row), so it has to be made in autocommit mode.
     """
+
+
+#: The name of :class:`ClaimInsideTransaction` in the first release.
+ClaimRequired = ClaimInsideTransaction
+
+
+class UnsupportedDatabase(StripeIdempotencyError):
+    """The database behind a connection has no backend here (see ``stripe_idempotency.E010``).
+
+    Raised before any SQL runs, so nothing is half-written; the webhook view
+    answers it 503 ``unavailable``, so Stripe keeps the event until the
+    configuration is fixed.
+    """
+
+    def __init__(self, alias: str, vendor: str) -> None:
+        from stripe_idempotency.backends import SUPPORTED_VENDORS
+
+        super().__init__(
+            f"The database {alias!r} is a {vendor!r} database; stripe_idempotency supports "
+            f"{', '.join(SUPPORTED_VENDORS)}."
+        )
+        self.alias = alias
+        self.vendor = vendor
 
 
 class LeaseLost(StripeIdempotencyError):

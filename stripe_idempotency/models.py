@@ -2,43 +2,95 @@
 
 from __future__ import annotations
 
+from functools import reduce
+from operator import or_
 from typing import Any
 
 from django.db import models
+from django.db.models import Case, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from stripe_idempotency.exceptions import LedgerEntryImmutable
-from stripe_idempotency.ledger import LEDGER_WRITE, LedgerEntryManager, LedgerEntryQuerySet
+
+
+class EventState(models.TextChoices):
+    """Where an event stands. One definition (:func:`state_conditions`), used everywhere."""
+
+    #: Stored, never claimed (deferred processing: waiting for a worker).
+    PENDING = "pending", _("pending")
+    #: Under a live lease: being processed right now.
+    CLAIMED = "claimed", _("claimed")
+    #: Not processed, its lease expired: its holder died or was too slow.
+    STALE = "stale", _("stale")
+    #: Released after a receiver raised; will be retried.
+    FAILED = "failed", _("failed")
+    #: ``MAX_ATTEMPTS`` dispatches started and none succeeded: the reaper stops retrying.
+    DEAD = "dead", _("dead")
+    PROCESSED = "processed", _("processed")
+
+
+def state_conditions() -> dict[EventState, Q]:
+    """Each state as a filter on the database clock; the filters exclude one another.
+
+    Written on the indexed columns (``processed_at``, ``claim_expires_at``)
+    so that asking for the unprocessed states uses ``stripe_event_unprocessed_idx``.
+    """
+    from stripe_idempotency.conf import app_settings
+
+    max_attempts = app_settings.MAX_ATTEMPTS
+    unprocessed = Q(processed_at__isnull=True)
+    no_live_lease = Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now())
+    ever_claimed = Q(claimed_at__isnull=False)
+    return {
+        EventState.PROCESSED: Q(processed_at__isnull=False),
+        EventState.CLAIMED: unprocessed & Q(claim_expires_at__gt=Now()),
+        EventState.PENDING: unprocessed & Q(claimed_at__isnull=True, claim_expires_at__isnull=True),
+        EventState.DEAD: unprocessed & no_live_lease & ever_claimed & Q(attempts__gte=max_attempts),
+        EventState.FAILED: unprocessed
+        & ever_claimed
+        & Q(claim_expires_at__isnull=True, attempts__lt=max_attempts),
+        EventState.STALE: unprocessed & Q(claim_expires_at__lte=Now(), attempts__lt=max_attempts),
+    }
 
 
 class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
-    """The states of an event, judged on the database clock."""
+    """The states of events, judged in SQL on the database clock."""
 
-    def processed(self) -> StripeEventQuerySet:
-        return self.filter(processed_at__isnull=False)
+    def with_state(self) -> StripeEventQuerySet:
+        """Annotate each event with ``state``, an :class:`EventState` value."""
+        whens = [When(condition, then=Value(state.value)) for state, condition in state_conditions().items()]
+        return self.annotate(state=Case(*whens, output_field=models.CharField()))
 
-    def claimed(self) -> StripeEventQuerySet:
-        """Being processed right now, under a live lease."""
-        return self.filter(processed_at__isnull=True, claim_expires_at__gt=Now())
+    def in_state(self, *states: EventState | str) -> StripeEventQuerySet:
+        """Only events in one of ``states``."""
+        conditions = state_conditions()
+        return self.filter(reduce(or_, (conditions[EventState(state)] for state in states)))
 
-    def stale(self) -> StripeEventQuerySet:
-        """Not processed and not under a live lease: released after a failure, or its lease expired."""
+    def claimable(self) -> StripeEventQuerySet:
+        """Not processed and not under a live lease: pending, stale, failed or dead. What a claim may take."""
         return self.filter(
-            models.Q(claim_expires_at__isnull=True) | models.Q(claim_expires_at__lte=Now()),
-            processed_at__isnull=True,
+            Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()), processed_at__isnull=True
         )
 
+    def processed(self) -> StripeEventQuerySet:
+        return self.in_state(EventState.PROCESSED)
+
+    def claimed(self) -> StripeEventQuerySet:
+        return self.in_state(EventState.CLAIMED)
+
+    def pending(self) -> StripeEventQuerySet:
+        return self.in_state(EventState.PENDING)
+
+    def stale(self) -> StripeEventQuerySet:
+        return self.in_state(EventState.STALE)
+
     def failed(self) -> StripeEventQuerySet:
-        """Stale events whose last dispatch raised."""
-        return self.stale().exclude(last_error="")
+        return self.in_state(EventState.FAILED)
 
     def dead(self) -> StripeEventQuerySet:
-        """Stale events that reached ``MAX_ATTEMPTS``: the reaper no longer retries them."""
-        from stripe_idempotency.conf import app_settings
-
-        return self.stale().filter(attempts__gte=app_settings.MAX_ATTEMPTS)
+        return self.in_state(EventState.DEAD)
 
 
 class StripeEvent(models.Model):
@@ -94,6 +146,119 @@ class StripeEvent(models.Model):
     @property
     def is_processed(self) -> bool:
         return self.processed_at is not None
+
+
+#: Passed to ``LedgerEntry.save()`` by the ledger's operations only: any other save is refused.
+LEDGER_WRITE = object()
+
+_USE_CREDIT_OR_DEBIT = "Write ledger entries with LedgerEntry.objects.credit() or .debit()."
+
+
+class LedgerEntryQuerySet(models.QuerySet["LedgerEntry"]):
+    """Ledger entries are append-only: no bulk updates or deletes."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise LedgerEntryImmutable("Ledger entries are never updated; record a reversing entry.")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        raise LedgerEntryImmutable("Ledger entries are never updated; record a reversing entry.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise LedgerEntryImmutable("Ledger entries are never deleted; record a reversing entry.")
+
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+    # The generic ways to write rows would skip the balance: refuse them.
+    def create(self, **kwargs: Any) -> LedgerEntry:
+        raise LedgerEntryImmutable(_USE_CREDIT_OR_DEBIT)
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> list[LedgerEntry]:
+        raise LedgerEntryImmutable(_USE_CREDIT_OR_DEBIT)
+
+    def get_or_create(self, *args: Any, **kwargs: Any) -> tuple[LedgerEntry, bool]:
+        raise LedgerEntryImmutable(_USE_CREDIT_OR_DEBIT)
+
+    def update_or_create(self, *args: Any, **kwargs: Any) -> tuple[LedgerEntry, bool]:
+        raise LedgerEntryImmutable(_USE_CREDIT_OR_DEBIT)
+
+
+class LedgerEntryManager(models.Manager["LedgerEntry"]):
+    """``LedgerEntry.objects``: the only way entries are written (the rules are in
+    :mod:`stripe_idempotency.ledger`)."""
+
+    def credit(
+        self,
+        *,
+        account: str,
+        amount: int,
+        currency: str,
+        entry_type: str,
+        reference: str | None = None,
+        event: StripeEvent | None = None,
+        metadata: dict[str, Any] | None = None,
+        using: str | None = None,
+    ) -> tuple[LedgerEntry, bool]:
+        """Add ``amount`` (positive, minor units) to ``account``'s balance in ``currency``.
+
+        Returns ``(entry, created)``. With a ``reference``, a second call with the
+        same (account, currency, entry_type, reference) returns the first entry
+        with ``created=False`` and changes nothing; with a different amount it
+        raises :class:`~stripe_idempotency.exceptions.LedgerConflict`. Runs inside
+        the caller's transaction when there is one (a receiver's), so it commits
+        or rolls back with it.
+        """
+        from stripe_idempotency import ledger
+
+        return ledger.credit(
+            account=account,
+            amount=amount,
+            currency=currency,
+            entry_type=entry_type,
+            reference=reference,
+            event=event,
+            metadata=metadata,
+            using=using,
+        )
+
+    def debit(
+        self,
+        *,
+        account: str,
+        amount: int,
+        currency: str,
+        entry_type: str,
+        reference: str | None = None,
+        event: StripeEvent | None = None,
+        metadata: dict[str, Any] | None = None,
+        allow_negative: bool = False,
+        using: str | None = None,
+    ) -> tuple[LedgerEntry, bool]:
+        """Take ``amount`` (positive, minor units) from the balance; stored as a negative amount.
+
+        Raises :class:`~stripe_idempotency.exceptions.InsufficientFunds`, writing
+        nothing, when the balance would go below zero, unless
+        ``allow_negative=True``. A repeated reference behaves as for
+        :meth:`credit` (and is returned even if the balance could not pay for it again).
+        """
+        from stripe_idempotency import ledger
+
+        return ledger.debit(
+            account=account,
+            amount=amount,
+            currency=currency,
+            entry_type=entry_type,
+            reference=reference,
+            event=event,
+            metadata=metadata,
+            allow_negative=allow_negative,
+            using=using,
+        )
+
+    def balance(self, *, account: str, currency: str, using: str | None = None) -> int:
+        """The balance of ``account`` in ``currency`` (0 for an account never written to)."""
+        from stripe_idempotency import ledger
+
+        return ledger.balance(account=account, currency=currency, using=using)
 
 
 class LedgerBalance(models.Model):

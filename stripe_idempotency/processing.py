@@ -1,24 +1,44 @@
 """Run an event's receivers once, under its claim, and record the outcome.
 
-This is the one path every event takes, whoever asks: the webhook view
-today, the reaper and a replay tomorrow. :func:`receive` claims and then
-processes; :func:`process` runs a claim it is given.
+This is the one path every event takes, whoever asks: the webhook view, the
+reaper, a replay, the admin's action. It is the supported way for a project's
+own code to feed events in:
+
+* :func:`receive` claims an :class:`~stripe_idempotency.events.IncomingEvent`
+  and, if the claim is ours, processes it;
+* :func:`reprocess` does the same for a stored row, from its stored payload;
+* :func:`process` runs a claim it is given (a forced replay's).
+
+Each returns an :mod:`outcome <stripe_idempotency.outcomes>`.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass
 
 from django.db import transaction
 
 from stripe_idempotency import leases
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import LeaseLost
-from stripe_idempotency.leases import Busy, Claimed, Duplicate
+from stripe_idempotency.leases import Claimed
 from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.outcomes import Busy, Duplicate, Failed, Fenced, Outcome, Processed
 from stripe_idempotency.signals import event_received, registered_signal
-from stripe_idempotency.verification import VerifiedEvent, stored_event
+
+__all__ = [
+    "Busy",
+    "Duplicate",
+    "Failed",
+    "Fenced",
+    "Outcome",
+    "Processed",
+    "dispatch",
+    "process",
+    "receive",
+    "reprocess",
+]
 
 logger = logging.getLogger("stripe_idempotency")
 
@@ -27,35 +47,9 @@ logger = logging.getLogger("stripe_idempotency")
 LAST_ERROR_MAX_CHARS = 8000
 
 
-@dataclass(frozen=True, slots=True)
-class Processed:
-    """Every receiver ran and their work committed with ``processed_at``."""
-
-    event: StripeEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """A receiver raised: all receivers' work rolled back, the claim was released."""
-
-    event: StripeEvent
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Fenced:
-    """The lease ran out and another instance took the event over: this run's work rolled back."""
-
-    event: StripeEvent
-    retry_after: int
-
-
-Outcome = Processed | Failed | Fenced | Duplicate | Busy
-
-
-def receive(verified: VerifiedEvent, *, using: str | None = None) -> Outcome:
-    """Claim ``verified`` and, if the claim is ours, process it."""
-    result = leases.claim(verified, using=using)
+def receive(event: IncomingEvent, *, using: str | None = None) -> Outcome:
+    """Claim ``event`` and, if the claim is ours, process it."""
+    result = leases.claim(event, using=using)
     if isinstance(result, Claimed):
         return process(result)
     return result
@@ -68,7 +62,7 @@ def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
     processing as a delivery, so a live lease is respected (``Busy``), a
     processed event is left alone (``Duplicate``) and failures are recorded.
     """
-    return receive(stored_event(event), using=using or event._state.db)
+    return receive(IncomingEvent.from_row(event), using=using or event._state.db)
 
 
 def process(claimed: Claimed) -> Outcome:

@@ -9,8 +9,9 @@ so a project that uses pytest-django has them without configuration::
 
 ``stripe_event`` builds an event dict; ``stripe_webhook`` signs and posts
 events to the real webhook view through Django's test client, with the
-database in autocommit mode as the view requires. Nothing here touches the
-network.
+database in autocommit mode as the view requires; ``stripe_event_factory``
+and ``ledger_entry_factory`` store rows directly (factory-boy). Nothing here
+touches the network.
 
 Django and the app are imported when a fixture is first used, not when pytest
 starts: the plugin stays harmless in a test run that never asks for it.
@@ -91,3 +92,21 @@ def stripe_webhook(client: Client, transactional_db: None, settings: Any) -> Str
         }
         secrets = [FALLBACK_SECRET]
     return StripeWebhook(client, secrets[0])
+
+
+@pytest.fixture
+def stripe_event_factory() -> type:
+    """:class:`stripe_idempotency.factories.StripeEventFactory` (needs factory-boy): stored events in
+    any state, ``stripe_event_factory(failed=True)``. Use with a ``django_db`` mark."""
+    from stripe_idempotency.factories import StripeEventFactory
+
+    return StripeEventFactory
+
+
+@pytest.fixture
+def ledger_entry_factory() -> type:
+    """:class:`stripe_idempotency.factories.LedgerEntryFactory` (needs factory-boy): entries written
+    through the ledger, ``ledger_entry_factory(account="cus_1", amount=500)``."""
+    from stripe_idempotency.factories import LedgerEntryFactory
+
+    return LedgerEntryFactory

@@ -1,4 +1,4 @@
-"""From request bytes to a :class:`VerifiedEvent`, or a typed rejection.
+"""From request bytes to an :class:`~stripe_idempotency.events.IncomingEvent`, or a typed rejection.
 
 The signature is checked with the ``stripe`` library's own verification,
 against every configured secret, before the body is parsed: nothing an
@@ -8,89 +8,18 @@ unauthenticated sender writes is ever decoded as JSON.
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
 import stripe
 
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import WebhookRejected
 
-if TYPE_CHECKING:
-    from stripe_idempotency.models import StripeEvent
-
-# Printable ASCII without spaces: what Stripe's ids and type names are made of.
-# Anything else (control characters, CR/LF) never reaches the database or a log line.
-_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
+#: The event a verified request carries (the neutral type, under its first-release name).
+VerifiedEvent = IncomingEvent
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedEvent:
-    """An authentic, well-formed Stripe event, not yet stored."""
-
-    id: str
-    type: str
-    livemode: bool
-    api_version: str | None
-    created: datetime | None
-    payload: dict[str, Any]
-
-    @classmethod
-    def from_payload(cls, payload: Any) -> VerifiedEvent:
-        """Validate the decoded JSON of an event; raise :class:`WebhookRejected` if it is not one."""
-        if not isinstance(payload, dict) or payload.get("object") != "event":
-            raise WebhookRejected("not_an_event", 'The body is not a JSON object with "object": "event".')
-        event_id = payload.get("id")
-        if not isinstance(event_id, str) or not _TOKEN.fullmatch(event_id):
-            raise WebhookRejected("invalid_id", "The event has no valid string id.")
-        event_type = payload.get("type")
-        if not isinstance(event_type, str) or not _TOKEN.fullmatch(event_type):
-            raise WebhookRejected("invalid_type", "The event has no valid string type.")
-        livemode = payload.get("livemode", False)
-        if not isinstance(livemode, bool):
-            raise WebhookRejected("invalid_livemode", "The event's livemode is not a boolean.")
-        expected = app_settings.LIVEMODE
-        if expected is not None and livemode is not expected:
-            raise WebhookRejected(
-                "livemode_mismatch",
-                f"This endpoint accepts only {'live' if expected else 'test'}-mode events.",
-            )
-        api_version = payload.get("api_version")
-        created = payload.get("created")
-        return cls(
-            id=event_id,
-            type=event_type,
-            livemode=livemode,
-            api_version=api_version if isinstance(api_version, str) else None,
-            created=_timestamp(created),
-            payload=payload,
-        )
-
-
-def stored_event(event: StripeEvent) -> VerifiedEvent:
-    """The :class:`VerifiedEvent` of a stored row: it was verified when it was first received."""
-    return VerifiedEvent(
-        id=event.event_id,
-        type=event.type,
-        livemode=event.livemode,
-        api_version=event.api_version or None,
-        created=event.created,
-        payload=event.payload,
-    )
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    try:
-        return datetime.fromtimestamp(value, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def verify(body: bytes, signature_header: str | None) -> VerifiedEvent:
+def verify(body: bytes, signature_header: str | None) -> IncomingEvent:
     """Authenticate ``body`` with its ``Stripe-Signature`` header and validate the event.
 
     Raises :class:`WebhookRejected` with one of the codes ``missing_signature``,
@@ -111,7 +40,14 @@ def verify(body: bytes, signature_header: str | None) -> VerifiedEvent:
         payload = json.loads(text)
     except ValueError:
         raise WebhookRejected("invalid_json", "The body is not valid JSON.") from None
-    return VerifiedEvent.from_payload(payload)
+    event = IncomingEvent.from_payload(payload)
+    expected = app_settings.LIVEMODE
+    if expected is not None and event.livemode is not expected:
+        raise WebhookRejected(
+            "livemode_mismatch",
+            f"This endpoint accepts only {'live' if expected else 'test'}-mode events.",
+        )
+    return event
 
 
 def _verify_signature(text: str, header: str) -> None:

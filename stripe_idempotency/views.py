@@ -12,11 +12,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from stripe_idempotency import processing
+from stripe_idempotency import outcomes, processing
 from stripe_idempotency.conf import app_settings
-from stripe_idempotency.exceptions import WebhookRejected
-from stripe_idempotency.leases import Busy, Duplicate
-from stripe_idempotency.processing import Failed, Fenced, Outcome, Processed
+from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
+from stripe_idempotency.outcomes import Busy, Outcome
 from stripe_idempotency.verification import verify
 
 logger = logging.getLogger("stripe_idempotency")
@@ -57,6 +56,11 @@ class WebhookView(View):
             # One line, no traceback: during an outage every delivery lands here.
             logger.error("Database unavailable while receiving Stripe event %s: %s", verified.id, error)
             return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
+        except UnsupportedDatabase as error:
+            # A deployment mistake (system check E010 says so first): keep the
+            # event at Stripe, which retries, until it is fixed.
+            logger.error("Cannot receive Stripe event %s: %s", verified.id, error)
+            return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
         return answer(outcome)
 
     def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -81,22 +85,16 @@ def _read_body(request: HttpRequest, limit: int) -> bytes:
 
 
 def answer(outcome: Outcome) -> JsonResponse:
-    """The HTTP answer for a processing outcome (the table in the docs)."""
-    match outcome:
-        case Processed(event=event):
-            return _answer("processed", event.event_id, 200)
-        case Duplicate(event_id=event_id):
-            return _answer("duplicate", event_id, 200)
-        case Busy(event_id=event_id, retry_after=retry_after):
-            logger.info("Stripe event %s is held by another instance; answered busy.", event_id)
-            return _answer("busy", event_id, 503, retry_after=retry_after)
-        case Fenced(event=event, retry_after=retry_after):
-            return _answer("busy", event.event_id, 503, retry_after=retry_after)
-        case Failed(event=event):
-            # No error text to the caller: it lands in Stripe's dashboard. It is
-            # in the row's last_error and the logs.
-            return _answer("error", event.event_id, 500)
-    raise TypeError(f"Unknown outcome {outcome!r}")
+    """The HTTP answer for a processing outcome (:data:`stripe_idempotency.outcomes.REPORTS`)."""
+    report = outcomes.report(outcome)
+    if isinstance(outcome, Busy):
+        logger.info("Stripe event %s is held by another instance; answered busy.", outcome.event_id)
+    return _answer(
+        report.status,
+        outcomes.event_id(outcome),
+        report.http_status,
+        retry_after=outcomes.retry_after(outcome) if report.retry else None,
+    )
 
 
 def rejected(code: str, *, status: int) -> JsonResponse:

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
+from django.db import connection
 from django.db.models.functions import Now
 from django.urls import reverse
 
@@ -56,13 +57,42 @@ def test_state_filters(staff, one_of_each):
     assert listed(staff) == ["evt_claimed", "evt_expired", "evt_failed", "evt_processed"]
     assert listed(staff, state="processed") == ["evt_processed"]
     assert listed(staff, state="claimed") == ["evt_claimed"]
-    assert listed(staff, state="stale") == ["evt_expired", "evt_failed"]
+    assert listed(staff, state="stale") == ["evt_expired"]
     assert listed(staff, state="failed") == ["evt_failed"]
+    assert listed(staff, state="pending") == []
     assert listed(staff, state="dead") == []
     StripeEvent.objects.filter(event_id="evt_failed").update(attempts=20)
     assert listed(staff, state="dead") == ["evt_failed"]
     response = staff.get(reverse(CHANGELIST), {"state": "dead"})
     assert '<td class="field-state">dead</td>' in response.content.decode()
+
+
+def test_the_column_the_filters_and_the_reaper_agree_on_every_state(staff, one_of_each):
+    # One definition of an event's state: the column shows what the filter
+    # selects, and the reaper takes exactly the unprocessed states without a live lease.
+    from stripe_idempotency.backends import for_connection
+    from stripe_idempotency.events import IncomingEvent
+
+    for_connection(connection).insert_unclaimed(IncomingEvent.from_payload(build_event(id="evt_pending")))
+    leases.claim(VerifiedEvent.from_payload(build_event(id="evt_dead")))
+    StripeEvent.objects.filter(event_id="evt_dead").update(claim_expires_at=None, attempts=20)
+    expected = {
+        "evt_processed": "processed",
+        "evt_claimed": "claimed by test-instance",
+        "evt_expired": "stale",
+        "evt_failed": "failed",
+        "evt_pending": "pending",
+        "evt_dead": "dead",
+    }
+    response = staff.get(reverse(CHANGELIST))
+    admin = response.context["cl"].model_admin
+    shown = {event.event_id: admin.state(event) for event in response.context["cl"].result_list}
+    assert shown == expected
+    for event_id, column in expected.items():
+        state = column.split()[0]
+        assert listed(staff, state=state) == [event_id]
+    reaped = sorted(leases.find_stale().values_list("event_id", flat=True))
+    assert reaped == ["evt_dead", "evt_expired", "evt_failed", "evt_pending"]
 
 
 def test_search_by_event_id_and_type(staff, one_of_each):

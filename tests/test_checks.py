@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 from django.core.checks import Error, Warning
-from django.test import override_settings
+from django.db import connection
+from django.test import Client, override_settings
 
-from stripe_idempotency.checks import check_settings, check_sqlite_transaction_mode
+from stripe_idempotency.checks import check_database_support, check_settings, check_sqlite_transaction_mode
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.testing import build_event, deliver
 
 
 def ids(messages) -> list[str]:
@@ -42,10 +45,16 @@ def test_missing_settings_dict_is_e001():
         assert ids(check_settings()) == ["stripe_idempotency.E001"]
 
 
-@pytest.mark.parametrize("secrets", ["whsec_a_single_string", [""], [None], 42])
-def test_secrets_of_the_wrong_shape_are_e002(secrets):
+@pytest.mark.parametrize("secrets", ["whsec_a_single_string", 42])
+def test_secrets_that_are_not_a_list_are_e011(secrets):
     with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": secrets}):
-        assert ids(check_settings()) == ["stripe_idempotency.E002"]
+        assert ids(check_settings()) == ["stripe_idempotency.E011"]
+
+
+@pytest.mark.parametrize("secrets", [[""], [None], ["whsec_ok", "  "]])
+def test_an_empty_or_non_string_secret_is_e012(secrets):
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": secrets}):
+        assert ids(check_settings()) == ["stripe_idempotency.E012"]
 
 
 def test_settings_that_are_not_a_dict_are_e002():
@@ -146,3 +155,52 @@ def test_checks_are_registered():
     registered = checks.registry.registry.get_checks()
     assert check_settings in registered
     assert check_sqlite_transaction_mode in registered
+
+
+@pytest.fixture
+def unsupported_vendor(monkeypatch):
+    """The default connection claims to be a database we have no backend for (as
+    django-cockroachdb's reports "cockroachdb")."""
+    monkeypatch.setattr(connection, "vendor", "cockroachdb")
+
+
+def test_a_database_without_a_backend_is_e010(unsupported_vendor):
+    assert check_database_support() == [
+        Error(
+            "The database 'default' is a 'cockroachdb' database, which stripe_idempotency "
+            "cannot claim events or write the ledger on.",
+            hint="Use one of: postgresql, mysql, sqlite; or route the app's models away "
+            "from this database (a router's db_for_write and allow_migrate).",
+            id="stripe_idempotency.E010",
+        )
+    ]
+
+
+def test_supported_databases_pass_e010():
+    assert check_database_support() == []
+
+
+class _ElsewhereRouter:
+    """Sends the app's tables to no alias but 'default'."""
+
+    def db_for_write(self, model, **hints):
+        return "default"
+
+    def allow_migrate(self, db, app_label, **hints):
+        return db == "default" if app_label == "stripe_idempotency" else None
+
+
+def test_e010_looks_only_at_the_aliases_the_app_is_written_to(unsupported_vendor):
+    with override_settings(DATABASE_ROUTERS=[_ElsewhereRouter()]):
+        assert ids(check_database_support()) == ["stripe_idempotency.E010"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_to_an_unsupported_database_is_a_json_503(unsupported_vendor, caplog):
+    response = deliver(Client(), build_event(id="evt_unsupported"))
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"status": "unavailable", "event_id": "evt_unsupported"}
+    assert response["Retry-After"] == "60"
+    assert "is a 'cockroachdb' database" in caplog.text
+    assert StripeEvent.objects.count() == 0

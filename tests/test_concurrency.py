@@ -174,17 +174,18 @@ def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(
     if connection.vendor != "mysql":
         pytest.skip("InnoDB's upsert and foreign-key locks; PostgreSQL and SQLite have neither problem.")
     from stripe_idempotency import leases
-    from stripe_idempotency.verification import VerifiedEvent
+    from stripe_idempotency.backends.mysql import MySQLBackend
+    from stripe_idempotency.events import IncomingEvent as VerifiedEvent
 
     racing = []
 
     def raced_upsert(payload):
-        db = connections["default"]  # this thread's own connection
-        params = leases._claim_params(db, VerifiedEvent.from_payload(payload), uuid.uuid4())
-        upsert, _ = leases._mysql_upsert(db)
-        with db.cursor() as cursor:
+        backend = MySQLBackend(connections["default"])  # this thread's own connection
+        event = VerifiedEvent.from_payload(payload)
+        params = backend.upsert_params(event, uuid.uuid4(), claimed_by="racer", ttl=300)
+        with backend.connection.cursor() as cursor:
             try:
-                cursor.execute(upsert, params)
+                cursor.execute(backend.upsert_statement(), params)
             except OperationalError as exc:
                 return exc.args[0]
             return "upserted"

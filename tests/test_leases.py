@@ -9,9 +9,10 @@ import pytest
 from django.db import connection, connections, transaction
 from django.db.models.functions import Now
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from stripe_idempotency import leases
-from stripe_idempotency.exceptions import ClaimRequired, LeaseLost
+from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Busy, Claimed, Duplicate
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.testing import build_event
@@ -57,7 +58,7 @@ def test_the_claim_is_committed_before_claim_returns():
 
 
 def test_claims_refuse_to_run_inside_a_transaction():
-    with pytest.raises(ClaimRequired), transaction.atomic():
+    with pytest.raises(ClaimInsideTransaction), transaction.atomic():
         leases.claim(verified())
     assert StripeEvent.objects.count() == 0
 
@@ -159,9 +160,12 @@ def test_the_fenced_update_can_only_use_the_primary_key():
     # entries on the way (MariaDB did, deadlocking two deliveries' updates).
     if connection.vendor != "mysql":
         pytest.skip("EXPLAIN's possible_keys is MySQL/MariaDB's.")
-    sql = leases._sql(connection, leases._COMPLETE, now=leases._NOW["mysql"])
+    claimed = leases.claim(verified())
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        leases.complete(claimed)
+    [fenced_update] = [q["sql"] for q in queries if q["sql"].lstrip().startswith("UPDATE")]
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + sql, {"pk": 1, "token": uuid.uuid4().hex})
+        cursor.execute("EXPLAIN " + fenced_update)
         columns = [c[0] for c in cursor.description]
         plans = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     assert [plan["possible_keys"] for plan in plans] == ["PRIMARY"]
@@ -186,22 +190,26 @@ def test_retry_after(lease_left, expected):
 
 
 def test_mysql_without_returning():
-    """The MySQL statement (no RETURNING), exercised on MariaDB, which also speaks it."""
+    """MySQL's claim (no RETURNING: a read after the upsert), run on MariaDB, which speaks it too."""
     if connection.vendor != "mysql":
         pytest.skip("MySQL/MariaDB only")
+    from stripe_idempotency.backends.mysql import MySQLBackend
+
+    class WithoutReturning(MySQLBackend):
+        __slots__ = ()
+        has_returning = False  # as MySQL, and MariaDB before 10.5
+
+    backend = WithoutReturning(connections["default"])
     event = verified()
-    conn = connections["default"]
-    params = leases._claim_params(conn, event, uuid.uuid4())
-    row = leases._claim_mysql(conn, params, returning=False)
-    claimed, lease_left = leases._event_from_row(conn, "default", row, event.payload)
-    assert claimed.claim_token is not None
-    assert 299 < lease_left <= 300
-    refused = leases._claim_mysql(conn, leases._claim_params(conn, event, uuid.uuid4()), returning=False)
-    again, _ = leases._event_from_row(conn, "default", refused, event.payload)
-    assert again.claim_token == claimed.claim_token
+    first = backend.claim(event, uuid.uuid4(), claimed_by="a", ttl=300)
+    assert first.event.claim_token is not None
+    assert first.event.claimed_by == "a"
+    assert 299 < first.lease_left <= 300
+    refused = backend.claim(event, uuid.uuid4(), claimed_by="b", ttl=300)
+    assert refused.event.claim_token == first.event.claim_token
     assert StripeEvent.objects.get().attempts == 1
     expire(event.id)
     token = uuid.uuid4()
-    taken = leases._claim_mysql(conn, leases._claim_params(conn, event, token), returning=False)
-    assert leases._event_from_row(conn, "default", taken, event.payload)[0].claim_token == token
+    taken = backend.claim(event, token, claimed_by="b", ttl=300)
+    assert (taken.event.claim_token, taken.event.claimed_by) == (token, "b")
     assert StripeEvent.objects.get().attempts == 2

@@ -16,11 +16,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from stripe_idempotency import leases, processing
+from stripe_idempotency import leases, outcomes, processing
 from stripe_idempotency.conf import app_settings
-from stripe_idempotency.leases import Busy, Duplicate
-from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.processing import Failed, Fenced, Processed
+from stripe_idempotency.models import EventState, StripeEvent
+from stripe_idempotency.outcomes import Failed
 
 
 class Command(BaseCommand):
@@ -79,7 +78,7 @@ class Command(BaseCommand):
         for position, event in enumerate(events, start=1):
             progress = f"[{position}/{len(events)}] " if len(events) > 1 else ""
             line = f"{progress}{_describe(event)}"
-            if event.attempts >= max_attempts:
+            if event.state == EventState.DEAD:  # type: ignore[attr-defined]
                 tally["dead"] += 1
                 self.stdout.write(
                     self.style.ERROR(
@@ -105,22 +104,14 @@ class Command(BaseCommand):
 
     def _reprocess(self, event: StripeEvent, line: str, tally: dict[str, int], verbosity: int) -> None:
         outcome = processing.reprocess(event)
-        match outcome:
-            case Processed():
-                tally["processed"] += 1
-                if verbosity >= 1:
-                    self.stdout.write(self.style.SUCCESS(f"Reprocessed {line}: processed"))
-            case Failed(error=error):
-                tally["failed"] += 1
-                self.stdout.write(self.style.ERROR(f"Reprocessed {line}: failed again: {_last_line(error)}"))
-            case Busy() | Fenced():
-                tally["skipped"] += 1
-                if verbosity >= 1:
-                    self.stdout.write(f"Skipped {line}: taken by another process")
-            case Duplicate():
-                tally["skipped"] += 1
-                if verbosity >= 1:
-                    self.stdout.write(f"Skipped {line}: processed meanwhile")
+        report = outcomes.report(outcome)
+        tally[report.tally] += 1
+        text = f"{report.reaper_verb} {line}: {report.reaper_result}"
+        if isinstance(outcome, Failed):
+            self.stdout.write(self.style.ERROR(f"{text}: {_last_line(outcome.error)}"))
+        elif verbosity >= 1:
+            style = self.style.SUCCESS if report.status == "processed" else str
+            self.stdout.write(style(text))
 
 
 def _describe(event: StripeEvent) -> str:

@@ -8,9 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from stripe_idempotency import leases, processing
-from stripe_idempotency.leases import Busy, Duplicate
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.processing import Failed, Fenced, Outcome, Processed
+from stripe_idempotency.outcomes import Busy, Duplicate, Failed, Fenced, Outcome, Processed
 
 
 class Command(BaseCommand):

@@ -1,0 +1,318 @@
+"""What the rules ask of a database, and the machinery every backend shares.
+
+:class:`DatabaseBackend` is the whole surface: the claim, the fenced
+completion, the release, storing an event unclaimed, and the ledger's locked
+apply, balance row and insert, plus which errors are worth retrying. The
+rules in :mod:`stripe_idempotency.leases` and :mod:`stripe_idempotency.ledger`
+decide what those results mean; a backend only says its SQL.
+
+Finding claimable events needs no vendor SQL (the ORM says it, on the database
+clock, through the index): it is :meth:`StripeEventQuerySet.claimable
+<stripe_idempotency.models.StripeEventQuerySet.claimable>`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from typing import Any, ClassVar, Protocol
+
+from django.db import OperationalError
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field
+from django.db.models.expressions import Col
+
+from stripe_idempotency.events import IncomingEvent
+from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.sql import concrete_field, quoted_columns
+
+Row = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRow:
+    """The event's row as a claim statement left it, and its lease's seconds left (``None``: no lease)."""
+
+    event: StripeEvent
+    lease_left: float | None
+
+
+class DatabaseBackend(Protocol):
+    """The operations the rules need from one database connection."""
+
+    @property
+    def vendor(self) -> str:
+        """Django's ``connection.vendor`` for the databases this backend serves."""
+        ...
+
+    def claim(self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float) -> ClaimRow:
+        """Store ``event`` claimed under ``token``, or take its row over if it is claimable.
+
+        One atomic statement (or a retried pair on MySQL), in autocommit. The
+        returned row says who holds the event now: ``token`` if the claim won.
+        """
+        ...
+
+    def complete(self, pk: int, token: uuid.UUID) -> bool:
+        """Mark the event processed if ``token`` still holds it; ``False`` if it does not (the fence)."""
+        ...
+
+    def release(self, pk: int, token: uuid.UUID, error: str) -> bool:
+        """Clear the claim ``token`` holds, recording ``error``; ``False`` if it no longer held it."""
+        ...
+
+    def insert_unclaimed(self, event: IncomingEvent) -> bool:
+        """Store ``event`` unclaimed unless its id is stored; ``True`` if this call stored it."""
+        ...
+
+    @property
+    def looks_up_reference_first(self) -> bool:
+        """Whether the ledger looks a reference up before inserting (under the balance's lock),
+        because this database's insert has no cheap way to say "it existed"."""
+        ...
+
+    def apply_in_one_statement(self, entry: LedgerEntry, allow_negative: bool) -> bool:
+        """Lock the balance, insert ``entry`` and move the balance in one statement, if this
+        database can; ``False`` when nothing was written (the general path decides)."""
+        ...
+
+    def create_balance_row(self, account: str, currency: str) -> None:
+        """Insert the (account, currency) balance row at 0 unless it exists, taking no lock
+        that a later ``SELECT ... FOR UPDATE`` would have to upgrade."""
+        ...
+
+    def insert_entry(self, entry: LedgerEntry) -> bool:
+        """Insert ``entry``; ``False``, with nothing written, if its reference exists."""
+        ...
+
+    def is_retryable(self, error: OperationalError) -> bool:
+        """Whether the database asks for the failed transaction to be run again (deadlock, serialisation)."""
+        ...
+
+
+class SQLBackend:
+    """The shared machinery: statements built once, rows turned into models, the portable operations."""
+
+    vendor: ClassVar[str]
+    #: The current time on this database's clock, as SQL.
+    now: ClassVar[str]
+    looks_up_reference_first: ClassVar[bool] = False
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.connection = connection
+
+    # -- statements -------------------------------------------------------------------------
+
+    def statement(self, key: tuple[Any, ...], build: Callable[[], str]) -> str:
+        """The statement ``build`` makes, built once per backend class and ``key``.
+
+        ``key`` must name everything the statement depends on besides the
+        backend: the template and every part spliced into it.
+        """
+        full_key = (type(self), *key)
+        sql = _statements.get(full_key)
+        if sql is None:
+            sql = _statements[full_key] = build()
+        return sql
+
+    def event_statement(self, template: str, **parts: str) -> str:
+        """``template`` over the events table: ``{table}``, ``{inserted}``, ``{columns}``, ``{now}``
+        and each of ``parts`` (which may use the first and last of those themselves)."""
+
+        def build() -> str:
+            table = self.connection.ops.quote_name(StripeEvent._meta.db_table)
+            names = {"table": table, "now": self.now}
+            return template.format(
+                inserted=INSERTED,
+                columns=quoted_columns(self.connection, returned_fields()),
+                **names,
+                **{name: part.format(**names) for name, part in parts.items()},
+            )
+
+        return self.statement((template, *sorted(parts.items())), build)
+
+    def prepare(self, model: type[Any], name: str, value: Any) -> Any:
+        """``value`` as the database stores ``model.name`` (a UUID as hex on MySQL, JSON as text...)."""
+        return concrete_field(model, name).get_db_prep_save(value, self.connection)
+
+    def event_params(self, event: IncomingEvent) -> dict[str, Any]:
+        """The event's own columns, as every backend's insert takes them."""
+        return {
+            "event_id": event.id,
+            "type": event.type,
+            "livemode": event.livemode,
+            "api_version": event.api_version or "",
+            "created": self.prepare(StripeEvent, "created", event.created),
+            "payload": self.prepare(StripeEvent, "payload", event.payload),
+        }
+
+    def claim_params(self, event: IncomingEvent, token: uuid.UUID, claimed_by: str) -> dict[str, Any]:
+        """A claim's parameters but its lease's length, which each backend encodes its own way."""
+        return {
+            **self.event_params(event),
+            "claimed_by": claimed_by,
+            "token": self.prepare(StripeEvent, "claim_token", token),
+        }
+
+    def claim_row(self, row: Row | None, payload: dict[str, Any]) -> ClaimRow:
+        """A claim statement's row (every returned column, then the lease left) as a model instance."""
+        if row is None:
+            # The upsert either inserts, updates or finds the row; only a delete
+            # racing with it could leave nothing.
+            raise LookupError("The event's row vanished while it was being claimed.")
+        values = []
+        for (column, converters), value in zip(_row_converters(self.connection), row, strict=False):
+            for converter in converters:
+                value = converter(value, column, self.connection)
+            values.append(value)
+        event = StripeEvent.from_db(self.connection.alias, returned_attnames(), values)
+        event.payload = payload
+        lease_left = row[len(returned_fields())]
+        return ClaimRow(event, None if lease_left is None else float(lease_left))
+
+    # -- the portable operations ------------------------------------------------------------
+
+    def complete(self, pk: int, token: uuid.UUID) -> bool:
+        # Every delivery runs this: built once, not compiled by the ORM each time.
+        sql = self.event_statement(_COMPLETE)
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, {"pk": pk, "token": self.prepare(StripeEvent, "claim_token", token)})
+            updated: int = cursor.rowcount
+        return updated == 1
+
+    def release(self, pk: int, token: uuid.UUID, error: str) -> bool:
+        updated = (
+            StripeEvent.objects.using(self.connection.alias)
+            .filter(pk=pk, claim_token=token)
+            .update(claim_expires_at=None, claim_token=None, last_error=error)
+        )
+        return updated == 1
+
+    def apply_in_one_statement(self, entry: LedgerEntry, allow_negative: bool) -> bool:
+        return False
+
+    def create_balance_row(self, account: str, currency: str) -> None:
+        # ON CONFLICT DO NOTHING: the conflict check leaves no lock behind.
+        LedgerBalance.objects.using(self.connection.alias).bulk_create(
+            [LedgerBalance(account=account, currency=currency, balance=0)], ignore_conflicts=True
+        )
+
+    def entry_params(self, entry: LedgerEntry) -> list[Any]:
+        """Every non-key column of ``entry``, prepared, in :func:`entry_fields` order."""
+        return [f.get_db_prep_save(getattr(entry, f.attname), self.connection) for f in entry_fields()]
+
+    def saved(self, entry: LedgerEntry, pk: Any) -> None:
+        """Mark ``entry`` as the stored row ``pk``, as the ORM's own insert would."""
+        entry.pk = pk
+        entry._state.adding = False
+        entry._state.db = self.connection.alias
+
+
+class InsertOnConflictDoNothing(SQLBackend):
+    """``INSERT ... ON CONFLICT (...) DO NOTHING RETURNING``: PostgreSQL's and SQLite's common ground."""
+
+    __slots__ = ()
+
+    def insert_unclaimed(self, event: IncomingEvent) -> bool:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.event_statement(_INSERT_UNCLAIMED_ON_CONFLICT), self.event_params(event))
+            return cursor.fetchone() is not None
+
+    def insert_entry(self, entry: LedgerEntry) -> bool:
+        # The unique constraint decides, in one statement: no savepoint, no
+        # error. (A NULL reference never conflicts.)
+        def build() -> str:
+            quote = self.connection.ops.quote_name
+            return (
+                f"INSERT INTO {quote(LedgerEntry._meta.db_table)} "
+                f"({quoted_columns(self.connection, entry_fields())}) "
+                f"VALUES ({', '.join(['%s'] * len(entry_fields()))}) "
+                f"ON CONFLICT ({quoted_columns(self.connection, reference_scope())}) DO NOTHING "
+                f"RETURNING {quoted_columns(self.connection, [LedgerEntry._meta.pk])}"
+            )
+
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.statement(("insert_entry",), build), self.entry_params(entry))
+            row = cursor.fetchone()
+        if row is None:
+            return False
+        self.saved(entry, row[0])
+        return True
+
+
+# -- shared statements and column lists -----------------------------------------------------
+
+_statements: dict[tuple[Any, ...], str] = {}
+
+#: The columns a claim writes when it stores a new event, in the order of every VALUES.
+INSERTED = (
+    "event_id, type, livemode, api_version, created, payload, received_at, "
+    "claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error"
+)
+
+#: Not processed, and the lease absent or expired, on ``{t}``'s columns and the clock ``{now}``.
+CLAIMABLE = "{t}.processed_at IS NULL AND ({t}.claim_expires_at IS NULL OR {t}.claim_expires_at <= {now})"
+
+# The token alone is the fence: every writer that sets processed_at clears the
+# token, so a row that still carries ours is unprocessed. Leaving processed_at
+# out of the WHERE leaves the primary key as the only index the statement can
+# use: on MariaDB with a young table's statistics the optimizer otherwise
+# scanned stripe_event_unprocessed_idx, locking other events' entries on the
+# way, and two deliveries' fenced updates deadlocked.
+_COMPLETE = """
+UPDATE {table} SET processed_at = {now}, claim_expires_at = NULL, claim_token = NULL
+WHERE id = %(pk)s AND claim_token = %(token)s
+"""
+
+# A stored, never claimed event: no claim columns, no attempt.
+UNCLAIMED_VALUES = """(
+    %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+    {now}, NULL, '', NULL, NULL, 0, ''
+)"""
+
+_INSERT_UNCLAIMED_ON_CONFLICT = (
+    "INSERT INTO {table} ({inserted}) VALUES "
+    + UNCLAIMED_VALUES
+    + " ON CONFLICT (event_id) DO NOTHING RETURNING id"
+)
+
+
+@cache
+def returned_fields() -> tuple[Field[Any, Any], ...]:
+    """The columns a claim returns: every one but the payload (the caller holds it decoded)."""
+    return tuple(f for f in StripeEvent._meta.concrete_fields if f.name != "payload")
+
+
+@cache
+def returned_attnames() -> list[str]:
+    # Cached, so the same list serves every call: never mutate it.
+    return [f.attname for f in returned_fields()]
+
+
+@cache
+def entry_fields() -> tuple[Field[Any, Any], ...]:
+    """A ledger entry's columns as the backends insert them: all but the primary key."""
+    return tuple(f for f in LedgerEntry._meta.concrete_fields if not f.primary_key)
+
+
+@cache
+def reference_scope() -> tuple[Field[Any, Any], ...]:
+    """The columns of the unique constraint that makes a reference idempotent."""
+    return tuple(concrete_field(LedgerEntry, n) for n in ("account", "currency", "entry_type", "reference"))
+
+
+# Keyed by the connection object (one per thread and alias), whose backend's
+# converters these are; a handful of entries live, the bound only guards churn.
+@lru_cache(maxsize=64)
+def _row_converters(connection: BaseDatabaseWrapper) -> tuple[tuple[Col, tuple[Any, ...]], ...]:
+    """Each returned column with the converters the ORM would apply to it, worked out once."""
+    table = StripeEvent._meta.db_table
+    columns = [field.get_col(table) for field in returned_fields()]
+    return tuple(
+        (column, (*connection.ops.get_db_converters(column), *column.field.get_db_converters(connection)))
+        for column in columns
+    )

@@ -1,0 +1,201 @@
+"""MariaDB and MySQL (Django's ``mysql`` backend), InnoDB under REPEATABLE READ.
+
+Their differences, named where they matter:
+
+* **RETURNING.** MariaDB 10.5+ returns the upserted row: a claim is one round
+  trip after its read. MySQL has no ``RETURNING`` and reads the row back.
+* **Not waiting for a lock.** MariaDB can bound one statement's lock wait
+  (``SET STATEMENT innodb_lock_wait_timeout=0 FOR ...``); MySQL has no
+  per-statement form, so its upsert may wait for the lock.
+
+What both share, and why the statements look as they do:
+
+* InnoDB's upsert locks an existing row exclusively even when it changes
+  nothing, and a receiver transaction holding a shared lock on that row (any
+  foreign key to the event takes one, the ledger's included) would queue its
+  own fenced update behind a waiting upsert: a deadlock. So a claim first
+  reads the row without locking, and answers duplicate or busy from that read.
+* ``INSERT ... ON DUPLICATE KEY UPDATE`` has no ``WHERE``: every assignment
+  repeats the claimable test instead.
+* There is no "insert unless it exists" that reports which it did without
+  also hiding other errors (``INSERT IGNORE`` turns a truncation into a
+  warning), so the ledger looks a reference up first and inserts in a
+  savepoint.
+* Deadlock (1213) and lock wait timeout (1205) are the errors to retry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import nullcontext
+from typing import Any
+
+from django.db import IntegrityError, OperationalError, transaction
+
+from stripe_idempotency.backends.base import CLAIMABLE, UNCLAIMED_VALUES, ClaimRow, Row, SQLBackend
+from stripe_idempotency.events import IncomingEvent
+from stripe_idempotency.models import LEDGER_WRITE, LedgerBalance, LedgerEntry
+from stripe_idempotency.sql import concrete_field, quoted_columns
+
+LOCK_WAIT_TIMEOUT = 1205
+DEADLOCK = 1213
+_DUPLICATE_KEY = 1062
+# Two concurrent upserts of a new key can both be picked as deadlock victims;
+# the claim is safe to repeat.
+_CLAIM_ATTEMPTS = 3
+
+
+class MySQLBackend(SQLBackend):
+    vendor = "mysql"
+    now = "NOW(6)"
+    looks_up_reference_first = True
+
+    __slots__ = ()
+
+    @property
+    def is_mariadb(self) -> bool:
+        return bool(self.connection.mysql_is_mariadb)  # type: ignore[attr-defined]
+
+    @property
+    def has_returning(self) -> bool:
+        """Whether an upsert can return its row (MariaDB 10.5+)."""
+        return self.is_mariadb and self.connection.mysql_version >= (10, 5)  # type: ignore[attr-defined]
+
+    def claim(self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float) -> ClaimRow:
+        """A plain read first; the upsert only for a new or claimable event, and never waiting for a lock.
+
+        The upsert still decides every claim, so a race between the read and
+        the upsert changes nothing. A row that another transaction holds
+        locked is being worked on: the claim is answered from the read (busy).
+        """
+        params = self.upsert_params(event, token, claimed_by=claimed_by, ttl=ttl)
+        return self.claim_row(self._claim(params), event.payload)
+
+    def upsert_params(
+        self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> dict[str, Any]:
+        """The parameters of :meth:`upsert_statement` (the lease in whole microseconds)."""
+        return {**self.claim_params(event, token, claimed_by), "ttl_us": round(ttl * 1_000_000)}
+
+    def _claim(self, params: dict[str, Any]) -> Row | None:
+        returning = self.has_returning
+        upsert = self.upsert_statement()
+        read = self.event_statement(_READ)
+        existing: Row | None = None
+        for attempt in range(_CLAIM_ATTEMPTS):
+            try:
+                with self.connection.cursor() as cursor:
+                    cursor.execute(read, {"event_id": params["event_id"]})
+                    existing = cursor.fetchone()
+                    if existing is not None and _refused(existing):
+                        return existing
+                    cursor.execute(upsert, params)
+                    if not returning:
+                        cursor.execute(read, {"event_id": params["event_id"]})
+                    row: Row | None = cursor.fetchone()
+                    return row
+            except OperationalError as exc:
+                locked = exc.args[0] == LOCK_WAIT_TIMEOUT
+                if locked and existing is not None:
+                    return existing  # held by a transaction: not ours, so the claim is answered busy
+                if not (locked or exc.args[0] == DEADLOCK) or attempt == _CLAIM_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def upsert_statement(self) -> str:
+        """The claim's upsert: returning the row where it can, and on MariaDB never waiting for a lock."""
+        template = _UPSERT_RETURNING if self.has_returning else _UPSERT
+        if self.is_mariadb:
+            template = "SET STATEMENT innodb_lock_wait_timeout=0 FOR " + template
+        return self.event_statement(template, claimable=CLAIMABLE.replace("{t}", "{table}"))
+
+    def insert_unclaimed(self, event: IncomingEvent) -> bool:
+        # A plain insert whose duplicate-key error says "stored already": the
+        # upsert's affected-row count cannot (Django connects with FOUND_ROWS,
+        # so a no-op update counts 1, as an insert does), and INSERT IGNORE
+        # would hide other errors too.
+        sql = self.event_statement(_INSERT_UNCLAIMED)
+        # In autocommit a failed statement costs nothing more; in a transaction, a savepoint.
+        in_transaction = self.connection.in_atomic_block
+        scope = transaction.atomic(using=self.connection.alias) if in_transaction else nullcontext()
+        try:
+            with scope, self.connection.cursor() as cursor:
+                cursor.execute(sql, self.event_params(event))
+        except IntegrityError as exc:
+            if exc.args[0] != _DUPLICATE_KEY:
+                raise
+            return False
+        return True
+
+    def create_balance_row(self, account: str, currency: str) -> None:
+        """An ignored duplicate insert (``INSERT IGNORE``) would leave a shared lock on the row, which
+        the ``SELECT ... FOR UPDATE`` that follows must upgrade: two first writers doing that at once
+        deadlock, and inside a receiver's transaction a deadlock cannot be retried. A no-op
+        ``ON DUPLICATE KEY UPDATE`` takes the exclusive lock at once instead."""
+        row = LedgerBalance(account=account, currency=currency, balance=0)
+        fields = [f for f in LedgerBalance._meta.concrete_fields if not f.primary_key]
+
+        def build() -> str:
+            balance = quoted_columns(self.connection, [concrete_field(LedgerBalance, "balance")])
+            return (
+                f"INSERT INTO {self.connection.ops.quote_name(LedgerBalance._meta.db_table)} "
+                f"({quoted_columns(self.connection, fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
+                f"ON DUPLICATE KEY UPDATE {balance} = {balance}"
+            )
+
+        params = [f.get_db_prep_save(f.pre_save(row, add=True), self.connection) for f in fields]
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.statement(("create_balance_row",), build), params)
+
+    def insert_entry(self, entry: LedgerEntry) -> bool:
+        using = self.connection.alias
+        if entry.reference is None:
+            entry.save(using=using, force_insert=True, ledger_write=LEDGER_WRITE)
+            return True
+        try:
+            # The reference was looked up under the balance's lock; only a writer
+            # that did not take that lock can have written it since, and then only
+            # the savepoint rolls back.
+            with transaction.atomic(using=using):
+                entry.save(using=using, force_insert=True, ledger_write=LEDGER_WRITE)
+        except IntegrityError as exc:
+            if exc.args[0] != _DUPLICATE_KEY:
+                raise
+            entry.pk = None
+            return False
+        return True
+
+    def is_retryable(self, error: OperationalError) -> bool:
+        return bool(error.args) and error.args[0] in (LOCK_WAIT_TIMEOUT, DEADLOCK)
+
+
+def _refused(row: Row) -> bool:
+    """Whether a read row is processed or under a live lease: no claim could take it now."""
+    from stripe_idempotency.backends.base import returned_attnames
+
+    processed_at = row[returned_attnames().index("processed_at")]
+    lease_left = row[-1]
+    return processed_at is not None or (lease_left is not None and lease_left > 0)
+
+
+# Each assignment repeats the claimable test, and claim_expires_at (which the
+# test reads) is assigned last, so the statement means the same whether the
+# server applies assignments in order (the default) or simultaneously
+# (MariaDB's SIMULTANEOUS_ASSIGNMENT mode).
+_UPSERT = """
+INSERT INTO {table} ({inserted}) VALUES (
+    %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+    {now}, {now}, %(claimed_by)s, {now} + INTERVAL %(ttl_us)s MICROSECOND, %(token)s, 1, ''
+)
+ON DUPLICATE KEY UPDATE
+    claimed_at = IF({claimable}, {now}, claimed_at),
+    claimed_by = IF({claimable}, %(claimed_by)s, claimed_by),
+    claim_token = IF({claimable}, %(token)s, claim_token),
+    attempts = IF({claimable}, attempts + 1, attempts),
+    claim_expires_at = IF({claimable}, {now} + INTERVAL %(ttl_us)s MICROSECOND, claim_expires_at)
+"""
+
+_LEASE_LEFT = "TIMESTAMPDIFF(MICROSECOND, {now}, claim_expires_at) / 1e6"
+_UPSERT_RETURNING = _UPSERT + "RETURNING {columns}, " + _LEASE_LEFT
+_READ = "SELECT {columns}, " + _LEASE_LEFT + " FROM {table} WHERE event_id = %(event_id)s"
+_INSERT_UNCLAIMED = "INSERT INTO {table} ({inserted}) VALUES " + UNCLAIMED_VALUES

@@ -1,0 +1,159 @@
+"""Each database's backend, through the protocol the rules use, on the database under test."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from django.db import OperationalError, connection, connections, transaction
+
+from stripe_idempotency.backends import UnsupportedDatabase, for_connection
+from stripe_idempotency.backends.base import SQLBackend
+from stripe_idempotency.backends.mysql import MySQLBackend
+from stripe_idempotency.backends.postgresql import PostgreSQLBackend
+from stripe_idempotency.backends.sqlite import SQLiteBackend
+from stripe_idempotency.events import IncomingEvent
+from stripe_idempotency.models import EventState, LedgerBalance, StripeEvent
+from stripe_idempotency.testing import build_event
+from tests.concurrency import in_thread
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BACKEND_OF = {"postgresql": PostgreSQLBackend, "mysql": MySQLBackend, "sqlite": SQLiteBackend}
+
+
+def incoming(**kwargs) -> IncomingEvent:
+    return IncomingEvent.from_payload(build_event(**kwargs))
+
+
+def state(event_id: str) -> str:
+    return StripeEvent.objects.with_state().get(event_id=event_id).state
+
+
+def test_each_vendor_has_its_own_backend():
+    assert type(for_connection(connection)) is BACKEND_OF[connection.vendor]
+
+
+def test_any_other_vendor_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(connection, "vendor", "cockroachdb")
+    with pytest.raises(UnsupportedDatabase) as raised:
+        for_connection(connection)
+    assert (raised.value.alias, raised.value.vendor) == ("default", "cockroachdb")
+    assert str(raised.value) == (
+        "The database 'default' is a 'cockroachdb' database; stripe_idempotency supports "
+        "postgresql, mysql, sqlite."
+    )
+
+
+def test_a_claim_a_refusal_and_the_fence():
+    backend = for_connection(connection)
+    event = incoming(id="evt_backend")
+    mine = uuid.uuid4()
+    first = backend.claim(event, mine, claimed_by="a", ttl=300)
+    assert (first.event.claim_token, first.event.claimed_by, first.event.attempts) == (mine, "a", 1)
+    assert first.event.payload == event.payload
+    refused = backend.claim(event, uuid.uuid4(), claimed_by="b", ttl=300)
+    assert refused.event.claim_token == mine
+    assert 299 < refused.lease_left <= 300
+    assert backend.complete(first.event.pk, uuid.uuid4()) is False
+    assert backend.complete(first.event.pk, mine) is True
+    assert backend.complete(first.event.pk, mine) is False
+    assert state("evt_backend") == EventState.PROCESSED
+
+
+def test_release_clears_only_its_own_claim():
+    backend = for_connection(connection)
+    event = incoming(id="evt_released")
+    mine = uuid.uuid4()
+    row = backend.claim(event, mine, claimed_by="a", ttl=300).event
+    assert backend.release(row.pk, uuid.uuid4(), "not mine") is False
+    assert backend.release(row.pk, mine, "boom") is True
+    stored = StripeEvent.objects.get()
+    assert (stored.claim_token, stored.claim_expires_at, stored.last_error) == (None, None, "boom")
+    assert state("evt_released") == EventState.FAILED
+
+
+def test_an_unclaimed_insert_stores_once_and_leaves_the_event_pending():
+    backend = for_connection(connection)
+    event = incoming(id="evt_pending", type="invoice.paid")
+    assert backend.insert_unclaimed(event) is True
+    assert backend.insert_unclaimed(event) is False
+    stored = StripeEvent.objects.get()
+    assert (stored.event_id, stored.type, stored.payload, stored.attempts) == (
+        "evt_pending",
+        "invoice.paid",
+        event.payload,
+        0,
+    )
+    assert (stored.claim_token, stored.claimed_at, stored.claim_expires_at) == (None, None, None)
+    assert stored.received_at is not None
+    assert state("evt_pending") == EventState.PENDING
+    # A pending event is claimable at once.
+    token = uuid.uuid4()
+    assert backend.claim(event, token, claimed_by="worker", ttl=300).event.claim_token == token
+    assert state("evt_pending") == EventState.CLAIMED
+
+
+def test_an_unclaimed_insert_of_a_processed_event_changes_nothing():
+    backend = for_connection(connection)
+    event = incoming(id="evt_done")
+    token = uuid.uuid4()
+    row = backend.claim(event, token, claimed_by="a", ttl=300).event
+    backend.complete(row.pk, token)
+    assert backend.insert_unclaimed(event) is False
+    assert state("evt_done") == EventState.PROCESSED
+
+
+def test_statements_are_cached_by_everything_they_are_built_from():
+    backend = for_connection(connection)
+    assert isinstance(backend, SQLBackend)
+    one = backend.event_statement("SELECT {part} FROM {table}", part="1")
+    two = backend.event_statement("SELECT {part} FROM {table}", part="2")
+    assert (one, two) == (
+        f"SELECT 1 FROM {connection.ops.quote_name(StripeEvent._meta.db_table)}",
+        f"SELECT 2 FROM {connection.ops.quote_name(StripeEvent._meta.db_table)}",
+    )
+    assert backend.event_statement("SELECT {part} FROM {table}", part="1") is one
+
+
+def test_a_real_deadlock_is_one_the_backend_retries():
+    # Two connections lock two balance rows in opposite orders; the database
+    # picks one as the victim, and its error must read as "run it again".
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite's IMMEDIATE transactions queue for the database: they cannot deadlock.")
+    for account in ("a", "b"):
+        for_connection(connection).create_balance_row(account, "usd")
+    both_hold_one = threading.Barrier(2, timeout=10)
+
+    def lock(first: str, second: str):
+        try:
+            with transaction.atomic():
+                rows = LedgerBalance.objects.select_for_update()
+                list(rows.filter(account=first))
+                both_hold_one.wait()
+                list(rows.filter(account=second))
+        except OperationalError as error:
+            return error, for_connection(connections["default"]).is_retryable(error)
+        finally:
+            connections["default"].close()
+        return None
+
+    one, result_one = in_thread(lambda: lock("a", "b"))
+    two, result_two = in_thread(lambda: lock("b", "a"))
+    one.join(30)
+    two.join(30)
+    [(error, retryable)] = [result for [result] in (result_one, result_two) if result is not None]
+    assert retryable is True, error
+
+
+def test_other_operational_errors_are_not_retried():
+    backend = for_connection(connection)
+    table = connection.ops.quote_name(StripeEvent._meta.db_table)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL statement_timeout = 1")  # then a query cancelled by it
+        statement = "SELECT pg_sleep(1)" if connection.vendor == "postgresql" else f"SELECT nope FROM {table}"
+        with pytest.raises(OperationalError) as raised:
+            cursor.execute(statement)
+    assert backend.is_retryable(raised.value) is False
