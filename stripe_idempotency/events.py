@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 # Printable ASCII without spaces: what Stripe's ids and type names are made of.
 # Anything else (control characters, CR/LF) never reaches the database or a log line.
 _TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
+#: The longest ``api_version`` stored (Stripe's are like ``2025-03-31.basil``).
+API_VERSION_MAX_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +45,19 @@ class IncomingEvent:
             raise WebhookRejected("invalid_id", "The event has no valid string id.")
         event_type = payload.get("type")
         if not isinstance(event_type, str) or not _TOKEN.fullmatch(event_type):
-            raise WebhookRejected("invalid_type", "The event has no valid string type.")
+            raise WebhookRejected("invalid_type", "The event has no valid string type.", event_id=event_id)
         livemode = payload.get("livemode", False)
         if not isinstance(livemode, bool):
-            raise WebhookRejected("invalid_livemode", "The event's livemode is not a boolean.")
+            raise WebhookRejected(
+                "invalid_livemode", "The event's livemode is not a boolean.", event_id=event_id
+            )
         api_version = payload.get("api_version")
+        if isinstance(api_version, str) and len(api_version) > API_VERSION_MAX_LENGTH:
+            raise WebhookRejected(
+                "invalid_api_version",
+                f"The event's api_version is longer than {API_VERSION_MAX_LENGTH} characters.",
+                event_id=event_id,
+            )
         return cls(
             id=event_id,
             type=event_type,

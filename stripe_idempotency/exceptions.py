@@ -12,12 +12,16 @@ class WebhookRejected(StripeIdempotencyError):
 
     ``code`` is the stable, machine-readable reason sent back in the JSON body;
     ``status`` the HTTP status it is answered with. Nothing is stored for it.
+    ``event_id`` is set when the body was authentic (its signature verified) and
+    named an id: Stripe sent an event that is refused, which an operator must
+    hear of (the view logs it at ERROR).
     """
 
-    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, *, status: int = 400, event_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
+        self.event_id = event_id
 
 
 class ClaimInsideTransaction(StripeIdempotencyError):

@@ -8,6 +8,10 @@ unauthenticated sender writes is ever decoded as JSON.
 from __future__ import annotations
 
 import json
+import math
+import re
+import time
+from typing import Any
 
 import stripe
 
@@ -24,8 +28,9 @@ def verify(body: bytes, signature_header: str | None) -> IncomingEvent:
 
     Raises :class:`WebhookRejected` with one of the codes ``missing_signature``,
     ``invalid_encoding``, ``invalid_signature``, ``timestamp_outside_tolerance``,
-    ``invalid_json``, ``not_an_event``, ``invalid_id``, ``invalid_type``,
-    ``invalid_livemode`` or ``livemode_mismatch``.
+    ``invalid_json``, ``unstorable_payload``, ``not_an_event``, ``invalid_id``,
+    ``invalid_type``, ``invalid_livemode``, ``invalid_api_version`` or
+    ``livemode_mismatch``.
     """
     if not signature_header:
         raise WebhookRejected("missing_signature", "The Stripe-Signature header is missing.")
@@ -36,10 +41,7 @@ def verify(body: bytes, signature_header: str | None) -> IncomingEvent:
     except UnicodeDecodeError:
         raise WebhookRejected("invalid_encoding", "The body is not UTF-8.") from None
     _verify_signature(text, signature_header)
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        raise WebhookRejected("invalid_json", "The body is not valid JSON.") from None
+    payload = _decode(text)
     event = IncomingEvent.from_payload(payload)
     expected = app_settings.LIVEMODE
     if expected is not None and event.livemode is not expected:
@@ -58,6 +60,14 @@ def _verify_signature(text: str, header: str) -> None:
     secrets = app_settings.WEBHOOK_SECRETS
     tolerance = app_settings.TOLERANCE_SECONDS
     if _signed_by_any(text, header, secrets, tolerance):
+        # Stripe's check bounds only the past; a signature from the future is
+        # as suspect as an old one (a clock far off, or a body signed ahead to
+        # be replayed later), so the same tolerance applies both ways.
+        if _timestamp(header) > time.time() + tolerance:
+            raise WebhookRejected(
+                "timestamp_outside_tolerance",
+                f"The signature's timestamp is more than {tolerance} seconds in the future.",
+            )
         return
     # Only on failure, ask again without the time limit, to tell a replayed
     # (or badly clock-skewed) delivery apart from a forged one.
@@ -77,3 +87,96 @@ def _signed_by_any(text: str, header: str, secrets: list[str], tolerance: int | 
             continue
         return True
     return False
+
+
+def _timestamp(header: str) -> int:
+    """The ``t=`` of a header that verified (so it is there and is an integer)."""
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            return int(value)
+    raise ValueError("A verified Stripe-Signature header has a timestamp.")
+
+
+# -- storability --------------------------------------------------------------------------
+#
+# A verified body must be stored as it is processed, on every backend, or be
+# refused with a reason: a 500 would have Stripe retry for three days and then
+# drop the event, seen by nobody. What JSON allows but the databases do not:
+
+#: Containers nested deeper than this are refused: MariaDB's JSON_VALID (the
+#: check on its JSON columns) fails past 31, and Stripe's events nest about 10.
+MAX_PAYLOAD_DEPTH = 30
+
+
+class _NonFinite(float):
+    """``NaN``, ``Infinity`` or a number too large for a float: no JSON column stores them."""
+
+
+def _non_finite_constant(name: str) -> _NonFinite:
+    return _NonFinite("nan")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    return _NonFinite(value) if math.isinf(value) else value
+
+
+# NUL (PostgreSQL's jsonb and text refuse it) and lone surrogates (not encodable
+# as UTF-8, so no database takes them).
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _decode(text: str) -> Any:
+    """The body's JSON, if every backend can store it; otherwise a rejection naming why."""
+    try:
+        payload = json.loads(text, parse_constant=_non_finite_constant, parse_float=_float)
+    except RecursionError:
+        raise _unstorable(text, f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep") from None
+    except ValueError:
+        raise WebhookRejected("invalid_json", "The body is not valid JSON.") from None
+    # Both characters can only arrive as \u escapes: raw control characters are
+    # invalid JSON and valid UTF-8 holds no surrogates.
+    reason = _why_unstorable(payload, check_text="\\u" in text)
+    if reason is not None:
+        raise _unstorable(text, reason, payload)
+    return payload
+
+
+def _why_unstorable(payload: Any, *, check_text: bool) -> str | None:
+    """Walk ``payload`` without recursion: its depth, its numbers, (if asked) its strings."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+            if check_text and any(_UNSTORABLE_CHARACTER.search(key) for key in value):
+                return "a key holds NUL or a lone surrogate (\\u0000, \\ud800...)"
+        elif isinstance(value, list):
+            children = value
+        elif isinstance(value, _NonFinite):
+            return "it holds NaN, Infinity or a number too large for a float"
+        elif check_text and isinstance(value, str) and _UNSTORABLE_CHARACTER.search(value):
+            return "a string holds NUL or a lone surrogate (\\u0000, \\ud800...)"
+        else:
+            continue
+        if depth > MAX_PAYLOAD_DEPTH:
+            return f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+_EVENT_ID = re.compile(r'"id"\s*:\s*"([\x21-\x7e]{1,255}?)"')
+
+
+def _unstorable(text: str, reason: str, payload: Any = None) -> WebhookRejected:
+    event_id = payload.get("id") if isinstance(payload, dict) else None
+    if not isinstance(event_id, str):
+        # Too deep to decode: the first id in the text is the event's (Stripe writes it first).
+        match = _EVENT_ID.search(text)
+        event_id = match.group(1) if match else None
+    return WebhookRejected(
+        "unstorable_payload",
+        f"The event cannot be stored as sent: {reason}.",
+        event_id=event_id if isinstance(event_id, str) else None,
+    )

@@ -48,7 +48,14 @@ class WebhookView(View):
             body = _read_body(request, app_settings.MAX_BODY_BYTES)
             verified = verify(body, request.headers.get("Stripe-Signature"))
         except WebhookRejected as rejection:
-            logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection)
+            if rejection.event_id is not None:
+                # Authentic, and refused: Stripe will retry it for days, then drop
+                # it. Someone must look (and can fetch it from Stripe's API).
+                logger.error(
+                    "Refused Stripe event %s: %s (%s)", rejection.event_id, rejection.code, rejection
+                )
+            else:
+                logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection)
             return rejected(rejection.code, status=rejection.status)
         try:
             outcome = processing.receive(verified)

@@ -7,6 +7,8 @@ signature, a giant body refused before it is read, CR/LF in the event id) are in
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import pytest
 from django.test import Client
@@ -121,3 +123,114 @@ def test_any_content_type_with_a_bad_signature(content_type):
         "POST", URL, data=b"{}", content_type=content_type, headers={"Stripe-Signature": "t=1,v1=0"}
     )
     assert_rejected_and_nothing_stored(response)
+
+
+# -- authentic events that no database could store as sent ---------------------------------
+
+
+def nested(depth: int):
+    """``data.object`` nested so that the whole event is ``depth`` containers deep."""
+    value: object = {}
+    for _ in range(depth - 3):  # the event, data and object are three
+        value = {"a": value}
+    return value
+
+
+def raw_event(event_id: str, data_object: str) -> bytes:
+    """An event whose ``data.object`` is written as raw JSON text (escapes and all)."""
+    return (
+        f'{{"id":"{event_id}","object":"event","type":"charge.succeeded","livemode":false,'
+        f'"created":1700000000,"data":{{"object":{data_object}}}}}'
+    ).encode()
+
+
+UNSTORABLE_ANSWER = {"status": "rejected", "error": "unstorable_payload"}
+UNSTORABLE = {
+    "nul_in_string": '{"name":"a\\u0000b"}',
+    "nul_in_key": '{"a\\u0000":1}',
+    "lone_surrogate": '{"name":"\\ud800"}',
+    "lone_low_surrogate_in_key": '{"\\udc00":1}',
+    "nan": '{"amount":NaN}',
+    "infinity": '{"amount":-Infinity}',
+    "overflowing_number": '{"amount":1e999}',
+    "nested_31_deep": json.dumps(nested(31)),
+    "nested_1000_deep_in_2kb": "[" * 1000 + "]" * 1000,
+}
+
+
+@pytest.mark.parametrize("case", list(UNSTORABLE))
+def test_an_authentic_event_no_database_can_store_is_refused_by_name_and_logged(case, caplog):
+    body = raw_event(f"evt_{case}", UNSTORABLE[case])
+    response = post(body, sign(body, SECRET))
+    assert (response.status_code, response.json()) == (
+        400,
+        {"status": "rejected", "error": "unstorable_payload"},
+    )
+    assert StripeEvent.objects.count() == 0
+    [record] = [r for r in caplog.records if r.name == "stripe_idempotency"]
+    assert record.levelname == "ERROR"
+    assert f"Refused Stripe event evt_{case}: unstorable_payload" in record.getMessage()
+
+
+def test_an_api_version_longer_than_its_column_is_refused_by_name():
+    event = build_event(api_version="2025-03-31." + "x" * 60)
+    body = encode(event)
+    response = post(body, sign(body, SECRET))
+    assert response.json() == {"status": "rejected", "error": "invalid_api_version"}
+    assert StripeEvent.objects.count() == 0
+
+
+STORABLE = {
+    "escaped_text": '{"name":"caf\\u00e9 \\ud83d\\ude00 \\"q\\" \\\\u0000 as text"}',
+    "big_and_small_numbers": '{"amount":99999999999999999999,"rate":1.5e10,"tiny":-1e-300}',
+    "nested_30_deep": json.dumps(nested(30)),
+}
+
+
+@pytest.mark.parametrize("case", list(STORABLE))
+def test_everything_storable_is_stored_and_processed_on_every_backend(case):
+    body = raw_event(f"evt_{case}", STORABLE[case])
+    response = post(body, sign(body, SECRET))
+    assert (response.status_code, response.json()["status"]) == (200, "processed")
+    assert StripeEvent.objects.get().payload == json.loads(body)
+
+
+hazards = st.sampled_from(["\x00", "\ud800", "\udfff", "é", "\\", '"', "\n", "𝄞"])
+hazardous_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(hazards | st.characters(), max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(hazards, max_size=3), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@FUZZ
+@given(data_object=hazardous_json, depth=st.integers(min_value=1, max_value=40))
+def test_any_signed_event_is_stored_and_processed_or_refused_by_name(data_object, depth):
+    for _ in range(depth):
+        data_object = [data_object]
+    event_id = f"evt_fuzz_{uuid.uuid4().hex}"
+    body = json.dumps(build_event(id=event_id, data=None) | {"data": {"object": data_object}}).encode()
+    response = post(body, sign(body, SECRET))
+    assert response["Content-Type"] == "application/json"
+    answer = response.json()
+    if response.status_code == 200:
+        assert answer == {"status": "processed", "event_id": event_id}
+        assert StripeEvent.objects.filter(event_id=event_id, processed_at__isnull=False).exists()
+    else:
+        assert (response.status_code, answer) == (400, UNSTORABLE_ANSWER)
+        assert not StripeEvent.objects.filter(event_id=event_id).exists()
+
+
+def test_a_signature_from_the_future_is_outside_the_tolerance():
+    body = encode(build_event())
+    ahead = int(time.time()) + 301  # the default tolerance is 300 s
+    response = post(body, sign(body, SECRET, timestamp=ahead))
+    assert response.json() == {"status": "rejected", "error": "timestamp_outside_tolerance"}
+    within = int(time.time()) + 240
+    assert post(body, sign(body, SECRET, timestamp=within)).json()["status"] == "processed"
