@@ -14,6 +14,7 @@ Use these through ``LedgerEntry.objects.credit()``, ``.debit()`` and ``.balance(
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 T = TypeVar("T")
 
 _CURRENCY = re.compile(r"[a-z]{3}")
+#: The largest amount one entry moves: what a 64-bit column holds. Past it, the
+#: database would refuse the row and poison the caller's transaction.
+MAX_AMOUNT = 2**63 - 1
 # How many times a transaction the ledger owns is run when the database asks
 # for it again (a deadlock, a serialisation failure, a lock timeout).
 _ATTEMPTS = 3
@@ -110,7 +114,7 @@ def _apply(*, using: str | None, allow_negative: bool, **fields: Any) -> tuple[L
         fields["reference"] = _text("reference", fields["reference"], 255)
     if fields["metadata"] is not None and not isinstance(fields["metadata"], dict):
         raise InvalidLedgerEntry("metadata must be a dict or None.")
-    fields["metadata"] = fields["metadata"] or {}
+    fields["metadata"] = _metadata(fields["metadata"] or {})
     using = using or router.db_for_write(LedgerEntry)
     backend = for_connection(connections[using])
 
@@ -277,8 +281,10 @@ def verify_balances(*, account: str | None = None, using: str | None = None) -> 
 
 
 def _positive(amount: Any) -> int:
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise InvalidLedgerEntry(f"amount must be a positive integer of minor units, not {amount!r}.")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+        raise InvalidLedgerEntry(
+            f"amount must be a positive integer of minor units, at most {MAX_AMOUNT}, not {amount!r}."
+        )
     return amount
 
 
@@ -288,7 +294,29 @@ def _currency(currency: Any) -> str:
     return currency.lower()
 
 
+def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` if every database can store it as JSON; checked before any SQL runs."""
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidLedgerEntry(f"metadata must be JSON without NaN or Infinity: {error}.") from None
+    stack: list[Any] = [metadata]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and "\x00" in value:
+            # PostgreSQL's jsonb cannot hold NUL.
+            raise InvalidLedgerEntry("metadata must not contain NUL characters.")
+    return metadata
+
+
 def _text(name: str, value: Any, max_length: int) -> str:
-    if not isinstance(value, str) or not value or len(value) > max_length:
-        raise InvalidLedgerEntry(f"{name} must be a non-empty string of at most {max_length} characters.")
+    if not isinstance(value, str) or not value or len(value) > max_length or "\x00" in value:
+        raise InvalidLedgerEntry(
+            f"{name} must be a non-empty string of at most {max_length} characters, without NUL."
+        )
     return value

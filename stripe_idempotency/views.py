@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -62,6 +62,12 @@ class WebhookView(View):
         except (OperationalError, InterfaceError) as error:
             # One line, no traceback: during an outage every delivery lands here.
             logger.error("Database unavailable while receiving Stripe event %s: %s", verified.id, error)
+            return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
+        except DatabaseError:
+            # Any other refusal of the database's (a read-only standby after a
+            # failover, a broken connection state): the event is not stored as
+            # processed, so Stripe must come back. With the traceback: it may be a bug.
+            logger.exception("The database refused Stripe event %s; answered unavailable.", verified.id)
             return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
         except UnsupportedDatabase as error:
             # A deployment mistake (system check E010 says so first): keep the

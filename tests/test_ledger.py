@@ -196,6 +196,15 @@ def test_currency_is_lower_cased():
         {"entry_type": "t" * 65},
         {"reference": ""},
         {"metadata": ["not", "a", "dict"]},
+        {"amount": 2**63},
+        {"account": "cus_\x00"},
+        {"reference": "cs_\x00"},
+        {"entry_type": "pay\x00"},
+        {"metadata": {"note": "a\x00b"}},
+        {"metadata": {"a\x00": 1}},
+        {"metadata": {"deep": [{"x": "\x00"}]}},
+        {"metadata": {"rate": float("nan")}},
+        {"metadata": {"when": object()}},
     ],
 )
 def test_invalid_arguments_are_refused_before_anything_is_written(kwargs):
@@ -205,6 +214,18 @@ def test_invalid_arguments_are_refused_before_anything_is_written(kwargs):
         debit(**kwargs, allow_negative=True)
     assert LedgerEntry.objects.count() == 0
     assert LedgerBalance.objects.count() == 0
+
+
+@pytest.mark.parametrize("bad", [{"amount": 2**63}, {"account": "cus_\x00"}, {"metadata": {"n": "\x00"}}])
+def test_a_refused_argument_leaves_the_callers_transaction_usable(bad):
+    # Refused before any SQL: a database error here would have aborted the
+    # receiver's whole transaction (PostgreSQL refuses every later statement).
+    with transaction.atomic():
+        with pytest.raises(InvalidLedgerEntry):
+            credit(**bad)
+        _, created = credit(reference="after")
+        assert created
+    assert LedgerEntry.objects.get().reference == "after"
 
 
 def test_inside_a_transaction_the_credit_commits_or_rolls_back_with_it():
