@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
+from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from stripe_idempotency import leases
 from stripe_idempotency.events import IncomingEvent
@@ -75,10 +78,12 @@ def process(claimed: Claimed) -> Outcome:
     anything that interrupts the process short of killing it.
     """
     event = claimed.event
+    callback_failures: list[str] = []
     try:
         with transaction.atomic(using=claimed.using):
             dispatch(event)
             leases.complete(claimed)
+            _guard_commit_callbacks(connections[claimed.using], event, callback_failures)
     except LeaseLost:
         logger.warning(
             "Lease on Stripe event %s was lost while its receivers ran; their work was rolled back.",
@@ -98,6 +103,8 @@ def process(claimed: Claimed) -> Outcome:
         except Exception:
             logger.exception("Could not release the claim on %s; its lease will expire.", event.event_id)
         raise
+    if callback_failures:
+        _record_callback_failures(claimed, callback_failures)
     return Processed(event=event)
 
 
@@ -109,8 +116,57 @@ def dispatch(event: StripeEvent) -> None:
         typed.send(sender=StripeEvent, event=event)
 
 
+def _guard_commit_callbacks(connection: BaseDatabaseWrapper, event: StripeEvent, failures: list[str]) -> None:
+    """Make the receivers' ``transaction.on_commit`` callbacks unable to undo the answer.
+
+    They run after the COMMIT: the event is processed by then. Left alone, the
+    first one to raise (the receipt email, SMTP down) would escape as if the
+    receivers had failed, the later ones would never run, and Stripe's retry
+    would be answered ``duplicate``: the side effect lost, silently. Guarded,
+    each one runs; a failure is logged with the event id and recorded on the row.
+    """
+    if not connection.run_on_commit:
+        return
+
+    def guarded(callback: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                callback()
+            except Exception as exc:
+                logger.exception(
+                    "An on_commit callback failed after Stripe event %s was processed; "
+                    "the event's work is committed and the callback is not retried.",
+                    event.event_id,
+                )
+                failures.append(_describe(exc))
+
+        return run
+
+    # Django keeps (savepoint ids, callback, robust) per registered callback
+    # (django-stubs still says pairs: they predate ``robust``).
+    registered: list[tuple[Any, Callable[[], object], bool]] = connection.run_on_commit  # type: ignore[assignment]
+    guarded_callbacks: Any = [(ids, guarded(callback), robust) for ids, callback, robust in registered]
+    connection.run_on_commit = guarded_callbacks
+
+
+def _record_callback_failures(claimed: Claimed, failures: list[str]) -> None:
+    """Put the failed callbacks where an operator sees them: the processed row's last error."""
+    text = _truncated(
+        "The event was processed; then an on_commit callback failed (not retried):\n\n" + "\n".join(failures)
+    )
+    try:
+        StripeEvent.objects.using(claimed.using).filter(pk=claimed.event.pk).update(last_error=text)
+    except DatabaseError:
+        logger.exception(
+            "Could not record the failed callback of %s; it is in the log.", claimed.event.event_id
+        )
+
+
 def _describe(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
+    return _truncated("".join(traceback.format_exception(exc)))
+
+
+def _truncated(text: str) -> str:
     if len(text) <= LAST_ERROR_MAX_CHARS:
         return text
     # Keep the end: that is where the exception's type and message are.

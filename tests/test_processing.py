@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import connection, transaction
 
 from stripe_idempotency import leases, processing
 from stripe_idempotency.leases import Duplicate
@@ -13,6 +14,7 @@ from stripe_idempotency.processing import Failed, Fenced, Processed
 from stripe_idempotency.signals import event_received, registered_signal, signal_for
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
+from tests.concurrency import in_thread
 from tests.conftest import TYPE
 from tests.testapp.models import Effect
 
@@ -139,3 +141,65 @@ def test_process_takes_a_claim_from_anyone():
     claimed = leases.claim(event)
     assert isinstance(processing.process(claimed), Processed)
     assert processing.receive(event) == Duplicate(event_id=event.id)
+
+
+def test_a_failing_on_commit_callback_after_the_commit_still_answers_processed(connect, caplog):
+    # The README's pattern: a receipt sent on commit, and SMTP is down. The
+    # event's work is committed; the answer must say so, the later callbacks
+    # must still run, and the failure must be visible, not lost.
+    ran = []
+
+    def send_receipt():
+        raise ConnectionRefusedError("SMTP down")
+
+    def fulfil(sender, event, **kwargs):
+        Effect.objects.create(event_id=event.event_id, receiver="fulfil")
+        transaction.on_commit(send_receipt)
+        transaction.on_commit(lambda: ran.append("after"))
+
+    connect(event_received, fulfil)
+    event = build_event(id="evt_receipt")
+    outcome = processing.receive(VerifiedEvent.from_payload(event))
+    assert isinstance(outcome, Processed)
+    assert ran == ["after"]
+    row = StripeEvent.objects.get()
+    assert row.processed_at is not None
+    assert row.last_error.startswith(
+        "The event was processed; then an on_commit callback failed (not retried):"
+    )
+    assert "ConnectionRefusedError: SMTP down" in row.last_error
+    assert Effect.objects.count() == 1
+    [logged] = [r for r in caplog.records if r.name == "stripe_idempotency"]
+    assert (logged.levelname, "evt_receipt" in logged.getMessage()) == ("ERROR", True)
+    # Stripe's retry of the delivery is a duplicate, as the work is done.
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(event)), Duplicate)
+
+
+def test_on_commit_callbacks_do_not_run_for_a_rolled_back_attempt(connect):
+    ran = []
+
+    def fail_after_registering(sender, event, **kwargs):
+        transaction.on_commit(lambda: ran.append(event.event_id))
+        raise RuntimeError("boom")
+
+    connect(event_received, fail_after_registering)
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(build_event())), Failed)
+    assert ran == []
+
+
+def test_on_commit_callbacks_do_not_run_for_a_fenced_attempt(connect):
+    ran = []
+
+    def taken_over_meanwhile(sender, event, **kwargs):
+        transaction.on_commit(lambda: ran.append(event.event_id))
+        # Another instance takes the event over (its lease ran out), from its own connection.
+        thread, _ = in_thread(
+            lambda: StripeEvent.objects.filter(pk=event.pk).update(claim_token=uuid.uuid4())
+        )
+        thread.join(30)
+
+    connect(event_received, taken_over_meanwhile)
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: the takeover waits for this transaction (test_concurrency).")
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(build_event())), Fenced)
+    assert ran == []
