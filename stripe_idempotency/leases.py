@@ -13,6 +13,7 @@ the decisions are here.
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class Claimed:
 
 ClaimResult = Claimed | Duplicate | Busy
 
+logger = logging.getLogger("stripe_idempotency")
+
 # A refused claim whose row looks claimable means the holder finished or
 # released between the claim and the read; try again this many times before
 # answering busy.
@@ -64,7 +67,9 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
     """Claim ``event`` for this process: store it if it is new, or take over its row.
 
     A row is taken over when it is not processed and its lease is absent
-    (released after a failure) or expired (its holder died or is too slow).
+    (released after a failure) or expired (its holder died or is too slow);
+    taking it over writes the delivered body, so the row always holds the
+    payload its receivers last acted on (the reaper and the admin replay that).
     Must be called in autocommit mode: the claim is committed when this returns.
     """
     using = using or router.db_for_write(StripeEvent)
@@ -80,6 +85,8 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
         row = backend.claim(
             event, token, claimed_by=app_settings.INSTANCE_ID, ttl=app_settings.CLAIM_TTL_SECONDS
         )
+        if row.event.type != event.type:
+            _another_type(row.event, event, token, using)
         if row.event.claim_token == token:
             return Claimed(event=row.event, token=token, using=using)
         if row.event.processed_at is not None:
@@ -87,6 +94,24 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
         if row.lease_left is not None and row.lease_left > 0:
             return Busy(event_id=event.id, retry_after=retry_after(row.lease_left))
     return Busy(event_id=event.id, retry_after=1)
+
+
+def _another_type(stored: StripeEvent, event: IncomingEvent, token: uuid.UUID, using: str) -> None:
+    """An id delivered again with another type: not something Stripe does, so say so.
+
+    A takeover writes the delivered body (the row holds what the receivers act
+    on); the claim statement leaves ``type`` alone so that this can be seen,
+    and it is written here, under the new claim, in that rare case only.
+    """
+    logger.warning(
+        "Stripe event %s was delivered again with another type: stored %s, delivered %s.",
+        event.id,
+        stored.type,
+        event.type,
+    )
+    if stored.claim_token == token:
+        StripeEvent.objects.using(using).filter(pk=stored.pk, claim_token=token).update(type=event.type)
+        stored.type = event.type
 
 
 def complete(claimed: Claimed) -> None:

@@ -203,3 +203,51 @@ def test_on_commit_callbacks_do_not_run_for_a_fenced_attempt(connect):
         pytest.skip("SQLite has one writer: the takeover waits for this transaction (test_concurrency).")
     assert isinstance(processing.receive(VerifiedEvent.from_payload(build_event())), Fenced)
     assert ran == []
+
+
+def test_a_takeover_stores_the_body_its_receivers_act_on(connect):
+    # A replay tool or a test sends a known id with another body after a
+    # failure: the receivers act on the new body, and the row must hold it,
+    # or the admin and the reaper would show and replay the old one.
+    seen = []
+    failing = [True]
+
+    def receiver(sender, event, **kwargs):
+        seen.append(event.payload["data"]["object"]["amount"])
+        if failing.pop() if failing else False:
+            raise RuntimeError("first attempt fails")
+
+    connect(event_received, receiver)
+    first = build_event(id="evt_body", data={"amount": 100}, api_version="2024-06-20")
+    second = build_event(id="evt_body", data={"amount": 250}, api_version="2025-03-31.basil")
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(first)), Failed)
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(second)), Processed)
+    assert seen == [100, 250]
+    row = StripeEvent.objects.get()
+    assert (row.payload, row.api_version) == (second, "2025-03-31.basil")
+    # A duplicate's body is not stored: the row keeps what was processed.
+    third = build_event(id="evt_body", data={"amount": 999})
+    assert isinstance(processing.receive(VerifiedEvent.from_payload(third)), Duplicate)
+    assert StripeEvent.objects.get().payload == second
+
+
+def test_an_id_delivered_again_with_another_type_is_logged_and_dispatched_as_delivered(connect, caplog):
+    typed = []
+    connect(signal_for("invoice.paid"), lambda sender, event, **kwargs: typed.append(event.type))
+    failing = [True]
+
+    def fail_once(sender, event, **kwargs):
+        if failing.pop() if failing else False:
+            raise RuntimeError("boom")
+
+    connect(event_received, fail_once)
+    processing.receive(VerifiedEvent.from_payload(build_event("invoice.created", id="evt_retyped")))
+    outcome = processing.receive(VerifiedEvent.from_payload(build_event("invoice.paid", id="evt_retyped")))
+    assert isinstance(outcome, Processed)
+    assert typed == ["invoice.paid"]
+    assert StripeEvent.objects.get().type == "invoice.paid"
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage() == (
+        "Stripe event evt_retyped was delivered again with another type: "
+        "stored invoice.created, delivered invoice.paid."
+    )

@@ -181,13 +181,19 @@ def _refused(row: Row) -> bool:
 # Each assignment repeats the claimable test, and claim_expires_at (which the
 # test reads) is assigned last, so the statement means the same whether the
 # server applies assignments in order (the default) or simultaneously
-# (MariaDB's SIMULTANEOUS_ASSIGNMENT mode).
+# (MariaDB's SIMULTANEOUS_ASSIGNMENT mode). VALUES(column) is the inserted
+# value in both servers' dialects (MySQL 8.0.20+ also has a row alias, which
+# MariaDB lacks, and warns that VALUES() is deprecated).
 _UPSERT = """
 INSERT INTO {table} ({inserted}) VALUES (
     %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
     {now}, {now}, %(claimed_by)s, {now} + INTERVAL %(ttl_us)s MICROSECOND, %(token)s, 1, ''
 )
 ON DUPLICATE KEY UPDATE
+    livemode = IF({claimable}, VALUES(livemode), livemode),
+    api_version = IF({claimable}, VALUES(api_version), api_version),
+    created = IF({claimable}, VALUES(created), created),
+    payload = IF({claimable}, VALUES(payload), payload),
     claimed_at = IF({claimable}, {now}, claimed_at),
     claimed_by = IF({claimable}, %(claimed_by)s, claimed_by),
     claim_token = IF({claimable}, %(token)s, claim_token),

@@ -108,6 +108,10 @@ WITH claimed AS (
         {now}, {now}, %(claimed_by)s, {now} + make_interval(secs => %(ttl)s), %(token)s, 1, ''
     )
     ON CONFLICT (event_id) DO UPDATE SET
+        livemode = EXCLUDED.livemode,
+        api_version = EXCLUDED.api_version,
+        created = EXCLUDED.created,
+        payload = EXCLUDED.payload,
         claimed_at = EXCLUDED.claimed_at,
         claimed_by = EXCLUDED.claimed_by,
         claim_expires_at = EXCLUDED.claim_expires_at,

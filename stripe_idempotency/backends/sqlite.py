@@ -50,6 +50,10 @@ INSERT INTO {table} ({inserted}) VALUES (
     STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl)s), %(token)s, 1, ''
 )
 ON CONFLICT (event_id) DO UPDATE SET
+    livemode = excluded.livemode,
+    api_version = excluded.api_version,
+    created = excluded.created,
+    payload = excluded.payload,
     claimed_at = excluded.claimed_at,
     claimed_by = excluded.claimed_by,
     claim_expires_at = excluded.claim_expires_at,
