@@ -106,6 +106,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "stripe_idempotency": {"handlers": ["console"], "level": env("LOG_LEVEL", default="WARNING")}
+        # Each refused, failed, busy or unavailable delivery: one line with the event id.
+        "stripe_idempotency": {"handlers": ["console"], "level": env("LOG_LEVEL", default="WARNING")},
+        # Django's own 5xx (a bug outside the app's view, a crash in middleware): with
+        # DEBUG off, Django's default logging would only mail them to ADMINS.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }

@@ -195,3 +195,43 @@ def _writable_aliases() -> set[str]:
         aliases.add(router.db_for_write(model))
         aliases.update(alias for alias in connections if router.allow_migrate_model(alias, model))
     return aliases
+
+
+@register(Tags.database)
+def check_identifier_collations(
+    app_configs: Sequence[AppConfig] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """On MySQL and MariaDB, every identifier column must compare byte for byte (migration 0003).
+
+    A database check: it runs with ``check --database`` and before ``migrate``, and reads
+    the live columns. A warning, not an error, so that ``migrate`` itself can still run and fix it.
+    """
+    from django.apps import apps
+
+    from stripe_idempotency.backends import mysql
+
+    messages: list[CheckMessage] = []
+    for alias in sorted(set(databases or ()) & _writable_aliases()):
+        connection = connections[alias]
+        if connection.vendor != "mysql":
+            continue
+        fields = [
+            apps.get_model("stripe_idempotency", model)._meta.get_field(name)
+            for model, name in mysql.IDENTIFIER_COLUMNS
+        ]
+        columns = [(field.model._meta.db_table, field.column) for field in fields]
+        live = mysql.live_collations(connection, columns)
+        for (table, column), (charset, collation) in sorted(live.items()):
+            if charset is None:
+                continue  # not text
+            wanted = mysql.binary_collation(connection, charset)
+            if collation != wanted:
+                messages.append(
+                    Warning(
+                        f"{table}.{column} on the database {alias!r} has the collation {collation}: "
+                        "identifiers that differ in case, accents or trailing spaces compare equal there.",
+                        hint=f"Run `manage.py migrate stripe_idempotency` (it sets {wanted}).",
+                        id=_ID.format("W004"),
+                    )
+                )
+    return messages

@@ -43,3 +43,22 @@ def test_the_example_project_passes_its_checks_and_has_no_missing_migrations(tmp
     assert check.returncode == 0, check.stdout + check.stderr
     migrations = run(["makemigrations", "--check", "--dry-run"], url)
     assert migrations.returncode == 0, migrations.stdout + migrations.stderr
+
+
+def test_with_debug_off_django_request_errors_are_logged(tmp_path):
+    # An unhandled 500 must leave a line on the console, not only an email to ADMINS.
+    script = (
+        "import django, logging; django.setup(); "
+        "logging.getLogger('django.request').error('Internal Server Error: /stripe/webhook/')"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'example.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DEBUG": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "ERROR django.request: Internal Server Error: /stripe/webhook/\n"

@@ -205,3 +205,80 @@ _LEASE_LEFT = "TIMESTAMPDIFF(MICROSECOND, {now}, claim_expires_at) / 1e6"
 _UPSERT_RETURNING = _UPSERT + "RETURNING {columns}, " + _LEASE_LEFT
 _READ = "SELECT {columns}, " + _LEASE_LEFT + " FROM {table} WHERE event_id = %(event_id)s"
 _INSERT_UNCLAIMED = "INSERT INTO {table} ({inserted}) VALUES " + UNCLAIMED_VALUES
+
+
+# -- identifiers compare byte for byte ------------------------------------------------------
+#
+# MySQL and MariaDB compare text by the column's collation, and the server's
+# default (utf8mb4_general_ci) folds case and accents and ignores trailing
+# spaces: "cus_Alice" would be "cus_alice", "josé" would be "jose", and a
+# repeated ledger reference would be found where none exists (a real credit
+# dropped as a repeat). Every identifier column gets a binary collation that
+# does not pad: utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on MySQL 8.
+
+#: (model name, field name) of every column that holds an identifier.
+IDENTIFIER_COLUMNS = (
+    ("StripeEvent", "event_id"),
+    ("StripeEvent", "claim_token"),
+    ("LedgerBalance", "account"),
+    ("LedgerBalance", "currency"),
+    ("LedgerEntry", "account"),
+    ("LedgerEntry", "currency"),
+    ("LedgerEntry", "entry_type"),
+    ("LedgerEntry", "reference"),
+)
+
+
+def binary_collation(connection: Any, charset: str) -> str:
+    """The collation of ``charset`` that compares bytes and keeps trailing spaces, best first."""
+    candidates = [f"{charset}_nopad_bin", f"{charset}_0900_bin", f"{charset}_bin"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN (%s, %s, %s)",
+            candidates,
+        )
+        available = {row[0] for row in cursor.fetchall()}
+    return next(name for name in candidates if name in available)
+
+
+Column = tuple[str, str]
+
+
+def live_collations(connection: Any, columns: list[Column]) -> dict[Column, tuple[str | None, str | None]]:
+    """(table, column) -> (character set, collation) as the server has them now (``None`` for
+    a column that holds no text)."""
+    wanted = " OR ".join(["(TABLE_NAME = %s AND COLUMN_NAME = %s)"] * len(columns))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME, COLLATION_NAME "
+            f"FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND ({wanted})",
+            [value for pair in columns for value in pair],
+        )
+        rows = cursor.fetchall()
+    return {(table, column): (charset, collation) for table, column, charset, collation in rows}
+
+
+def make_identifiers_binary(schema_editor: Any, columns: list[tuple[Any, str]]) -> None:
+    """Give each (model, field name) column its binary collation: a migration's step, on MySQL
+    and MariaDB only (the migration names its own columns, with its historical models).
+
+    Each column keeps its type, nullability and indexes.
+    """
+    connection = schema_editor.connection
+    if connection.vendor != "mysql":
+        return
+    fields = [(model, model._meta.get_field(name)) for model, name in columns]
+    live = live_collations(connection, [(model._meta.db_table, field.column) for model, field in fields])
+    quote = connection.ops.quote_name
+    for model, field in fields:
+        charset, collation = live[(model._meta.db_table, field.column)]
+        if charset is None:
+            continue  # not text (a UUID is MariaDB 10.7+'s own binary type)
+        wanted = binary_collation(connection, charset)
+        if collation == wanted:
+            continue
+        schema_editor.execute(
+            f"ALTER TABLE {quote(model._meta.db_table)} MODIFY {quote(field.column)} "
+            f"{field.db_type(connection)} CHARACTER SET {charset} COLLATE {wanted} "
+            f"{'NULL' if field.null else 'NOT NULL'}"
+        )
