@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from example_project import mail
 
@@ -31,6 +32,13 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if pool_size := env.int("DATABASE_POOL_SIZE", default=0):
+    if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # Said at startup: otherwise every request fails with "'pool' is an invalid keyword".
+        raise ImproperlyConfigured(
+            "DATABASE_POOL_SIZE needs PostgreSQL (Django's connection pool is psycopg's); "
+            f"DATABASE_URL points at {DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}. "
+            "Unset DATABASE_POOL_SIZE, or set CONN_MAX_AGE=0 under ASGI instead."
+        )
     # Under ASGI each request runs the view in a thread of its own, and a
     # persistent connection belongs to its thread: connections pile up until the
     # server refuses more. A pool hands connections back after every request.

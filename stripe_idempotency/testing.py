@@ -4,8 +4,12 @@ Build an event the way Stripe formats it, sign it the way Stripe signs it
 (with the ``stripe`` library's own signer), and post it to the webhook view
 with Django's test client::
 
+    import pytest
+
     from stripe_idempotency.testing import build_event, deliver
 
+    # The view commits its claim before the receivers run: a transactional database.
+    @pytest.mark.django_db(transaction=True)
     def test_fulfils_order(client):
         event = build_event("checkout.session.completed", data={"id": "cs_test_1"})
         response = deliver(client, event, secret="whsec_test")

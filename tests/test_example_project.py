@@ -62,3 +62,13 @@ def test_with_debug_off_django_request_errors_are_logged(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "ERROR django.request: Internal Server Error: /stripe/webhook/\n"
+
+
+def test_a_pool_size_on_sqlite_is_a_clear_startup_error(tmp_path):
+    env = {**os.environ, "DATABASE_POOL_SIZE": "8", "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'example.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "DATABASE_POOL_SIZE needs PostgreSQL (Django's connection pool is psycopg's)" in result.stderr
