@@ -1,6 +1,8 @@
 """Settings of the example shop, from the environment (django-environ).
 
 DATABASE_URL           default: sqlite:///example.sqlite3 (beside manage.py)
+DATABASE_TIMEOUT       seconds a statement or a lock wait may take (default 30): a database
+                       that stops answering gets 503s within it, not hung workers
 DATABASE_POOL_SIZE     PostgreSQL only: use Django's connection pool of this many
                        connections per process instead of persistent connections
                        (the shape for ASGI servers; see docs/deployment.md)
@@ -44,10 +46,29 @@ if pool_size := env.int("DATABASE_POOL_SIZE", default=0):
     # server refuses more. A pool hands connections back after every request.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": pool_size}
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+# A database that stops answering must not hold every worker until the server's
+# own timeout kills it (the client then gets nothing): bound the wait for a
+# connection, a lock and a statement, so a delivery is answered 503 within it.
+_wait = env.int("DATABASE_TIMEOUT", default=30)
+_options = DATABASES["default"].setdefault("OPTIONS", {})
+_engine = DATABASES["default"]["ENGINE"]
+if _engine.endswith("postgresql"):
+    _options.setdefault("connect_timeout", 5)
+    _options.setdefault("options", f"-c statement_timeout={_wait}s -c lock_timeout={_wait}s")
+elif _engine.endswith("mysql"):
+    _options.setdefault("connect_timeout", 5)
+    # MariaDB's names; on MySQL, max_execution_time (milliseconds, SELECTs only).
+    _options.setdefault(
+        "init_command",
+        f"SET SESSION max_statement_time={_wait}, lock_wait_timeout={_wait}, "
+        f"innodb_lock_wait_timeout={_wait}",
+    )
+elif _engine.endswith("sqlite3"):
     # Concurrent deliveries wait their turn for SQLite's single writer
-    # instead of failing with "database is locked" (system check W003).
-    DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
+    # instead of failing with "database is locked" (system check W003),
+    # for at most _wait seconds.
+    _options["transaction_mode"] = "IMMEDIATE"
+    _options.setdefault("timeout", _wait)
 
 STRIPE_IDEMPOTENCY = {
     # The local default lets `stripe_demo` sign its own events; for real

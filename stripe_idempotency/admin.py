@@ -25,6 +25,7 @@ _EVENT_FIELDS = (
     "received_at",
     "processed_at",
     "attempts",
+    "next_attempt_at",
     "claimed_at",
     "claimed_by",
     "claim_expires_at",

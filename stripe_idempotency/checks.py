@@ -110,7 +110,11 @@ _NUMBERS = {
     "RETRY_AFTER_MAX_SECONDS": ("E005", 1, False),
     "MAX_BODY_BYTES": ("E006", 1, False),
     "MAX_ATTEMPTS": ("E009", 1, False),
+    "RETRY_HORIZON_SECONDS": ("E013", 0, True),
 }
+
+
+_STRICTLY_POSITIVE = {"CLAIM_TTL_SECONDS", "RETRY_HORIZON_SECONDS"}
 
 
 def _check_numbers(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -119,11 +123,12 @@ def _check_numbers(raw: dict[str, Any]) -> list[CheckMessage]:
         value = raw.get(key, DEFAULTS[key])
         kind = (Real,) if fractions else (int,)
         valid = isinstance(value, kind) and not isinstance(value, bool)
-        # The lease must be strictly positive; the others have an inclusive minimum.
-        if valid and (value <= minimum if key == "CLAIM_TTL_SECONDS" else value < minimum):
+        # Durations must be strictly positive; the others have an inclusive minimum.
+        strict = key in _STRICTLY_POSITIVE
+        if valid and (value <= minimum if strict else value < minimum):
             valid = False
         if not valid:
-            bound = f"greater than {minimum}" if key == "CLAIM_TTL_SECONDS" else f"at least {minimum}"
+            bound = f"greater than {minimum}" if strict else f"at least {minimum}"
             messages.append(
                 Error(
                     f"{SETTINGS_NAME}['{key}'] must be a {'number' if fractions else 'whole number'} "

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "LIVEMODE": None,
     "INSTANCE_ID": None,
     "MAX_ATTEMPTS": 20,
+    "RETRY_HORIZON_SECONDS": 3 * 24 * 3600,
 }
 
 # The host name does not change while a process runs; the pid does change
@@ -87,6 +88,12 @@ class AppSettings:
     def MAX_ATTEMPTS(self) -> int:
         """Dispatches after which the reaper stops reprocessing an event and reports it dead."""
         return int(self.get("MAX_ATTEMPTS"))
+
+    @property
+    def RETRY_HORIZON_SECONDS(self) -> float:
+        """The span of the reaper's retries of a failing event, its delays doubling (default 3 days,
+        Stripe's own retry window)."""
+        return float(self.get("RETRY_HORIZON_SECONDS"))
 
     @property
     def INSTANCE_ID(self) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "reclaim_processed",
     "release",
     "retry_after",
+    "retry_delay",
 ]
 
 
@@ -128,11 +129,29 @@ def complete(claimed: Claimed) -> None:
 def release(claimed: Claimed, error: str) -> bool:
     """Give the lease up at once after a failure, recording ``error``.
 
-    The next delivery (or the reaper) can claim the event immediately rather
-    than wait for the lease to run out. Returns ``False`` when the lease was
-    no longer ours, in which case nothing is changed.
+    The next delivery can claim the event immediately rather than wait for the
+    lease to run out; the reaper waits for :func:`retry_delay` first. Returns
+    ``False`` when the lease was no longer ours, in which case nothing is changed.
     """
-    return for_connection(connections[claimed.using]).release(claimed.event.pk, claimed.token, error)
+    backend = for_connection(connections[claimed.using])
+    retry_in = retry_delay(claimed.event.attempts)
+    return backend.release(claimed.event.pk, claimed.token, error, retry_in=retry_in)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds the reaper waits before its next attempt at an event that failed ``attempts`` times.
+
+    The delays double, and all of them together (``MAX_ATTEMPTS - 1`` retries)
+    span ``RETRY_HORIZON_SECONDS``: by default Stripe's own three days of
+    retries, so that an event is not declared dead while Stripe may still
+    deliver it. Stripe's deliveries never wait for this: a delivery claims a
+    failed (or dead) event at once.
+    """
+    retries = app_settings.MAX_ATTEMPTS - 1
+    if retries < 1 or attempts < 1:
+        return 0.0
+    share: float = 2 ** (min(attempts, retries) - 1) / (2**retries - 1)
+    return app_settings.RETRY_HORIZON_SECONDS * share
 
 
 def find_stale(
@@ -142,7 +161,8 @@ def find_stale(
     min_age: float = 0,
     limit: int | None = None,
 ) -> QuerySet[StripeEvent]:
-    """Events that are not processed and not under a live lease, oldest first, with their ``state``.
+    """Events that are not processed, not under a live lease and not waiting out a failure's
+    backoff (:func:`retry_delay`), oldest first, with their ``state``.
 
     ``min_age`` leaves alone events whose last claim is more recent than that
     many seconds (a failure Stripe will retry soon). Each row carries ``age``,
@@ -150,7 +170,13 @@ def find_stale(
     ``stripe_event_unprocessed_idx`` index: the cost follows the number of
     unprocessed rows, not the size of the table.
     """
-    events = StripeEvent.objects.using(using or router.db_for_read(StripeEvent)).claimable().with_state()
+    events = (
+        StripeEvent.objects.using(using or router.db_for_read(StripeEvent))
+        .claimable()
+        # A failed event waits out its backoff (Stripe's own retries do not).
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        .with_state()
+    )
     if event_type is not None:
         events = events.filter(type=event_type)
     if min_age > 0:

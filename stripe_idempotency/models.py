@@ -118,6 +118,12 @@ class StripeEvent(models.Model):
     claim_token = models.UUIDField(_("claim token"), null=True, blank=True)
 
     processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        _("next attempt"),
+        null=True,
+        blank=True,
+        help_text=_("After a failure: when the reaper tries again (deliveries do not wait)."),
+    )
     attempts = models.PositiveIntegerField(
         _("attempts"), default=0, help_text=_("Dispatches started, successful or not.")
     )

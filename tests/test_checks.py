@@ -83,6 +83,8 @@ def test_a_secret_that_is_not_a_signing_secret_is_w001():
         ("MAX_BODY_BYTES", True, "E006"),
         ("MAX_ATTEMPTS", 0, "E009"),
         ("MAX_ATTEMPTS", 2.5, "E009"),
+        ("RETRY_HORIZON_SECONDS", 0, "E013"),
+        ("RETRY_HORIZON_SECONDS", "3d", "E013"),
         ("LIVEMODE", "live", "E007"),
         ("INSTANCE_ID", "", "E008"),
         ("INSTANCE_ID", 7, "E008"),

@@ -93,3 +93,56 @@ def test_a_failover_mid_receiver_leaves_a_claim_the_reaper_takes(connect):
     call_command("reap_stale_claims", "--reprocess", verbosity=0)
     row.refresh_from_db()
     assert (row.processed_at is not None, row.attempts) == (True, 2)
+
+
+# A database that stops answering: another session holds a lock the delivery needs,
+# and this session bounds how long it waits (what the deployment docs configure).
+HOLD_THE_TABLE = {
+    "postgresql": ("BEGIN", "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+    "mysql": ("LOCK TABLES {table} WRITE",),
+    "sqlite": ("BEGIN IMMEDIATE",),
+}
+LET_GO = {"postgresql": "ROLLBACK", "mysql": "UNLOCK TABLES", "sqlite": "ROLLBACK"}
+BOUND_THE_WAIT = {
+    "postgresql": ("SET lock_timeout = '1s'", "RESET lock_timeout"),
+    "mysql": ("SET SESSION lock_wait_timeout = 1", "SET SESSION lock_wait_timeout = DEFAULT"),
+    "sqlite": None,  # the test settings' "timeout": 3 (SQLite's busy timeout)
+}
+
+
+def test_a_database_that_hangs_is_answered_503_within_the_bound():
+    import threading
+
+    from django.db import connections
+
+    from tests.concurrency import in_thread
+
+    holding, done = threading.Event(), threading.Event()
+    table = connection.ops.quote_name(StripeEvent._meta.db_table)
+
+    def hold():
+        other = connections["default"]  # this thread's own connection
+        with other.cursor() as cursor:
+            for statement in HOLD_THE_TABLE[other.vendor]:
+                cursor.execute(statement.format(table=table))
+            holding.set()
+            done.wait(60)
+            cursor.execute(LET_GO[other.vendor])
+
+    holder, _ = in_thread(hold)
+    assert holding.wait(10)
+    bound, unbound = BOUND_THE_WAIT[connection.vendor] or (None, None)
+    try:
+        if bound:
+            with connection.cursor() as cursor:
+                cursor.execute(bound)
+        response = deliver(Client(), build_event(id="evt_hung"))
+        still_held = not done.is_set()
+    finally:
+        done.set()
+        holder.join(30)
+        if unbound:
+            with connection.cursor() as cursor:
+                cursor.execute(unbound)
+    assert still_held  # answered while the database was still not answering
+    assert_unavailable(response, "evt_hung")

@@ -46,7 +46,9 @@ def claim(event_id: str):
 
 
 def age_all(by=TWO_HOURS):
+    """As if ``by`` had passed: since each event arrived, was claimed, and became due for a retry."""
     StripeEvent.objects.update(received_at=Now() - by, claimed_at=Now() - by)
+    StripeEvent.objects.filter(next_attempt_at__isnull=False).update(next_attempt_at=Now() - by)
 
 
 def expire(event_id: str):
@@ -266,3 +268,57 @@ def test_replay_of_a_failing_event_exits_non_zero(states):
 def test_replay_of_an_unknown_event():
     with pytest.raises(CommandError, match="No stored Stripe event evt_nope"):
         replay("evt_nope")
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "horizon", "delays"), [(5, 150, [10, 20, 40, 80]), (2, 60, [60]), (1, 60, [])]
+)
+def test_retry_delays_double_and_together_span_the_horizon(max_attempts, horizon, delays):
+    with override_settings(
+        STRIPE_IDEMPOTENCY={"MAX_ATTEMPTS": max_attempts, "RETRY_HORIZON_SECONDS": horizon}
+    ):
+        assert [leases.retry_delay(n) for n in range(1, max_attempts)] == delays
+        assert sum(delays) == (horizon if delays else 0)
+
+
+def test_by_default_the_reapers_retries_span_stripes_three_days():
+    assert sum(leases.retry_delay(n) for n in range(1, 20)) == pytest.approx(3 * 24 * 3600)
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"MAX_ATTEMPTS": 3, "RETRY_HORIZON_SECONDS": 3000})
+def test_a_failed_event_waits_out_its_backoff_for_the_reaper_but_not_for_stripe(failing):
+    failing.add("evt_backoff")
+    assert isinstance(receive("evt_backoff"), processing.Failed)
+    row = StripeEvent.objects.annotate(now=Now()).get()
+    # The first of two retries: a third of the horizon, on the database clock.
+    assert (row.next_attempt_at - row.now).total_seconds() == pytest.approx(1000, abs=5)
+    assert reap("--reprocess") == "No stale events.\n"
+    # Once due, the reaper takes it; failing again, it waits twice as long.
+    StripeEvent.objects.update(next_attempt_at=Now() - dt.timedelta(seconds=1))
+    with pytest.raises(CommandError):
+        reap("--reprocess")
+    row = StripeEvent.objects.annotate(now=Now()).get()
+    assert row.attempts == 2
+    assert (row.next_attempt_at - row.now).total_seconds() == pytest.approx(2000, abs=5)
+    # Stripe's own delivery does not wait: it is processed at once.
+    failing.discard("evt_backoff")
+    assert isinstance(receive("evt_backoff"), processing.Processed)
+
+
+def test_the_reaper_reads_stale_events_in_bounded_batches(failing):
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(25):
+        claim(f"evt_batch_{n:02d}")
+    StripeEvent.objects.update(claim_expires_at=Now() - dt.timedelta(seconds=1))
+    age_all()
+    with CaptureQueriesContext(connection) as queries:
+        out = reap("--reprocess", "--dry-run", "--batch-size", "10")
+    assert out.count("Would reprocess") == 25
+    assert "[25/25] evt_batch_24" in out
+    table = StripeEvent._meta.db_table
+    reads = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and table in q["sql"]]
+    assert len(reads) == 4  # one COUNT, then 10 + 10 + 5 rows
+    assert "COUNT(" in reads[0].upper()
+    assert all("LIMIT 10" in sql or "LIMIT 5" in sql for sql in reads[1:]), reads[1:]
+    assert '"payload"' not in " ".join(reads).replace("`", '"')  # a dry run reads no payloads

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache, lru_cache
 from typing import Any, ClassVar, Protocol
 
@@ -23,6 +24,7 @@ from django.db import OperationalError
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field
 from django.db.models.expressions import Col
+from django.db.models.functions import Now
 
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
@@ -59,8 +61,9 @@ class DatabaseBackend(Protocol):
         """Mark the event processed if ``token`` still holds it; ``False`` if it does not (the fence)."""
         ...
 
-    def release(self, pk: int, token: uuid.UUID, error: str) -> bool:
-        """Clear the claim ``token`` holds, recording ``error``; ``False`` if it no longer held it."""
+    def release(self, pk: int, token: uuid.UUID, error: str, *, retry_in: float) -> bool:
+        """Clear the claim ``token`` holds, recording ``error`` and the reaper's next attempt,
+        ``retry_in`` seconds from now on the database clock; ``False`` if it no longer held it."""
         ...
 
     def insert_unclaimed(self, event: IncomingEvent) -> bool:
@@ -184,11 +187,16 @@ class SQLBackend:
             updated: int = cursor.rowcount
         return updated == 1
 
-    def release(self, pk: int, token: uuid.UUID, error: str) -> bool:
+    def release(self, pk: int, token: uuid.UUID, error: str, *, retry_in: float) -> bool:
         updated = (
             StripeEvent.objects.using(self.connection.alias)
             .filter(pk=pk, claim_token=token)
-            .update(claim_expires_at=None, claim_token=None, last_error=error)
+            .update(
+                claim_expires_at=None,
+                claim_token=None,
+                last_error=error,
+                next_attempt_at=Now() + timedelta(seconds=retry_in),
+            )
         )
         return updated == 1
 

@@ -10,11 +10,13 @@ the others are told the event is busy and move on, without waiting.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
+from django.db.models import QuerySet
 
 from stripe_idempotency import leases, outcomes, processing
 from stripe_idempotency.conf import app_settings
@@ -44,6 +46,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--type", dest="event_type", default=None, help="Only events of this type.")
         parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=500,
+            help="Events read from the database at a time (memory stays flat however many are stale).",
+        )
+        parser.add_argument(
             "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
         )
 
@@ -55,28 +63,34 @@ class Command(BaseCommand):
         limit: int | None,
         min_age: float,
         event_type: str | None,
+        batch_size: int,
         database: str,
         verbosity: int,
         **options: Any,
     ) -> None:
         if limit is not None and limit < 1:
             raise CommandError("--limit must be at least 1.")
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1.")
         if min_age < 0:
             raise CommandError("--min-age cannot be negative.")
         max_attempts = app_settings.MAX_ATTEMPTS
-        stale = leases.find_stale(using=database, event_type=event_type, min_age=min_age, limit=limit)
-        if not reprocess:
-            # Listing only: the payloads are not needed.
+        stale = leases.find_stale(using=database, event_type=event_type, min_age=min_age)
+        if not reprocess or dry_run:
+            # Nothing is run: the payloads are not needed.
             stale = stale.defer("payload")
-        events = list(stale)
-        if not events:
+        found = stale.count()  # through the index, like the query itself
+        if limit is not None:
+            found = min(found, limit)
+        if not found:
             if verbosity >= 1:
                 self.stdout.write("No stale events.")
             return
 
         tally = {"processed": 0, "failed": 0, "skipped": 0, "dead": 0, "would": 0}
+        events = _in_batches(stale, batch_size, found)
         for position, event in enumerate(events, start=1):
-            progress = f"[{position}/{len(events)}] " if len(events) > 1 else ""
+            progress = f"[{position}/{found}] " if found > 1 else ""
             line = f"{progress}{_describe(event)}"
             if event.state == EventState.DEAD:  # type: ignore[attr-defined]
                 tally["dead"] += 1
@@ -96,7 +110,7 @@ class Command(BaseCommand):
             else:
                 self._reprocess(event, line, tally, verbosity)
 
-        summary = _summary(len(events), tally, reprocess, dry_run)
+        summary = _summary(found, tally, reprocess, dry_run)
         if tally["failed"] or tally["dead"]:
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
@@ -112,6 +126,23 @@ class Command(BaseCommand):
         elif verbosity >= 1:
             style = self.style.SUCCESS if report.status == "processed" else str
             self.stdout.write(style(text))
+
+
+def _in_batches(events: QuerySet[StripeEvent], size: int, limit: int) -> Iterator[StripeEvent]:
+    """``events`` (ordered by id), at most ``limit`` of them, read ``size`` at a time.
+
+    Keyset pagination (``id > the last one seen``): each batch is one indexed
+    query, and an event that changes state meanwhile is neither read twice nor
+    skipped, so memory stays flat in the number of stale events.
+    """
+    last = 0
+    while limit > 0:
+        batch = list(events.filter(id__gt=last)[: min(size, limit)])
+        yield from batch
+        if len(batch) < min(size, limit):
+            return
+        last = batch[-1].pk
+        limit -= len(batch)
 
 
 def _describe(event: StripeEvent) -> str:
