@@ -91,10 +91,24 @@ def _read_body(request: HttpRequest, limit: int) -> bytes:
     if too_large:
         raise WebhookRejected("body_too_large", f"The body is larger than {limit} bytes.", status=413)
     # Read one byte past the limit, never more, in case the declared length lied.
-    body = request.read(limit + 1)
+    body = _chunked_body(request, limit + 1) if not declared else request.read(limit + 1)
     if len(body) > limit:
         raise WebhookRejected("body_too_large", f"The body is larger than {limit} bytes.", status=413)
     return body
+
+
+def _chunked_body(request: HttpRequest, size: int) -> bytes:
+    """A body sent without ``Content-Length`` (chunked): read from the server's own stream.
+
+    Django reads such a body as empty under WSGI, which would be answered
+    ``invalid_signature``. A server that decodes chunked bodies says so with
+    ``wsgi.input_terminated`` (gunicorn does), and then the stream ends where
+    the body does. Under ASGI the body is already in hand.
+    """
+    stream = request.META.get("wsgi.input")
+    if stream is None or not request.META.get("wsgi.input_terminated"):
+        return request.read(size)
+    return bytes(stream.read(size))
 
 
 def answer(outcome: Outcome) -> JsonResponse:

@@ -147,7 +147,7 @@ def test_body_over_the_limit_without_a_content_length():
     request = RequestFactory().post(
         URL, data=body, content_type="application/json", headers={"Stripe-Signature": sign(body)}
     )
-    del request.META["CONTENT_LENGTH"]
+    request.META.pop("CONTENT_LENGTH", None)
     assert_rejected(WebhookView.as_view()(request), 413, "body_too_large")
     assert request._stream.read() == body[2001:]
 
@@ -331,3 +331,44 @@ def test_queries_per_failed_delivery(csrf_client, connect):
     # The claim; BEGIN and ROLLBACK around the receivers; the release.
     claim = per_backend(postgresql=1, mysql=2, sqlite=1)
     assert count_queries(lambda: deliver(csrf_client, build_event())) == (claim + 1, claim + 3)
+
+
+def test_a_chunked_body_without_content_length_is_read_under_wsgi(settings):
+    # gunicorn decodes a chunked body and says so with wsgi.input_terminated;
+    # Django alone would read it as empty and the signature could never match.
+    from io import BytesIO
+
+    from django.test import RequestFactory
+
+    from stripe_idempotency.views import WebhookView
+
+    body = encode(build_event(id="evt_chunked"))
+    request = RequestFactory().post(
+        reverse("stripe_idempotency:webhook"),
+        data=body,
+        content_type="application/json",
+        headers={"Stripe-Signature": sign(body, settings.WEBHOOK_SECRET)},
+    )
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["wsgi.input"] = BytesIO(body)
+    request.META["wsgi.input_terminated"] = True
+    request._stream = request.META["wsgi.input"]  # as WSGIRequest would, with no length to limit it
+    response = WebhookView.as_view()(request)
+    assert json.loads(response.content) == {"status": "processed", "event_id": "evt_chunked"}
+
+
+def test_a_chunked_body_past_the_limit_is_refused_having_read_one_byte_more(settings):
+    from io import BytesIO
+
+    from django.test import RequestFactory
+
+    from stripe_idempotency.views import WebhookView
+
+    stream = BytesIO(b"x" * 5000)
+    request = RequestFactory().post("/stripe/webhook/", data=b"", content_type="application/json")
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META.update({"wsgi.input": stream, "wsgi.input_terminated": True})
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_BODY_BYTES": 1000}):
+        response = WebhookView.as_view()(request)
+    assert (response.status_code, json.loads(response.content)["error"]) == (413, "body_too_large")
+    assert stream.tell() == 1001
