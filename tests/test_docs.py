@@ -1,0 +1,294 @@
+"""Docs are code: every Python snippet in the README and docs/ runs here, as pasted.
+
+Each snippet is taken from the Markdown at test time, so an edit to a page is
+an edit to its test. A new snippet without a runner below fails
+``test_every_snippet_has_a_runner``: nothing a user would paste goes unrun.
+The names a snippet takes from the reader's project (``Order``, ``send_receipt``,
+``warehouse``...) are given here, as the shop of ``tests.testapp``.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.dispatch import receiver
+from django.test import Client, override_settings
+from django.urls import reverse
+
+from stripe_idempotency.asgi import WebhookBodyLimit
+from stripe_idempotency.checks import check_settings
+from stripe_idempotency.factories import StripeEventFactory
+from stripe_idempotency.models import LedgerEntry
+from stripe_idempotency.pytest_plugin import StripeWebhook
+from stripe_idempotency.signals import signal_for
+from stripe_idempotency.testing import build_event, deliver
+from tests.settings import WEBHOOK_SECRET
+from tests.testapp.models import Coupon, Order, Shipment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
+def snippets(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.DOTALL)
+
+
+class Shop:
+    """The reader's project, as the snippets assume it: models, tasks, a warehouse."""
+
+    def __init__(self) -> None:
+        self.receipts: list[str] = []
+        self.shipped: list[str] = []
+        self.receivers: list[tuple[Any, Callable[..., Any]]] = []
+
+    def namespace(self, **extra: Any) -> dict[str, Any]:
+        shop = self
+
+        def send_receipt(session_id: str) -> None:
+            shop.receipts.append(session_id)
+
+        send_receipt.delay = send_receipt  # type: ignore[attr-defined]  # a task queue's spelling
+        warehouse = types.SimpleNamespace(ship=lambda session_id: shop.shipped.append(session_id))
+        return {
+            "Order": Order,
+            "Shipment": Shipment,
+            "Coupon": Coupon,
+            "LedgerEntry": LedgerEntry,
+            "send_receipt": send_receipt,
+            "warehouse": warehouse,
+            "receiver": receiver,
+            "signal_for": signal_for,
+            "transaction": transaction,
+            "IntegrityError": IntegrityError,
+            **extra,
+        }
+
+    def run(self, source: str, **extra: Any) -> dict[str, Any]:
+        namespace = self.namespace(**extra)
+        exec(compile(source, "<snippet>", "exec"), namespace)
+        return namespace
+
+    def connect(self, signal: Any, func: Callable[..., Any]) -> None:
+        signal.connect(func, weak=False)
+        self.receivers.append((signal, func))
+
+    def close(self) -> None:
+        for signal, func in self.receivers:
+            signal.disconnect(func)
+
+
+@pytest.fixture
+def shop():
+    shop = Shop()
+    yield shop
+    shop.close()
+
+
+def keep(shop: Shop, namespace: dict[str, Any], name: str, *types_: str) -> None:
+    """Connect the snippet's receiver strongly (the snippet's @receiver holds it weakly) and
+    have it disconnected after the test."""
+    for event_type in types_:
+        signal_for(event_type).disconnect(namespace[name])
+        shop.connect(signal_for(event_type), namespace[name])
+
+
+# -- runners, one per snippet ---------------------------------------------------------------
+
+
+def settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_from_the_environment")
+    namespace = shop.run(code, INSTALLED_APPS=["django.contrib.contenttypes"])
+    assert namespace["INSTALLED_APPS"][-1] == "stripe_idempotency"
+    with override_settings(STRIPE_IDEMPOTENCY=namespace["STRIPE_IDEMPOTENCY"]):
+        assert check_settings() == []
+    assert namespace["STRIPE_IDEMPOTENCY"]["WEBHOOK_SECRETS"] == ["whsec_from_the_environment"]
+
+
+def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code, urlpatterns=[])
+    urlconf = types.ModuleType("pasted_urls")
+    urlconf.urlpatterns = namespace["urlpatterns"]  # type: ignore[attr-defined]
+    with override_settings(ROOT_URLCONF=urlconf):
+        assert reverse("stripe_idempotency:webhook") == "/stripe/webhook/"
+
+
+def deliver_checkout(session: dict[str, Any], event_type: str = "checkout.session.completed") -> dict:
+    return deliver(Client(), build_event(event_type, data=session)).json()
+
+
+def readme_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code)
+    keep(shop, namespace, "fulfil", "checkout.session.completed", "checkout.session.async_payment_succeeded")
+    Order.objects.create(checkout_session="cs_paid")
+    Order.objects.create(checkout_session="cs_later")
+    assert deliver_checkout({"id": "cs_paid", "payment_status": "paid"})["status"] == "processed"
+    assert deliver_checkout({"id": "cs_later", "payment_status": "unpaid"})["status"] == "processed"
+    assert list(Order.objects.filter(paid=True).values_list("checkout_session", flat=True)) == ["cs_paid"]
+    later = {"id": "cs_later", "payment_status": "paid"}
+    assert deliver_checkout(later, "checkout.session.async_payment_succeeded")["status"] == "processed"
+    assert Order.objects.filter(paid=True).count() == 2
+    assert shop.receipts == ["cs_paid", "cs_later"]
+
+
+def simple_receiver(name: str) -> Callable[[Shop, str, Any], None]:
+    def run(shop: Shop, code: str, monkeypatch: Any) -> None:
+        namespace = shop.run(code)
+        keep(shop, namespace, name, "checkout.session.completed")
+        Order.objects.create(checkout_session="cs_1")
+        assert deliver_checkout({"id": "cs_1"})["status"] == "processed"
+        assert Order.objects.get().paid
+        assert shop.receipts in (["cs_1"], [Order.objects.get().pk])
+
+    return run
+
+
+def readme_ledger(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code, event=StripeEventFactory(processed=True))
+    assert namespace["created"] is True
+    assert LedgerEntry.objects.balance(account="cus_123", currency="usd") == 1000
+
+
+def ledger_page_first(shop: Shop, code: str, monkeypatch: Any) -> None:
+    shop.run(code)
+    assert LedgerEntry.objects.balance(account="cus_123", currency="usd") == 1000
+
+
+def ledger_scoped_references(shop: Shop, code: str, monkeypatch: Any) -> None:
+    shop.run(code)
+    assert LedgerEntry.objects.filter(reference="batch_7").count() == 2
+
+
+def ledger_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code)
+    keep(shop, namespace, "credit_store", "checkout.session.completed")
+    session = {"id": "cs_credit", "customer": "cus_9", "amount_total": 1500, "currency": "usd"}
+    assert deliver_checkout(session)["status"] == "processed"
+    assert deliver_checkout(session)["status"] == "processed"  # another event id, same session
+    assert LedgerEntry.objects.balance(account="cus_9", currency="usd") == 1500
+
+
+def coupon_in_a_savepoint(shop: Shop, code: str, monkeypatch: Any) -> None:
+    order = Order.objects.create(checkout_session="cs_coupon")
+    with transaction.atomic():
+        shop.run(code, code="WELCOME", order=order)
+        shop.run(code, code="WELCOME", order=order)  # exists: only the savepoint rolls back
+        Shipment.objects.create(checkout_session="cs_coupon")  # the transaction is still usable
+    assert (Coupon.objects.count(), Shipment.objects.count()) == (1, 1)
+
+
+def asgi_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    assert isinstance(shop.run(code)["application"], WebhookBodyLimit)
+
+
+def databases_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code, DATABASES={"default": {}})
+    assert namespace["DATABASES"]["default"]["OPTIONS"]
+
+
+def logging_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    import logging.config
+
+    names = ["stripe_idempotency", "django.request"]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    try:
+        logging.config.dictConfig(shop.run(code)["LOGGING"])
+        assert logging.getLogger("django.request").propagate is False
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+def webhook(client: Client) -> StripeWebhook:
+    return StripeWebhook(client, WEBHOOK_SECRET)
+
+
+def readme_plugin_test(shop: Shop, code: str, monkeypatch: Any) -> None:
+    shop.run(code)["test_fulfils_the_order"](webhook(Client()))
+
+
+def quickstart_test(shop: Shop, code: str, monkeypatch: Any) -> None:
+    receiver_code = snippets("docs/quickstart.md")[2]
+    keep(shop, shop.run(receiver_code), "fulfil", "checkout.session.completed")
+    shop.run(code)["test_paid_checkout_marks_the_order_paid"](webhook(Client()))
+
+
+def page_testing_first(shop: Shop, code: str, monkeypatch: Any) -> None:
+    def mark_paid(sender: Any, event: Any, **kwargs: Any) -> None:
+        Order.objects.filter(checkout_session=event.payload["data"]["object"]["id"]).update(paid=True)
+
+    shop.connect(signal_for("checkout.session.completed"), mark_paid)
+    Order.objects.create(checkout_session="cs_test_1")
+    shop.run(code)["test_paid_checkout_fulfils_the_order"](Client())
+
+
+def page_testing_plugin(shop: Shop, code: str, monkeypatch: Any) -> None:
+    def ship(sender: Any, event: Any, **kwargs: Any) -> None:
+        Shipment.objects.create(checkout_session=event.payload["data"]["object"]["id"])
+
+    def refund_before_payment(sender: Any, event: Any, **kwargs: Any) -> None:
+        raise LookupError("the charge's payment is not known yet")
+
+    shop.connect(signal_for("checkout.session.completed"), ship)
+    shop.connect(signal_for("charge.refunded"), refund_before_payment)
+    namespace = shop.run(code)
+    namespace["test_paid_checkout_ships_once"](webhook(Client()), build_event)
+    namespace["test_refund_before_payment_is_retried"](webhook(Client()))
+
+
+def page_testing_retry(shop: Shop, code: str, monkeypatch: Any) -> None:
+    def explode(session_id: str) -> None:
+        raise ConnectionError("the warehouse is down")
+
+    namespace = shop.run(code, explode=explode)
+    warehouse = namespace["warehouse"]
+    shop.connect(
+        signal_for("checkout.session.completed"),
+        lambda sender, event, **kwargs: warehouse.ship(event.payload["data"]["object"]["id"]),
+    )
+    namespace["test_a_failed_fulfilment_is_retried"](Client(), monkeypatch)
+    assert shop.shipped == ["cs_test_2"]
+
+
+RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
+    ("README.md", 0): settings_snippet,
+    ("README.md", 1): urls_snippet,
+    ("README.md", 2): readme_receiver,
+    ("README.md", 3): readme_ledger,
+    ("README.md", 4): readme_plugin_test,
+    ("docs/deployment.md", 0): asgi_snippet,
+    ("docs/deployment.md", 1): databases_snippet,
+    ("docs/deployment.md", 2): databases_snippet,
+    ("docs/deployment.md", 3): databases_snippet,
+    ("docs/deployment.md", 4): logging_snippet,
+    ("docs/ledger.md", 0): ledger_page_first,
+    ("docs/ledger.md", 1): ledger_scoped_references,
+    ("docs/ledger.md", 2): ledger_receiver,
+    ("docs/quickstart.md", 0): settings_snippet,
+    ("docs/quickstart.md", 1): urls_snippet,
+    ("docs/quickstart.md", 2): simple_receiver("fulfil"),
+    ("docs/quickstart.md", 3): quickstart_test,
+    ("docs/receivers.md", 0): simple_receiver("fulfil"),
+    ("docs/receivers.md", 1): coupon_in_a_savepoint,
+    ("docs/testing.md", 0): page_testing_first,
+    ("docs/testing.md", 1): page_testing_plugin,
+    ("docs/testing.md", 2): page_testing_retry,
+}
+
+
+def test_every_snippet_has_a_runner():
+    found = {(page, n) for page in PAGES for n in range(len(snippets(page)))}
+    assert found == set(RUNNERS)
+
+
+@pytest.mark.parametrize(("page", "index"), sorted(RUNNERS))
+def test_the_snippet_runs_as_pasted(page, index, shop, monkeypatch):
+    RUNNERS[page, index](shop, snippets(page)[index], monkeypatch)
