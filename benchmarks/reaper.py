@@ -46,6 +46,7 @@ def run(*, sizes: list[int], runs: int, output: Path, smoke: bool) -> str:
     raw_sql = (
         f"SELECT {columns}, now() - received_at FROM {table} "
         "WHERE processed_at IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= now()) "
+        "AND (next_attempt_at IS NULL OR next_attempt_at <= now()) "
         "ORDER BY id LIMIT 100"
     )
 

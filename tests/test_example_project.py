@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -72,3 +73,26 @@ def test_a_pool_size_on_sqlite_is_a_clear_startup_error(tmp_path):
     )
     assert result.returncode != 0
     assert "DATABASE_POOL_SIZE needs PostgreSQL (Django's connection pool is psycopg's)" in result.stderr
+
+
+def test_the_example_project_bounds_every_wait_on_the_database():
+    # What docs/deployment.md prescribes for a database that stops answering.
+    script = (
+        "import json, example_project.settings as s; print(json.dumps(s.DATABASES['default']['OPTIONS']))"
+    )
+    options = {}
+    for url in ("postgres://u@127.0.0.1/db", "mysql://u@127.0.0.1/db", "sqlite:////tmp/x.sqlite3"):
+        env = {**os.environ, "DATABASE_URL": url, "DATABASE_TIMEOUT": "12"}
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        options[url.split(":")[0]] = json.loads(result.stdout)
+    assert options["postgres"] == {
+        "connect_timeout": 5,
+        "options": "-c statement_timeout=12s -c lock_timeout=12s",
+    }
+    assert options["mysql"]["init_command"] == (
+        "SET SESSION max_statement_time=12, lock_wait_timeout=12, innodb_lock_wait_timeout=12"
+    )
+    assert options["sqlite"] == {"transaction_mode": "IMMEDIATE", "timeout": 12}
