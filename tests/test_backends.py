@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from django.db import OperationalError, connection, connections, transaction
+from django.db.models.functions import Now
 
 from stripe_idempotency.backends import UnsupportedDatabase, for_connection
 from stripe_idempotency.backends.base import SQLBackend
@@ -67,10 +68,12 @@ def test_release_clears_only_its_own_claim():
     event = incoming(id="evt_released")
     mine = uuid.uuid4()
     row = backend.claim(event, mine, claimed_by="a", ttl=300).event
-    assert backend.release(row.pk, uuid.uuid4(), "not mine") is False
-    assert backend.release(row.pk, mine, "boom") is True
-    stored = StripeEvent.objects.get()
+    assert backend.release(row.pk, uuid.uuid4(), "not mine", retry_in=60) is False
+    assert backend.release(row.pk, mine, "boom", retry_in=60) is True
+    stored = StripeEvent.objects.annotate(now=Now()).get()
     assert (stored.claim_token, stored.claim_expires_at, stored.last_error) == (None, None, "boom")
+    # The reaper's next attempt, on the database's clock.
+    assert (stored.next_attempt_at - stored.now).total_seconds() == pytest.approx(60, abs=2)
     assert state("evt_released") == EventState.FAILED
 
 

@@ -19,6 +19,7 @@ def test_defaults():
         assert app_settings.MAX_BODY_BYTES == 1024 * 1024
         assert app_settings.LIVEMODE is None
         assert app_settings.MAX_ATTEMPTS == 20
+        assert app_settings.RETRY_HORIZON_SECONDS == 3 * 24 * 3600
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -29,6 +30,7 @@ def test_defaults():
         "LIVEMODE",
         "INSTANCE_ID",
         "MAX_ATTEMPTS",
+        "RETRY_HORIZON_SECONDS",
     }
 
 
