@@ -109,61 +109,83 @@ def _timestamp(header: str) -> int:
 MAX_PAYLOAD_DEPTH = 30
 
 
-class _NonFinite(float):
+class _NonFinite(ValueError):
     """``NaN``, ``Infinity`` or a number too large for a float: no JSON column stores them."""
 
 
-def _non_finite_constant(name: str) -> _NonFinite:
-    return _NonFinite("nan")
+def _non_finite_constant(name: str) -> float:
+    raise _NonFinite(name)
 
 
 def _float(text: str) -> float:
     value = float(text)
-    return _NonFinite(value) if math.isinf(value) else value
+    if math.isinf(value):
+        raise _NonFinite(text)
+    return value
 
 
 # NUL (PostgreSQL's jsonb and text refuse it) and lone surrogates (not encodable
 # as UTF-8, so no database takes them).
 _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+_CONTAINERS = (dict, list)
 
 
 def _decode(text: str) -> Any:
-    """The body's JSON, if every backend can store it; otherwise a rejection naming why."""
+    """The body's JSON, if every backend can store it; otherwise a rejection naming why.
+
+    Every delivery pays for this, so each check runs only where it can find
+    something: numbers are checked as they are parsed, the depth only when
+    the text has more brackets than the limit, strings only when the text has
+    a \\u escape (the one way NUL or a lone surrogate can arrive: raw control
+    characters are invalid JSON, and valid UTF-8 holds no surrogates).
+    """
     try:
         payload = json.loads(text, parse_constant=_non_finite_constant, parse_float=_float)
+    except _NonFinite:
+        raise _unstorable(text, "it holds NaN, Infinity or a number too large for a float") from None
     except RecursionError:
         raise _unstorable(text, f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep") from None
     except ValueError:
         raise WebhookRejected("invalid_json", "The body is not valid JSON.") from None
-    # Both characters can only arrive as \u escapes: raw control characters are
-    # invalid JSON and valid UTF-8 holds no surrogates.
-    reason = _why_unstorable(payload, check_text="\\u" in text)
-    if reason is not None:
-        raise _unstorable(text, reason, payload)
+    if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and _deeper_than(payload, MAX_PAYLOAD_DEPTH):
+        raise _unstorable(text, f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep", payload)
+    if "\\u" in text and _holds_unstorable_text(payload):
+        raise _unstorable(
+            text, "a key or a string holds NUL or a lone surrogate (\\u0000, \\ud800...)", payload
+        )
     return payload
 
 
-def _why_unstorable(payload: Any, *, check_text: bool) -> str | None:
-    """Walk ``payload`` without recursion: its depth, its numbers, (if asked) its strings."""
-    stack: list[tuple[Any, int]] = [(payload, 1)]
+def _deeper_than(payload: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` deep: a walk by levels, over containers only."""
+    level = [payload] if isinstance(payload, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            values = container.values() if isinstance(container, dict) else container
+            below.extend(value for value in values if isinstance(value, _CONTAINERS))
+        level = below
+    return False
+
+
+def _holds_unstorable_text(payload: Any) -> bool:
+    """Whether a key or a string anywhere holds NUL or a lone surrogate (a walk without recursion)."""
+    stack = [payload]
     while stack:
-        value, depth = stack.pop()
+        value = stack.pop()
         if isinstance(value, dict):
-            children: Any = value.values()
-            if check_text and any(_UNSTORABLE_CHARACTER.search(key) for key in value):
-                return "a key holds NUL or a lone surrogate (\\u0000, \\ud800...)"
+            if any(_UNSTORABLE_CHARACTER.search(key) for key in value):
+                return True
+            stack.extend(value.values())
         elif isinstance(value, list):
-            children = value
-        elif isinstance(value, _NonFinite):
-            return "it holds NaN, Infinity or a number too large for a float"
-        elif check_text and isinstance(value, str) and _UNSTORABLE_CHARACTER.search(value):
-            return "a string holds NUL or a lone surrogate (\\u0000, \\ud800...)"
-        else:
-            continue
-        if depth > MAX_PAYLOAD_DEPTH:
-            return f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep"
-        stack.extend((child, depth + 1) for child in children)
-    return None
+            stack.extend(value)
+        elif isinstance(value, str) and _UNSTORABLE_CHARACTER.search(value):
+            return True
+    return False
 
 
 _EVENT_ID = re.compile(r'"id"\s*:\s*"([\x21-\x7e]{1,255}?)"')
