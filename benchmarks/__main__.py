@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks import endpoint, ledger, per_delivery, reaper
+from benchmarks import endpoint, ledger, per_delivery, reaper, reaper_memory
 from benchmarks.common import ROOT, setup_django
 
 
@@ -44,6 +44,7 @@ def main() -> None:
     )
     print(reaper.run(sizes=[1_000] if smoke else [10_000, 100_000, 1_000_000], runs=3 if smoke else 30,
                      output=output, smoke=smoke))  # fmt: skip
+    print(reaper_memory.run(sizes=[200, 2_000] if smoke else [2_000, 20_000], output=output, smoke=smoke))
 
 
 if __name__ == "__main__":
