@@ -5,6 +5,8 @@ from typing import Any
 from django.apps.registry import Apps
 from django.db import migrations
 
+# The columns as they stood at this migration: a frozen copy of backends.mysql.IDENTIFIER_COLUMNS
+# (which the system check W004 reads), so that a later migration adding an identifier names it there.
 COLUMNS = [
     ("StripeEvent", "event_id"),
     ("StripeEvent", "claim_token"),
