@@ -298,7 +298,7 @@ def count_queries(func) -> tuple[int, int]:
 
 def test_queries_per_first_delivery(csrf_client):
     # The claim; then BEGIN, the fenced update, COMMIT around the receivers.
-    # MySQL/MariaDB read the row before the upsert (see leases._claim_mysql).
+    # MySQL/MariaDB read the row before the upsert (see backends.mysql.MySQLBackend.claim).
     claim = per_backend(postgresql=1, mysql=2, sqlite=1)
     assert count_queries(lambda: deliver(csrf_client, build_event())) == (claim + 1, claim + 3)
 
