@@ -188,17 +188,23 @@ def _holds_unstorable_text(payload: Any) -> bool:
     return False
 
 
+_EVENT_ID_TEXT = re.compile(r"[\x21-\x7e]{1,255}")
 _EVENT_ID = re.compile(r'"id"\s*:\s*"([\x21-\x7e]{1,255}?)"')
 
 
 def _unstorable(text: str, reason: str, payload: Any = None) -> WebhookRejected:
-    event_id = payload.get("id") if isinstance(payload, dict) else None
-    if not isinstance(event_id, str):
-        # Too deep to decode: the first id in the text is the event's (Stripe writes it first).
+    event_id: str | None
+    if isinstance(payload, dict):
+        # Only an id of the characters ids are made of reaches a log line (no CR/LF).
+        candidate = payload.get("id")
+        valid = isinstance(candidate, str) and _EVENT_ID_TEXT.fullmatch(candidate)
+        event_id = candidate if valid else None
+    else:
+        # Not decoded: the first id in the text is the event's (Stripe writes it first).
         match = _EVENT_ID.search(text)
         event_id = match.group(1) if match else None
     return WebhookRejected(
         "unstorable_payload",
         f"The event cannot be stored as sent: {reason}.",
-        event_id=event_id if isinstance(event_id, str) else None,
+        event_id=event_id,
     )

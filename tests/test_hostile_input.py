@@ -234,3 +234,11 @@ def test_a_signature_from_the_future_is_outside_the_tolerance():
     assert response.json() == {"status": "rejected", "error": "timestamp_outside_tolerance"}
     within = int(time.time()) + 240
     assert post(body, sign(body, SECRET, timestamp=within)).json()["status"] == "processed"
+
+
+def test_an_unstorable_body_with_a_forged_id_logs_no_line_of_its_own(caplog):
+    body = b'{"id":"evt_x\\r\\nFAKE LOG LINE","object":"event","type":"t","amount":NaN}'
+    response = post(body, sign(body, SECRET))
+    assert response.json() == UNSTORABLE_ANSWER
+    [record] = [r for r in caplog.records if r.name == "stripe_idempotency"]
+    assert (record.levelname, "\n" in record.getMessage()) == ("WARNING", False)
