@@ -225,18 +225,15 @@ def check_identifier_collations(
             for model, name in mysql.IDENTIFIER_COLUMNS
         ]
         columns = [(field.model._meta.db_table, field.column) for field in fields]
-        live = mysql.live_collations(connection, columns)
-        for (table, column), (charset, collation) in sorted(live.items()):
-            if charset is None:
-                continue  # not text
-            wanted = mysql.binary_collation(connection, charset)
-            if collation != wanted:
-                messages.append(
-                    Warning(
-                        f"{table}.{column} on the database {alias!r} has the collation {collation}: "
-                        "identifiers that differ in case, accents or trailing spaces compare equal there.",
-                        hint=f"Run `manage.py migrate stripe_idempotency` (it sets {wanted}).",
-                        id=_ID.format("W004"),
-                    )
+        for (table, column), (_, collation, wanted) in sorted(
+            mysql.collations_to_fix(connection, columns).items()
+        ):
+            messages.append(
+                Warning(
+                    f"{table}.{column} on the database {alias!r} has the collation {collation}: "
+                    "identifiers that differ in case, accents or trailing spaces compare equal there.",
+                    hint=f"Run `manage.py migrate stripe_idempotency` (it sets {wanted}).",
+                    id=_ID.format("W004"),
                 )
+            )
     return messages

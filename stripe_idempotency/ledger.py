@@ -25,7 +25,7 @@ from django.db.models.functions import Now
 
 from stripe_idempotency.backends import DatabaseBackend, for_connection
 from stripe_idempotency.exceptions import InsufficientFunds, InvalidLedgerEntry, LedgerConflict, LedgerError
-from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.models import LedgerBalance, LedgerEntry
 
 T = TypeVar("T")
 
@@ -43,55 +43,16 @@ class _Refused:
     error: LedgerError
 
 
-def credit(
-    *,
-    account: str,
-    amount: int,
-    currency: str,
-    entry_type: str,
-    reference: str | None = None,
-    event: StripeEvent | None = None,
-    metadata: dict[str, Any] | None = None,
-    using: str | None = None,
-) -> tuple[LedgerEntry, bool]:
-    """``LedgerEntry.objects.credit()``: see there."""
-    return _apply(
-        account=account,
-        amount=_positive(amount),
-        currency=currency,
-        entry_type=entry_type,
-        reference=reference,
-        event=event,
-        metadata=metadata,
-        allow_negative=True,
-        using=using,
-    )
+def credit(*, amount: int, using: str | None = None, **fields: Any) -> tuple[LedgerEntry, bool]:
+    """``LedgerEntry.objects.credit()`` (its signature and documentation): a credit never overdraws."""
+    return _apply(amount=_positive(amount), allow_negative=True, using=using, **fields)
 
 
 def debit(
-    *,
-    account: str,
-    amount: int,
-    currency: str,
-    entry_type: str,
-    reference: str | None = None,
-    event: StripeEvent | None = None,
-    metadata: dict[str, Any] | None = None,
-    allow_negative: bool = False,
-    using: str | None = None,
+    *, amount: int, allow_negative: bool = False, using: str | None = None, **fields: Any
 ) -> tuple[LedgerEntry, bool]:
-    """``LedgerEntry.objects.debit()``: see there."""
-    return _apply(
-        account=account,
-        amount=-_positive(amount),
-        currency=currency,
-        entry_type=entry_type,
-        reference=reference,
-        event=event,
-        metadata=metadata,
-        allow_negative=allow_negative,
-        using=using,
-    )
+    """``LedgerEntry.objects.debit()`` (its signature and documentation): stored as a negative amount."""
+    return _apply(amount=-_positive(amount), allow_negative=allow_negative, using=using, **fields)
 
 
 def balance(*, account: str, currency: str, using: str | None = None) -> int:

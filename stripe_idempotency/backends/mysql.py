@@ -32,7 +32,14 @@ from typing import Any
 
 from django.db import IntegrityError, OperationalError, transaction
 
-from stripe_idempotency.backends.base import CLAIMABLE, UNCLAIMED_VALUES, ClaimRow, Row, SQLBackend
+from stripe_idempotency.backends.base import (
+    CLAIMABLE,
+    UNCLAIMED_VALUES,
+    ClaimRow,
+    Row,
+    SQLBackend,
+    returned_attnames,
+)
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import LEDGER_WRITE, LedgerBalance, LedgerEntry
 from stripe_idempotency.sql import concrete_field, quoted_columns
@@ -171,8 +178,6 @@ class MySQLBackend(SQLBackend):
 
 def _refused(row: Row) -> bool:
     """Whether a read row is processed or under a live lease: no claim could take it now."""
-    from stripe_idempotency.backends.base import returned_attnames
-
     processed_at = row[returned_attnames().index("processed_at")]
     lease_left = row[-1]
     return processed_at is not None or (lease_left is not None and lease_left > 0)
@@ -229,24 +234,12 @@ IDENTIFIER_COLUMNS = (
 )
 
 
-def binary_collation(connection: Any, charset: str) -> str:
-    """The collation of ``charset`` that compares bytes and keeps trailing spaces, best first."""
-    candidates = [f"{charset}_nopad_bin", f"{charset}_0900_bin", f"{charset}_bin"]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN (%s, %s, %s)",
-            candidates,
-        )
-        available = {row[0] for row in cursor.fetchall()}
-    return next(name for name in candidates if name in available)
-
-
 Column = tuple[str, str]
 
 
-def live_collations(connection: Any, columns: list[Column]) -> dict[Column, tuple[str | None, str | None]]:
-    """(table, column) -> (character set, collation) as the server has them now (``None`` for
-    a column that holds no text)."""
+def collations_to_fix(connection: Any, columns: list[Column]) -> dict[Column, tuple[str, str, str]]:
+    """Of the (table, column) pairs, the text columns that lack their binary collation:
+    (character set, collation now, collation wanted), as the server has them now."""
     wanted = " OR ".join(["(TABLE_NAME = %s AND COLUMN_NAME = %s)"] * len(columns))
     with connection.cursor() as cursor:
         cursor.execute(
@@ -254,8 +247,32 @@ def live_collations(connection: Any, columns: list[Column]) -> dict[Column, tupl
             f"FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND ({wanted})",
             [value for pair in columns for value in pair],
         )
-        rows = cursor.fetchall()
-    return {(table, column): (charset, collation) for table, column, charset, collation in rows}
+        # A column with no character set holds no text (a UUID is MariaDB 10.7+'s own type).
+        live = {(table, column): (cs, coll) for table, column, cs, coll in cursor.fetchall() if cs}
+    best = _binary_collations(connection, {charset for charset, _ in live.values()})
+    return {
+        key: (charset, collation, best[charset])
+        for key, (charset, collation) in live.items()
+        if collation != best[charset]
+    }
+
+
+def _binary_collations(connection: Any, charsets: set[str]) -> dict[str, str]:
+    """For each character set, its collation that compares bytes and keeps trailing spaces."""
+    if not charsets:
+        return {}
+    candidates = {
+        charset: [f"{charset}_nopad_bin", f"{charset}_0900_bin", f"{charset}_bin"] for charset in charsets
+    }
+    names = [name for names in candidates.values() for name in names]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS "
+            f"WHERE COLLATION_NAME IN ({', '.join(['%s'] * len(names))})",
+            names,
+        )
+        available = {row[0] for row in cursor.fetchall()}
+    return {cs: next(name for name in ranked if name in available) for cs, ranked in candidates.items()}
 
 
 def make_identifiers_binary(schema_editor: Any, columns: list[tuple[Any, str]]) -> None:
@@ -268,15 +285,12 @@ def make_identifiers_binary(schema_editor: Any, columns: list[tuple[Any, str]]) 
     if connection.vendor != "mysql":
         return
     fields = [(model, model._meta.get_field(name)) for model, name in columns]
-    live = live_collations(connection, [(model._meta.db_table, field.column) for model, field in fields])
+    to_fix = collations_to_fix(connection, [(model._meta.db_table, field.column) for model, field in fields])
     quote = connection.ops.quote_name
     for model, field in fields:
-        charset, collation = live[(model._meta.db_table, field.column)]
-        if charset is None:
-            continue  # not text (a UUID is MariaDB 10.7+'s own binary type)
-        wanted = binary_collation(connection, charset)
-        if collation == wanted:
+        if (model._meta.db_table, field.column) not in to_fix:
             continue
+        charset, _, wanted = to_fix[(model._meta.db_table, field.column)]
         schema_editor.execute(
             f"ALTER TABLE {quote(model._meta.db_table)} MODIFY {quote(field.column)} "
             f"{field.db_type(connection)} CHARACTER SET {charset} COLLATE {wanted} "
