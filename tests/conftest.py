@@ -14,6 +14,13 @@ pytest_plugins = ["pytester"]
 TYPE = "checkout.session.completed"
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    # tox runs the suite against the installed wheel; the header says which copy ran.
+    import stripe_idempotency
+
+    return f"stripe_idempotency: {stripe_idempotency.__path__[0]}, database: {connection.vendor}"
+
+
 def record(receiver: str):
     def receive(sender, event, **kwargs):
         Effect.objects.create(event_id=event.event_id, receiver=receiver)
