@@ -20,14 +20,11 @@ def verify(*args) -> str:
 
 
 @pytest.fixture
-def ledger():
-    credit = LedgerEntry.objects.credit
-    credit(account="cus_a", amount=1500, currency="usd", entry_type="deposit", reference="cs_1")
-    credit(account="cus_a", amount=500, currency="usd", entry_type="deposit", reference="cs_2")
-    LedgerEntry.objects.debit(
-        account="cus_a", amount=300, currency="usd", entry_type="refund", reference="re_1"
-    )
-    credit(account="cus_b", amount=200, currency="eur", entry_type="deposit")
+def ledger(ledger_entry_factory):
+    ledger_entry_factory(account="cus_a", amount=1500)
+    ledger_entry_factory(account="cus_a", amount=500)
+    ledger_entry_factory(account="cus_a", amount=-300, entry_type="refund")
+    ledger_entry_factory(account="cus_b", amount=200, currency="eur", reference=None)
 
 
 def test_a_consistent_ledger(ledger):
