@@ -1,0 +1,179 @@
+"""``python -m tests.breaks``: apply each documented break to a scratch copy and run the tests that
+must catch it.
+
+    python -m tests.breaks                    every break on every backend it names
+    python -m tests.breaks --quick            the quick subset (CI: --backend sqlite, then postgres)
+    python -m tests.breaks --backend mariadb  only the breaks tried on MariaDB
+    python -m tests.breaks --only no-fence    one break (repeatable)
+    python -m tests.breaks --list             the catalogue, run nothing
+    python -m tests.breaks --tree ../old      the breaks applied to another checkout (before/after)
+
+One line per break and backend, ``caught`` (with the tests that failed) or
+``NOT caught``; the last line counts them. Exit status 0 only if every break
+tried was caught. The work tree is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.breaks.catalogue import ALL, BREAKS, Break, Edit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DATABASE_URLS = {
+    "sqlite": None,
+    "postgres": "postgres://postgres@127.0.0.1:5432/stripe_idempotency",
+    "mariadb": "mysql://root@127.0.0.1:3306/stripe_idempotency",
+}
+NOT_COPIED = {".git", ".venv", ".tox", "_build", "__pycache__", ".pytest_cache", ".hypothesis"}
+FAILED_LINE = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)
+RUN_TIMEOUT_SECONDS = 1200
+
+
+class BreakDoesNotApply(Exception):
+    """An edit's text is not found exactly once: the code moved on and the break must follow it."""
+
+
+@dataclass(frozen=True)
+class Result:
+    brk: Break
+    backend: str
+    failed: tuple[str, ...]
+    seconds: float
+    problem: str | None = None  # pytest itself could not run the tests (not a catch)
+
+    @property
+    def caught(self) -> bool:
+        return self.problem is None and bool(self.failed)
+
+
+def apply(edit: Edit, text: str) -> str:
+    count = text.count(edit.old)
+    if count != 1:
+        raise BreakDoesNotApply(
+            f"{edit.path}: the text to replace is there {count} times, not once:\n{edit.old}"
+        )
+    return text.replace(edit.old, edit.new)
+
+
+def edited_files(brk: Break, root: Path) -> dict[Path, str]:
+    """Each file the break edits, with its text after every edit of the break."""
+    files: dict[Path, str] = {}
+    for edit in brk.edits:
+        path = root / edit.path
+        files[path] = apply(edit, files.get(path) or path.read_text())
+    return files
+
+
+def copy_repository(tree: Path, scratch: Path) -> Path:
+    target = scratch / "repository"
+    shutil.copytree(
+        tree,
+        target,
+        ignore=lambda folder, names: [
+            n for n in names if n in NOT_COPIED or n.endswith((".egg-info", ".sqlite3"))
+        ],
+    )
+    return target
+
+
+def run(brk: Break, backend: str, copy: Path) -> Result:
+    originals = {path: path.read_text() for path in edited_files(brk, copy)}
+    started = time.monotonic()
+    try:
+        for path, text in edited_files(brk, copy).items():
+            path.write_text(text)
+        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DATABASE_POOL"}}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # every run compiles the files as they are now
+        if DATABASE_URLS[backend]:
+            env["DATABASE_URL"] = DATABASE_URLS[backend]
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *brk.tests]
+        try:
+            completed = subprocess.run(
+                command, cwd=copy, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
+            )
+        except subprocess.TimeoutExpired:
+            return Result(brk, backend, (), time.monotonic() - started, "timed out")
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+    seconds = time.monotonic() - started
+    failed = tuple(dict.fromkeys(m.group(2) for m in FAILED_LINE.finditer(completed.stdout)))
+    if completed.returncode not in (0, 1):
+        # Interrupted, an internal error, a usage error, no tests: nothing was tested.
+        tail = "\n".join((completed.stdout + completed.stderr).strip().splitlines()[-15:])
+        return Result(brk, backend, failed, seconds, f"pytest exited {completed.returncode}:\n{tail}")
+    return Result(brk, backend, failed, seconds)
+
+
+def describe(result: Result) -> str:
+    where = f"{result.brk.name} [{result.backend}]"
+    took = f"({result.seconds:.0f} s)"
+    if result.problem is not None:
+        return f"NOT caught  {where}: the tests did not run {took}\n    {result.problem}"
+    if not result.caught:
+        return f"NOT caught  {where}: {' '.join(result.brk.tests)} all passed {took}"
+    shown = ", ".join(name.removeprefix("tests/") for name in result.failed[:4])
+    more = f" and {len(result.failed) - 4} more" if len(result.failed) > 4 else ""
+    return f"caught      {where} by {shown}{more} {took}"
+
+
+def selected(args: argparse.Namespace) -> list[tuple[Break, str]]:
+    runs = []
+    for brk in BREAKS:
+        if args.only and brk.name not in args.only:
+            continue
+        for backend in brk.quick if args.quick else brk.backends:
+            if not args.backend or backend in args.backend:
+                runs.append((brk, backend))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.breaks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only each break's quick backends")
+    parser.add_argument("--backend", action="append", choices=ALL, help="only these backends")
+    parser.add_argument("--only", action="append", metavar="NAME", help="only these breaks")
+    parser.add_argument("--list", action="store_true", help="print the catalogue and run nothing")
+    parser.add_argument(
+        "--tree", type=Path, default=ROOT, help="the checkout to copy and break (default: this one)"
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.only or ()) - {b.name for b in BREAKS}
+    if unknown:
+        parser.error(f"no break named {', '.join(sorted(unknown))}")
+    runs = selected(args)
+    if args.list:
+        for brk in BREAKS:
+            print(f"{brk.name} [{', '.join(brk.backends)}; quick: {', '.join(brk.quick) or '-'}]")
+            print(f"    undoes: {brk.undoes}")
+            print(f"    caught by: {' '.join(brk.tests)}")
+        return 0
+    tree = args.tree.resolve()
+    for brk, _ in runs:
+        edited_files(brk, tree)  # every edit still applies, before anything runs
+    print(f"{len(runs)} breaks to try, one at a time, on a scratch copy of {tree}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="stripe-idempotency-breaks-") as scratch:
+        copy = copy_repository(tree, Path(scratch))
+        results = []
+        for brk, backend in runs:
+            result = run(brk, backend, copy)
+            results.append(result)
+            print(describe(result), flush=True)
+    caught = sum(r.caught for r in results)
+    print(f"{len(results)} breaks, {caught} caught")
+    return 0 if results and caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

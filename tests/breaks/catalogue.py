@@ -1,0 +1,446 @@
+"""The breaks: what each undoes, the edit that undoes it, and the tests that must catch it.
+
+An edit replaces text that occurs exactly once in its file. ``backends`` are
+where the break is tried (a guarantee SQLite's single writer gives for free is
+tried where it is not free); ``quick`` the subset ``--quick`` tries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SQLITE, POSTGRES, MARIADB = "sqlite", "postgres", "mariadb"
+ALL = (SQLITE, POSTGRES, MARIADB)
+
+BASE = "stripe_idempotency/backends/base.py"
+PG = "stripe_idempotency/backends/postgresql.py"
+LITE = "stripe_idempotency/backends/sqlite.py"
+MY = "stripe_idempotency/backends/mysql.py"
+PROCESSING = "stripe_idempotency/processing.py"
+LEDGER = "stripe_idempotency/ledger.py"
+VERIFICATION = "stripe_idempotency/verification.py"
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # from the repository's root
+    old: str  # occurs exactly once in the file
+    new: str
+
+
+@dataclass(frozen=True)
+class Break:
+    name: str
+    undoes: str  # the guarantee, in a sentence
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]  # pytest node ids or paths
+    backends: tuple[str, ...]
+    quick: tuple[str, ...] = ()
+
+
+BREAKS: tuple[Break, ...] = (
+    # -- the lease and the fence ------------------------------------------------------------
+    Break(
+        "claim-ignores-live-leases",
+        "A claim takes only an unprocessed event whose lease is absent or expired.",
+        (
+            Edit(
+                BASE,
+                'CLAIMABLE = "{t}.processed_at IS NULL AND ({t}.claim_expires_at IS NULL OR '
+                '{t}.claim_expires_at <= {now})"',
+                'CLAIMABLE = "{t}.processed_at IS NULL"',
+            ),
+        ),
+        ("tests/test_leases.py", "tests/test_backends.py", "tests/test_concurrency.py"),
+        (SQLITE, POSTGRES),
+        quick=(SQLITE, POSTGRES),
+    ),
+    Break(
+        "no-fence",
+        "The receivers' work commits only if the claim that ran them still holds the event.",
+        (Edit(BASE, "WHERE id = %(pk)s AND claim_token = %(token)s", "WHERE id = %(pk)s"),),
+        ("tests/test_leases.py", "tests/test_processing.py", "tests/test_backends.py", "tests/test_views.py"),
+        ALL,
+        quick=(SQLITE, POSTGRES),
+    ),
+    Break(
+        "processed-before-the-work",
+        "An event is marked processed in the transaction of its receivers' work, never before.",
+        (
+            Edit(
+                PROCESSING,
+                "        with transaction.atomic(using=claimed.using):\n"
+                "            dispatch(event)\n"
+                "            leases.complete(claimed)\n",
+                "        leases.complete(claimed)\n"
+                "        with transaction.atomic(using=claimed.using):\n"
+                "            dispatch(event)\n",
+            ),
+        ),
+        ("tests/test_processing.py", "tests/test_views.py"),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "receivers-outside-a-transaction",
+        "All receivers of an event commit together, with the mark that it is processed.",
+        (
+            Edit(
+                PROCESSING,
+                "        with transaction.atomic(using=claimed.using):\n            dispatch(event)\n",
+                "        if True:\n            dispatch(event)\n",
+            ),
+        ),
+        ("tests/test_processing.py", "tests/test_concurrency.py"),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
+        "no-release-on-failure",
+        "A receiver's failure gives the event back at once, with its error recorded.",
+        (
+            Edit(
+                PROCESSING,
+                "        leases.release(claimed, error)\n        return Failed(",
+                "        return Failed(",
+            ),
+        ),
+        ("tests/test_processing.py", "tests/test_views.py"),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "interrupted-dispatch-keeps-its-claim",
+        "A worker interrupted mid-receiver (a timeout's SystemExit) releases its claim on the way out.",
+        (
+            Edit(
+                PROCESSING,
+                "        try:\n            leases.release(claimed, _describe(exc))\n",
+                "        try:\n            pass\n",
+            ),
+        ),
+        ("tests/test_processing.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "lease-times-from-the-python-clock",
+        "Lease times come from the database's clock, which every instance shares, not each one's own.",
+        (
+            Edit(
+                PG,
+                '"ttl": ttl}',
+                '"ttl": ttl, "py_now": __import__("datetime").datetime.now(__import__("datetime").UTC)}',
+            ),
+            Edit(
+                PG,
+                "{now}, {now}, %(claimed_by)s, {now} + make_interval(secs => %(ttl)s)",
+                "%(py_now)s, %(py_now)s, %(claimed_by)s, %(py_now)s + make_interval(secs => %(ttl)s)",
+            ),
+            Edit(
+                LITE,
+                '"ttl": f"+{ttl:.6f} seconds"}',
+                '"ttl": f"+{ttl:.6f} seconds", "py_now": __import__("datetime").datetime.utcnow()'
+                '.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]}',
+            ),
+            Edit(
+                LITE,
+                "{now}, {now}, %(claimed_by)s,\n    STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl)s)",
+                "%(py_now)s, %(py_now)s, %(claimed_by)s,\n"
+                "    STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', %(py_now)s, %(ttl)s)",
+            ),
+            Edit(
+                MY,
+                '"ttl_us": round(ttl * 1_000_000)}',
+                '"ttl_us": round(ttl * 1_000_000), "py_now": __import__("datetime").datetime.utcnow()}',
+            ),
+            Edit(
+                MY,
+                "    {now}, {now}, %(claimed_by)s, {now} + INTERVAL %(ttl_us)s MICROSECOND,",
+                "    %(py_now)s, %(py_now)s, %(claimed_by)s, %(py_now)s + INTERVAL %(ttl_us)s MICROSECOND,",
+            ),
+        ),
+        ("tests/test_leases.py",),
+        ALL,
+        quick=(SQLITE,),
+    ),
+    Break(
+        "reaper-takes-live-claims",
+        "The reaper leaves an event under a live lease to the instance that holds it.",
+        (
+            Edit(
+                "stripe_idempotency/models.py",
+                "Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()), "
+                "processed_at__isnull=True",
+                "processed_at__isnull=True",
+            ),
+        ),
+        ("tests/test_reap_stale_claims.py", "tests/test_factories.py", "tests/test_admin.py"),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "reaper-ignores-the-backoff",
+        "The reaper waits out a failed event's backoff; Stripe's own retries do not.",
+        (
+            Edit(
+                "stripe_idempotency/leases.py",
+                "        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))\n",
+                "",
+            ),
+        ),
+        ("tests/test_reap_stale_claims.py",),
+        (SQLITE,),
+    ),
+    # -- the ledger -------------------------------------------------------------------------
+    Break(
+        "ledger-balance-before-the-entry",
+        "A balance moves only with an entry written: a repeated reference moves nothing.",
+        (
+            Edit(
+                LEDGER,
+                "        entry.balance_after = balance_after\n        if not backend.insert_entry(entry):",
+                "        entry.balance_after = balance_after\n"
+                "        LedgerBalance.objects.using(using).filter(pk=row.pk).update(balance=balance_after)\n"
+                "        if not backend.insert_entry(entry):",
+            ),
+            Edit(
+                LEDGER,
+                "        LedgerBalance.objects.using(using).filter(pk=row.pk).update("
+                "balance=balance_after, updated_at=Now())\n",
+                "",
+            ),
+        ),
+        ("tests/test_ledger.py", "tests/test_verify_ledger.py"),
+        ALL,
+        quick=(SQLITE, POSTGRES),
+    ),
+    Break(
+        "no-balance-lock",
+        "Writers to one balance queue on its row lock: no credit or debit is lost to a race.",
+        (
+            Edit(
+                LEDGER,
+                "balances = LedgerBalance.objects.using(using).select_for_update()",
+                "balances = LedgerBalance.objects.using(using)",
+            ),
+            Edit(PG, ' AND {currency} = %s FOR UPDATE"', ' AND {currency} = %s"'),
+        ),
+        ("tests/test_ledger_concurrency.py", "tests/test_ledger.py"),
+        (POSTGRES, MARIADB),
+        quick=(POSTGRES,),
+    ),
+    Break(
+        "ledger-retry-loop-removed",
+        "A ledger operation that owns its transaction runs it again when the database asks.",
+        (
+            Edit(
+                LEDGER,
+                "if attempt == _ATTEMPTS - 1 or not backend.is_retryable(exc):",
+                "if True:",
+            ),
+        ),
+        ("tests/test_ledger.py", "tests/test_ledger_concurrency.py", "tests/test_backends.py"),
+        (POSTGRES, MARIADB),
+        quick=(POSTGRES,),
+    ),
+    Break(
+        "mysql-deadlocks-not-retryable",
+        "MySQL and MariaDB's deadlock (1213) and lock wait timeout (1205) are retried, not raised.",
+        (
+            Edit(
+                MY,
+                "return bool(error.args) and error.args[0] in (LOCK_WAIT_TIMEOUT, DEADLOCK)",
+                "return False",
+            ),
+        ),
+        ("tests/test_backends.py", "tests/test_ledger_concurrency.py"),
+        (MARIADB,),
+    ),
+    Break(
+        "mariadb-claim-waits-for-locks",
+        "On MariaDB a claim never queues for a row another transaction holds: it is answered busy.",
+        (
+            Edit(
+                MY,
+                'template = "SET STATEMENT innodb_lock_wait_timeout=0 FOR " + template',
+                "template = template",
+            ),
+        ),
+        ("tests/test_backends.py",),
+        (MARIADB,),
+    ),
+    # -- the edges (issue 12) ---------------------------------------------------------------
+    Break(
+        "nul-and-surrogates-accepted",
+        "An authentic body holding NUL or a lone surrogate is refused by name, not a 500 with no row.",
+        (
+            Edit(
+                VERIFICATION,
+                'if "\\\\u" in text and _holds_unstorable_text(payload):',
+                "if False:",
+            ),
+        ),
+        ("tests/test_hostile_input.py",),
+        (SQLITE, POSTGRES),
+        quick=(POSTGRES,),
+    ),
+    Break(
+        "non-finite-numbers-accepted",
+        "An authentic body holding NaN, Infinity or 1e999 is refused by name on every backend.",
+        (
+            Edit(
+                VERIFICATION,
+                "json.loads(text, parse_constant=_non_finite_constant, parse_float=_float)",
+                "json.loads(text)",
+            ),
+        ),
+        ("tests/test_hostile_input.py",),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
+        "depth-unchecked",
+        "An authentic body nested past what MariaDB's JSON check takes is refused by name.",
+        (
+            Edit(
+                VERIFICATION,
+                'if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and _deeper_than(payload, '
+                "MAX_PAYLOAD_DEPTH):",
+                "if False:",
+            ),
+        ),
+        ("tests/test_hostile_input.py",),
+        (SQLITE, MARIADB),
+    ),
+    Break(
+        "long-api-version-accepted",
+        "An api_version longer than its column is refused by name, not a database error.",
+        (
+            Edit(
+                "stripe_idempotency/events.py",
+                "if isinstance(api_version, str) and len(api_version) > API_VERSION_MAX_LENGTH:",
+                "if False:",
+            ),
+        ),
+        ("tests/test_hostile_input.py",),
+        (POSTGRES,),
+    ),
+    Break(
+        "lenient-decoding",
+        "A body that is not UTF-8 is refused before its signature is checked (Stripe signs UTF-8).",
+        (
+            Edit(
+                VERIFICATION,
+                'raise WebhookRejected("invalid_encoding", "The body is not UTF-8.") from None',
+                'text = body.decode("latin-1")',
+            ),
+        ),
+        ("tests/test_hostile_input.py",),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "future-signatures-accepted",
+        "A signature timestamped in the future is held to the tolerance, as an old one is.",
+        (Edit(VERIFICATION, "if _timestamp(header) > time.time() + tolerance:", "if False:"),),
+        ("tests/test_hostile_input.py",),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "on-commit-failure-escapes",
+        "A failing on_commit callback cannot turn a committed event into a 500 or stop the others.",
+        (
+            Edit(
+                PROCESSING,
+                "            _guard_commit_callbacks(connections[claimed.using], event, callback_failures)\n",
+                "",
+            ),
+        ),
+        ("tests/test_processing.py",),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "takeover-keeps-the-old-body",
+        "A takeover stores the body it processes: the row holds what its receivers acted on.",
+        (
+            Edit(PG, "        payload = EXCLUDED.payload,\n", ""),
+            Edit(LITE, "    payload = excluded.payload,\n", ""),
+            Edit(MY, "    payload = IF({claimable}, VALUES(payload), payload),\n", ""),
+        ),
+        ("tests/test_processing.py",),
+        ALL,
+        quick=(SQLITE,),
+    ),
+    Break(
+        "identifiers-compare-as-text",
+        "On MariaDB, 'cus_Alice' and 'cus_alice', 'ref' and 'ref ' are different accounts and events.",
+        (
+            Edit(
+                "stripe_idempotency/migrations/0003_binary_identifiers.py",
+                "migrations.RunPython(make_identifiers_binary, migrations.RunPython.noop, atomic=False)",
+                "migrations.RunPython(migrations.RunPython.noop, migrations.RunPython.noop, atomic=False)",
+            ),
+        ),
+        ("tests/test_identifiers.py",),
+        (MARIADB,),
+    ),
+    Break(
+        "ledger-arguments-unchecked",
+        "Metadata a database would refuse raises InvalidLedgerEntry before any SQL.",
+        (
+            Edit(
+                LEDGER,
+                'checked before any SQL runs."""\n',
+                'checked before any SQL runs."""\n    return metadata\n',
+            ),
+        ),
+        ("tests/test_ledger.py",),
+        (POSTGRES,),
+    ),
+    Break(
+        "database-refusal-is-a-500",
+        "Any refusal of the database's while receiving is a JSON 503 Stripe retries, not an HTML 500.",
+        (
+            Edit(
+                "stripe_idempotency/views.py",
+                "        except DatabaseError:\n",
+                "        except ZeroDivisionError:\n",
+            ),
+        ),
+        ("tests/test_faults.py",),
+        (POSTGRES,),
+    ),
+    Break(
+        "unsupported-database-is-a-500",
+        "A delivery to a database without a backend is a JSON 503, not a traceback page.",
+        (
+            Edit(
+                "stripe_idempotency/views.py",
+                "        except UnsupportedDatabase as error:\n",
+                "        except ZeroDivisionError as error:\n",
+            ),
+        ),
+        ("tests/test_checks.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "viewers-can-reprocess",
+        "Only users who may change events can reprocess them from the admin.",
+        (
+            Edit(
+                "stripe_idempotency/admin.py",
+                '.change_stripeevent")',
+                '.view_stripeevent")',
+            ),
+        ),
+        ("tests/test_admin.py",),
+        (SQLITE,),
+    ),
+)
+
+
+def get(name: str) -> Break:
+    for candidate in BREAKS:
+        if candidate.name == name:
+            return candidate
+    raise LookupError(f"No break named {name!r}; `python -m tests.breaks --list` names them.")

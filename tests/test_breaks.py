@@ -1,0 +1,75 @@
+"""The break catalogue stays true to the code, and the harness reports what it finds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.breaks.__main__ import ROOT, BreakDoesNotApply, apply, copy_repository, edited_files, main, run
+from tests.breaks.catalogue import ALL, BREAKS, Break, Edit, get
+
+
+@pytest.mark.parametrize("brk", BREAKS, ids=lambda b: b.name)
+def test_every_break_still_applies_and_names_real_tests(brk):
+    # A refactor that moves the text a break edits fails here, in the ordinary suite.
+    changed = edited_files(brk, ROOT)
+    assert changed
+    assert all(text != path.read_text() for path, text in changed.items())
+    for test in brk.tests:
+        assert (ROOT / test.split("::")[0]).is_file(), test
+    assert brk.backends
+    assert set(brk.backends) <= set(ALL)
+    assert set(brk.quick) <= set(brk.backends)
+
+
+def test_names_are_unique_and_found():
+    assert len({b.name for b in BREAKS}) == len(BREAKS)
+    assert get("no-fence").name == "no-fence"
+    with pytest.raises(LookupError, match=r"python -m tests\.breaks --list"):
+        get("no-such-break")
+
+
+def test_an_edit_must_match_exactly_once():
+    with pytest.raises(BreakDoesNotApply, match="there 2 times"):
+        apply(Edit("f.py", "x", "y"), "x = x")
+    with pytest.raises(BreakDoesNotApply, match="there 0 times"):
+        apply(Edit("f.py", "z", "y"), "x = x")
+
+
+def test_the_quick_subset_covers_the_core_on_sqlite_and_postgresql():
+    quick = {(b.name, backend) for b in BREAKS for backend in b.quick}
+    for name in ("claim-ignores-live-leases", "no-fence", "ledger-balance-before-the-entry"):
+        assert (name, "postgres") in quick or (name, "sqlite") in quick
+
+
+@pytest.mark.skipif("DATABASE_URL" in os.environ, reason="it runs pytest on SQLite itself: once is enough")
+def test_a_harmless_edit_is_not_caught_and_a_real_break_is(tmp_path: Path):
+    copy = copy_repository(ROOT, tmp_path)
+    harmless = Break(
+        "comment-changed",
+        "nothing",
+        (Edit("stripe_idempotency/processing.py", "# SystemExit from a worker timeout", "# changed"),),
+        ("tests/test_conf.py",),
+        ("sqlite",),
+    )
+    result = run(harmless, "sqlite", copy)
+    assert (result.caught, result.failed, result.problem) == (False, (), None)
+    result = run(get("on-commit-failure-escapes"), "sqlite", copy)
+    assert result.caught
+    assert result.failed == (
+        "tests/test_processing.py::"
+        "test_a_failing_on_commit_callback_after_the_commit_still_answers_processed",
+    )
+    # Each run leaves the copy as it found it.
+    assert (copy / "stripe_idempotency/processing.py").read_text() == (
+        ROOT / "stripe_idempotency/processing.py"
+    ).read_text()
+
+
+def test_an_unknown_break_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--only", "no-such-break"])
+    assert exited.value.code == 2
+    assert "no break named no-such-break" in capsys.readouterr().err
