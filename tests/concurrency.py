@@ -113,3 +113,35 @@ def in_thread(func: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, result
+
+
+def session_id() -> int:
+    """The server's id for this thread's connection, as its views of the sessions name it."""
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_backend_pid()" if connection.vendor == "postgresql" else "SELECT CONNECTION_ID()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def wait_until_held(session: int, statement: str) -> None:
+    """Until the session ``session`` (that one, not any on the server) is held by a lock in a
+    statement matching the LIKE pattern ``statement``."""
+    connection = connections["default"]
+    if connection.vendor == "postgresql":
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE pid = %s AND wait_event_type = 'Lock' AND query LIKE %s"
+        )
+    else:
+        # MariaDB may wait for a row inside the optimizer's lookup of a unique key (state
+        # "Statistics"), before InnoDB lists a lock wait: the running statement is what shows.
+        sql = "SELECT count(*) FROM information_schema.processlist WHERE id = %s AND info LIKE %s"
+    for _ in range(300):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [session, statement])
+            if cursor.fetchone()[0]:
+                return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"session {session} was never held in {statement!r}")

@@ -40,6 +40,34 @@ def record_effects() -> Iterator[None]:
 
 
 @pytest.fixture
+def taken_over_after_the_claim(monkeypatch) -> list[Any]:
+    """The first claim this test makes is taken over by another connection before its receivers
+    run (its lease expired on the database clock, then claimed from another thread): the run
+    that follows is fenced, on every backend. Lists the takeover's ``Claimed``."""
+    from django.db.models.functions import Now
+
+    from stripe_idempotency import leases
+    from stripe_idempotency.models import StripeEvent
+    from tests.concurrency import in_thread
+
+    real_claim = leases.claim
+    takeovers: list[Any] = []
+
+    def claim_then_lose_it(event, *, using=None):
+        result = real_claim(event, using=using)
+        if isinstance(result, leases.Claimed) and not takeovers:
+            StripeEvent.objects.filter(pk=result.event.pk).update(claim_expires_at=Now())
+            thread, taken = in_thread(lambda: real_claim(event, using=using))
+            thread.join(30)
+            assert isinstance(taken[0], leases.Claimed), taken
+            takeovers.append(taken[0])
+        return result
+
+    monkeypatch.setattr(leases, "claim", claim_then_lose_it)
+    return takeovers
+
+
+@pytest.fixture
 def connect():
     """Connect receivers for one test: ``connect(signal, func)``; all disconnected afterwards."""
     connected = []

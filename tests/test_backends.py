@@ -150,6 +150,39 @@ def test_a_real_deadlock_is_one_the_backend_retries():
     assert retryable is True, error
 
 
+def test_a_mariadb_claim_never_waits_for_a_row_another_transaction_holds():
+    # A receiver's transaction can hold the event's row (a foreign key to it takes a
+    # shared lock). A claim that queued for it would hold a web worker for the whole
+    # dispatch; on MariaDB it is answered at once with the row as it stands: busy.
+    if connection.vendor != "mysql" or not for_connection(connection).is_mariadb:
+        pytest.skip("MariaDB's claim sets its own lock wait; the others' claims are one statement.")
+    event = IncomingEvent.from_payload(build_event(id="evt_held"))
+    for_connection(connection).insert_unclaimed(event)
+    table = connection.ops.quote_name(StripeEvent._meta.db_table)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_transaction():
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SELECT id FROM {table} WHERE event_id = 'evt_held' LOCK IN SHARE MODE")
+            holding.set()
+            assert release.wait(30)
+
+    other, _ = in_thread(other_transaction)
+    assert holding.wait(30)
+    ours, result = in_thread(
+        lambda: for_connection(connections["default"]).claim(event, uuid.uuid4(), claimed_by="ours", ttl=300)
+    )
+    ours.join(20)  # far past anything but a lock wait (the server's default is 50 s)
+    finished_while_held = not ours.is_alive()
+    release.set()
+    other.join(30)
+    ours.join(60)
+    assert finished_while_held, "the claim waited for the other transaction's lock"
+    [refused] = result
+    assert (refused.event.claim_token, refused.event.attempts) == (None, 0)  # not claimed: busy
+    assert StripeEvent.objects.get().claim_token is None
+
+
 def test_other_operational_errors_are_not_retried():
     backend = for_connection(connection)
     table = connection.ops.quote_name(StripeEvent._meta.db_table)

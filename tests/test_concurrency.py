@@ -105,26 +105,40 @@ def test_an_instance_that_outlives_its_lease_is_fenced(record_effects, connect):
 def test_sqlite_serialises_a_takeover_behind_the_running_dispatch(record_effects, connect):
     if connection.vendor != "sqlite":
         pytest.skip("SQLite only: the other backends let the takeover happen (previous test).")
-    inside, finish = threading.Event(), threading.Event()
+    inside, finish, claiming = threading.Event(), threading.Event(), threading.Event()
+    first_run = threading.Lock()
 
-    def outlive_the_lease(sender, event, **kwargs):
-        inside.set()
-        assert finish.wait(30)
-        time.sleep(1.1)  # past the lease, while holding SQLite's write lock
+    def hold_the_dispatch_open(sender, event, **kwargs):
+        if first_run.acquire(blocking=False):  # only the first delivery's receivers wait
+            inside.set()
+            assert finish.wait(30)
 
-    connect(event_received, outlive_the_lease)
+    def note_the_claim(execute, sql, params, many, context):
+        if sql.lstrip().startswith("INSERT"):
+            claiming.set()
+        return execute(sql, params, many, context)
+
+    def deliver_while_the_first_runs():
+        with connection.execute_wrapper(note_the_claim):
+            return deliver(Client(), event)
+
+    connect(event_received, hold_the_dispatch_open)
     event = build_event()
     slow, slow_result = in_thread(lambda: deliver(Client(), event))
     assert inside.wait(30)
+    time.sleep(1.2)  # the lease runs out while the receivers still hold SQLite's write lock
+    other, other_result = in_thread(deliver_while_the_first_runs)
+    assert claiming.wait(30)
+    # The takeover's claim has started; it cannot finish while the dispatch holds
+    # the only write lock (if it could, it would be done in far less than this).
+    other.join(0.5)
+    assert other.is_alive(), "the takeover ran beside the dispatch"
     finish.set()
-    time.sleep(1.2)
-    # The lease has run out, but the dispatch still holds the only write lock:
-    # this delivery waits for it (bounded by the connection's timeout) and is
-    # answered as soon as the dispatch commits.
-    other = deliver(Client(), event)
     slow.join(30)
+    other.join(30)
     assert slow_result[0].json()["status"] == "processed"
-    assert (other.status_code, other.json()["status"]) in {(200, "duplicate"), (503, "unavailable")}
+    # Answered once the dispatch committed (or, past the connection's timeout, unavailable).
+    assert other_result[0].json()["status"] in {"duplicate", "unavailable"}
     assert sorted(Effect.objects.values_list("receiver", flat=True)) == ["received", "typed"]
     assert StripeEvent.objects.get().attempts == 1
 

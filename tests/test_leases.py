@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 
 import pytest
+import time_machine
 from django.db import connection, connections, transaction
 from django.db.models.functions import Now
 from django.test import override_settings
@@ -29,6 +30,9 @@ def verified(**kwargs) -> VerifiedEvent:
 def expire(event_id: str) -> None:
     """Move the lease's end into the past, on the database clock (as waiting it out would)."""
     StripeEvent.objects.filter(event_id=event_id).update(claim_expires_at=Now() - dt.timedelta(seconds=1))
+
+
+PYTHON_CLOCK_AHEAD = dt.timedelta(hours=3)
 
 
 def database_now() -> dt.datetime:
@@ -115,15 +119,27 @@ def test_a_processed_event_is_a_duplicate_and_is_left_alone():
     assert after == before
 
 
-def test_lease_times_come_from_the_database_clock(monkeypatch):
-    # An instance whose own clock is off by years still writes database time.
-    monkeypatch.setattr("django.utils.timezone.now", lambda: dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
-    leases.claim(verified())
-    row = StripeEvent.objects.get()
-    now = database_now()
-    assert now - dt.timedelta(seconds=10) < row.claimed_at <= now
-    assert row.received_at == row.claimed_at
-    assert row.claim_expires_at - row.claimed_at == dt.timedelta(seconds=300)
+def test_lease_times_come_from_the_database_clock():
+    # Instances with different clocks must agree on when a lease ends: every time
+    # written comes from the database. time-machine moves every Python clock
+    # (time.time, datetime.now and all built on them) three hours ahead.
+    with time_machine.travel(dt.datetime.now(dt.UTC) + PYTHON_CLOCK_AHEAD, tick=True):
+        leases.claim(verified(id="evt_live"))
+        done = leases.claim(verified(id="evt_done"))
+        with transaction.atomic():
+            leases.complete(done)
+        leases.release(leases.claim(verified(id="evt_failed")), "RuntimeError: boom")
+        now = database_now()
+        assert dt.datetime.now(dt.UTC) - now > PYTHON_CLOCK_AHEAD - dt.timedelta(minutes=1)  # skewed for real
+    rows = {row.event_id: row for row in StripeEvent.objects.all()}
+    live, done, failed = rows["evt_live"], rows["evt_done"], rows["evt_failed"]
+    second = dt.timedelta(seconds=10)
+    for written in (live.received_at, live.claimed_at, done.processed_at, failed.claimed_at):
+        assert now - second < written <= now
+    assert live.received_at == live.claimed_at
+    assert live.claim_expires_at - live.claimed_at == dt.timedelta(seconds=300)
+    backoff = dt.timedelta(seconds=leases.retry_delay(1))
+    assert now + backoff - second < failed.next_attempt_at <= now + backoff
 
 
 @override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "CLAIM_TTL_SECONDS": 2.5})

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from stripe_idempotency import processing
@@ -21,8 +22,9 @@ from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
-from tests.concurrency import in_thread
+from tests.concurrency import in_thread, session_id, wait_until_held
 from tests.conftest import per_backend
+from tests.testapp.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -312,8 +314,14 @@ def test_a_race_past_the_check_rolls_the_balance_back_with_the_entry():
 
     writer, _ = in_thread(rogue_writer)
     assert inserted.wait(30)
-    ours, result = in_thread(lambda: _credit_capturing())
-    _wait_until_blocked()
+    sessions: queue.Queue[int] = queue.Queue()
+
+    def our_credit():
+        sessions.put(session_id())
+        return _credit_capturing()
+
+    ours, result = in_thread(our_credit)
+    wait_until_held(sessions.get(timeout=30), "%stripe_idempotency_ledgerentry%")
     go.set()
     writer.join(30)
     ours.join(30)
@@ -331,28 +339,54 @@ def test_a_race_past_the_check_rolls_the_balance_back_with_the_entry():
     assert LedgerEntry.objects.filter(reference="cs_1").count() == 1
 
 
+def test_a_credit_chosen_as_a_deadlock_victim_is_run_again_and_written_once():
+    """A real deadlock between our credit and another writer; the database aborts our credit."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: two transactions cannot wait for each other.")
+    credit(amount=1000, reference="cs_0")
+    pending, closing, released = threading.Event(), threading.Event(), threading.Event()
+
+    def other_writer():
+        with transaction.atomic(), connection.cursor() as cursor:
+            # Heavier than our credit, so that InnoDB, which aborts the transaction that wrote
+            # least, picks ours; PostgreSQL aborts the first waiter (ours) when its timer runs out.
+            Effect.objects.bulk_create(Effect(event_id=f"evt_{n}", receiver="weight") for n in range(50))
+            cursor.execute(
+                f"INSERT INTO {LedgerEntry._meta.db_table} "
+                "(account, currency, amount, balance_after, entry_type, reference, created_at, metadata) "
+                "VALUES ('cus_1', 'usd', 1500, 2500, 'stripe_deposit', 'cs_1', CURRENT_TIMESTAMP, '{}')"
+            )
+            pending.set()
+            assert closing.wait(30)
+            # Our credit holds the balance's lock and waits for the row above: this closes the cycle.
+            LedgerBalance.objects.select_for_update().get(account="cus_1")
+            released.set()  # our credit was aborted; its lock is ours now
+            transaction.set_rollback(True)  # give the reference up, for our credit's second run
+
+    writer, _ = in_thread(other_writer)
+    assert pending.wait(30)
+    sessions: queue.Queue[int] = queue.Queue()
+
+    def our_credit():
+        sessions.put(session_id())
+        return credit()
+
+    ours, result = in_thread(our_credit)
+    wait_until_held(sessions.get(timeout=30), "%stripe_idempotency_ledgerentry%")
+    closing.set()
+    writer.join(30)
+    ours.join(30)
+    assert released.is_set(), "the other writer was aborted instead: our credit was never retried"
+    entry, created = result[0]
+    assert (entry.reference, entry.amount, entry.balance_after, created) == ("cs_1", 1500, 2500, True)
+    assert balance() == 2500
+    assert LedgerEntry.objects.filter(reference="cs_1").count() == 1
+
+
 def _credit_capturing():
     with CaptureQueriesContext(connection) as queries:
         result = credit()
     return result, [q["sql"].upper() for q in queries.captured_queries]
-
-
-def _wait_until_blocked():
-    """Until our credit's statement is waiting on the rogue writer's pending row."""
-    if connection.vendor == "postgresql":
-        sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-    else:
-        sql = (
-            "SELECT count(*) FROM information_schema.processlist "
-            "WHERE id != CONNECTION_ID() AND info LIKE '%%stripe_idempotency_ledgerentry%%'"
-        )
-    for _ in range(300):
-        with connections["default"].cursor() as cursor:
-            cursor.execute(sql)
-            if cursor.fetchone()[0]:
-                return
-        threading.Event().wait(0.05)
-    raise AssertionError("our credit never waited on the pending insert")
 
 
 # -- SQL per operation ----------------------------------------------------------------------

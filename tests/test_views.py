@@ -205,6 +205,16 @@ def test_event_claimed_elsewhere_is_busy(csrf_client, record_effects):
     assert Effect.objects.count() == 0
 
 
+def test_a_fenced_run_is_answered_busy(csrf_client, taken_over_after_the_claim, record_effects):
+    event = build_event()
+    response = deliver(csrf_client, event)
+    assert response.status_code == 503
+    assert body_of(response) == {"status": "busy", "event_id": event["id"]}
+    assert response["Retry-After"] == "60"  # the takeover's lease, capped
+    assert Effect.objects.count() == 0
+    assert StripeEvent.objects.get().processed_at is None
+
+
 def test_busy_is_logged_as_routine_not_as_a_server_error(csrf_client, caplog):
     from stripe_idempotency import leases
     from stripe_idempotency.verification import VerifiedEvent
