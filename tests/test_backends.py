@@ -120,11 +120,15 @@ def test_statements_are_cached_by_everything_they_are_built_from():
     assert backend.event_statement("SELECT {part} FROM {table}", part="1") is one
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite's IMMEDIATE transactions queue for the database: they cannot deadlock.",
+)
 def test_a_real_deadlock_is_one_the_backend_retries():
     # Two connections lock two balance rows in opposite orders; the database
     # picks one as the victim, and its error must read as "run it again".
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite's IMMEDIATE transactions queue for the database: they cannot deadlock.")
     for account in ("a", "b"):
         for_connection(connection).create_balance_row(account, "usd")
     both_hold_one = threading.Barrier(2, timeout=10)
@@ -150,12 +154,13 @@ def test_a_real_deadlock_is_one_the_backend_retries():
     assert retryable is True, error
 
 
+@pytest.mark.only_on(
+    "mariadb", reason="MariaDB's claim sets its own lock wait; the others' claims are one statement."
+)
 def test_a_mariadb_claim_never_waits_for_a_row_another_transaction_holds():
     # A receiver's transaction can hold the event's row (a foreign key to it takes a
     # shared lock). A claim that queued for it would hold a web worker for the whole
     # dispatch; on MariaDB it is answered at once with the row as it stands: busy.
-    if connection.vendor != "mysql" or not for_connection(connection).is_mariadb:
-        pytest.skip("MariaDB's claim sets its own lock wait; the others' claims are one statement.")
     event = IncomingEvent.from_payload(build_event(id="evt_held"))
     for_connection(connection).insert_unclaimed(event)
     table = connection.ops.quote_name(StripeEvent._meta.db_table)

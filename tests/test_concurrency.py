@@ -55,12 +55,14 @@ def test_every_event_delivered_eight_times_at_once(record_effects, connect, proc
     assert_exactly_once(events, deliveries, per_event=processes * threads)
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite has one writer: a lease cannot be taken over while its dispatch runs (next test).",
+)
 @override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "CLAIM_TTL_SECONDS": 1})
 def test_an_instance_that_outlives_its_lease_is_fenced(record_effects, connect):
-    if connection.vendor == "sqlite":
-        pytest.skip(
-            "SQLite has one writer: a lease cannot be taken over while its dispatch runs (next test)."
-        )
     inside, finish = threading.Event(), threading.Event()
     runs = []
 
@@ -101,10 +103,11 @@ def test_an_instance_that_outlives_its_lease_is_fenced(record_effects, connect):
     assert len(runs) == 2
 
 
+@pytest.mark.only_on(
+    "sqlite", reason="SQLite only: the other backends let the takeover happen (previous test)."
+)
 @override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "CLAIM_TTL_SECONDS": 1})
 def test_sqlite_serialises_a_takeover_behind_the_running_dispatch(record_effects, connect):
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite only: the other backends let the takeover happen (previous test).")
     inside, finish, claiming = threading.Event(), threading.Event(), threading.Event()
     first_run = threading.Lock()
 
@@ -143,14 +146,18 @@ def test_sqlite_serialises_a_takeover_behind_the_running_dispatch(record_effects
     assert StripeEvent.objects.get().attempts == 1
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite has one writer: the duplicate waits for the whole dispatch instead.",
+)
 def test_a_duplicate_arriving_while_the_receivers_hold_a_foreign_key_does_not_deadlock(connect):
     # A receiver's row that points at the event (a ledger entry, or any model of
     # the project's own with a foreign key to StripeEvent) makes InnoDB hold a
     # shared lock on the event's row until commit. A duplicate that asked for an
     # exclusive lock on that row would queue in front of the fenced update that
     # ends the receivers' transaction: a deadlock, and their work rolled back.
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite has one writer: the duplicate waits for the whole dispatch instead.")
     duplicates = []
 
     def credit_then_meet_a_duplicate(sender, event, **kwargs):
@@ -178,6 +185,11 @@ def test_a_duplicate_arriving_while_the_receivers_hold_a_foreign_key_does_not_de
     assert StripeEvent.objects.get().processed_at is not None
 
 
+@pytest.mark.only_on(
+    "mariadb",
+    "mysql",
+    reason="InnoDB's upsert and foreign-key locks; PostgreSQL and SQLite have neither problem.",
+)
 def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(connect):
     # MySQL/MariaDB: a duplicate reads the row without a lock before its upsert.
     # When that read ran just before this delivery's claim, the upsert comes
@@ -185,8 +197,6 @@ def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(
     # An upsert that waited for that lock would deadlock the receivers' fenced
     # update; MariaDB's claim upsert does not wait: it fails at once, and the
     # claim reads again and answers busy.
-    if connection.vendor != "mysql":
-        pytest.skip("InnoDB's upsert and foreign-key locks; PostgreSQL and SQLite have neither problem.")
     from stripe_idempotency import leases
     from stripe_idempotency.backends.mysql import MySQLBackend
     from stripe_idempotency.events import IncomingEvent as VerifiedEvent

@@ -171,11 +171,10 @@ def test_completing_twice_is_refused():
         leases.complete(claimed)
 
 
+@pytest.mark.only_on("mariadb", "mysql", reason="EXPLAIN's possible_keys is MySQL/MariaDB's.")
 def test_the_fenced_update_can_only_use_the_primary_key():
     # Any other index would let the optimizer scan it and lock other events'
     # entries on the way (MariaDB did, deadlocking two deliveries' updates).
-    if connection.vendor != "mysql":
-        pytest.skip("EXPLAIN's possible_keys is MySQL/MariaDB's.")
     claimed = leases.claim(verified())
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         leases.complete(claimed)
@@ -205,10 +204,9 @@ def test_retry_after(lease_left, expected):
     assert leases.retry_after(lease_left) == expected
 
 
+@pytest.mark.only_on("mariadb", "mysql", reason="MySQL/MariaDB only")
 def test_mysql_without_returning():
     """MySQL's claim (no RETURNING: a read after the upsert), run on MariaDB, which speaks it too."""
-    if connection.vendor != "mysql":
-        pytest.skip("MySQL/MariaDB only")
     from stripe_idempotency.backends.mysql import MySQLBackend
 
     class WithoutReturning(MySQLBackend):

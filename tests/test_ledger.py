@@ -294,10 +294,14 @@ def test_entries_are_append_only():
     assert LedgerEntry.objects.get().amount == 1500
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite has one writer: the other insert cannot be pending during our transaction.",
+)
 def test_a_race_past_the_check_rolls_the_balance_back_with_the_entry():
     """Another connection inserts the same reference, uncommitted, before our check; it commits after."""
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite has one writer: the other insert cannot be pending during our transaction.")
     credit(amount=1000, reference="cs_0")
     inserted, go = threading.Event(), threading.Event()
 
@@ -339,10 +343,14 @@ def test_a_race_past_the_check_rolls_the_balance_back_with_the_entry():
     assert LedgerEntry.objects.filter(reference="cs_1").count() == 1
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite has one writer: two transactions cannot wait for each other.",
+)
 def test_a_credit_chosen_as_a_deadlock_victim_is_run_again_and_written_once():
     """A real deadlock between our credit and another writer; the database aborts our credit."""
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite has one writer: two transactions cannot wait for each other.")
     credit(amount=1000, reference="cs_0")
     pending, closing, released = threading.Event(), threading.Event(), threading.Event()
 

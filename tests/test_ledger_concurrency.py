@@ -158,14 +158,18 @@ def _first_credits_in_transactions(worker, accounts, start, queue):
     queue.put(outcomes)
 
 
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite has one writer: first writers queue for the database, not for a row.",
+)
 def test_first_credits_to_new_accounts_in_callers_transactions_never_deadlock():
     # Receivers credit inside the dispatch transaction, where a deadlock would
     # roll back all their work. Concurrent first writers to an account both
     # create its balance row: on InnoDB an ignored duplicate insert leaves a
     # shared lock that the row lock then has to upgrade, and two such upgrades
     # deadlock. The row is created so that no shared lock is left.
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite has one writer: first writers queue for the database, not for a row.")
     accounts = [f"acct_new_{n}" for n in range(30)]
     context = multiprocessing.get_context("fork")
     start, queue = context.Barrier(WORKERS), context.Queue()

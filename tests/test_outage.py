@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
 from tests.servers import ROOT, Gunicorn, PrivatePostgres, answer_status, app_environment, own_database, post
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chaos]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.chaos,
+    pytest.mark.only_on("postgresql", reason="Needs PostgreSQL's own tools to run a private server."),
+]
 
 SECRET = "whsec_example_local_only"
 LEASE = 2.0
@@ -29,8 +32,6 @@ LEASE = 2.0
 
 @pytest.fixture
 def private_postgres():
-    if connection.vendor != "postgresql":
-        pytest.skip("Needs PostgreSQL's own tools to run a private server.")
     server = PrivatePostgres()
     try:
         yield server

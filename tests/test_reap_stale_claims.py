@@ -191,9 +191,8 @@ def test_bad_options(args, message):
         reap(*args)
 
 
+@pytest.mark.only_on("postgresql", reason="EXPLAIN is checked on PostgreSQL")
 def test_the_reapers_query_uses_the_index():
-    if connection.vendor != "postgresql":
-        pytest.skip("EXPLAIN is checked on PostgreSQL")
     with connection.cursor() as cursor:
         cursor.execute(
             f"""

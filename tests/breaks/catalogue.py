@@ -268,6 +268,54 @@ BREAKS: tuple[Break, ...] = (
         ("tests/test_backends.py",),
         (MARIADB,),
     ),
+    Break(
+        "mariadb-duplicate-upserts-without-reading",
+        "On MariaDB a duplicate reads the row before its upsert, and never queues behind a receiver's "
+        "lock on it.",
+        (
+            Edit(
+                MY,
+                "                    if existing is not None and _refused(existing):\n"
+                "                        return existing\n",
+                "",
+            ),
+        ),
+        (
+            "tests/test_concurrency.py::"
+            "test_a_duplicate_arriving_while_the_receivers_hold_a_foreign_key_does_not_deadlock",
+        ),
+        (MARIADB,),
+    ),
+    Break(
+        "mysql-balance-row-insert-ignore",
+        "First writers to a new account never deadlock inside receivers' transactions on MariaDB.",
+        (
+            Edit(
+                MY,
+                'f"INSERT INTO {self.connection.ops.quote_name(LedgerBalance._meta.db_table)} "',
+                'f"INSERT IGNORE INTO {self.connection.ops.quote_name(LedgerBalance._meta.db_table)} "',
+            ),
+            Edit(MY, 'f"ON DUPLICATE KEY UPDATE {balance} = {balance}"', '""'),
+        ),
+        (
+            "tests/test_ledger_concurrency.py::"
+            "test_first_credits_to_new_accounts_in_callers_transactions_never_deadlock",
+        ),
+        (MARIADB,),
+    ),
+    Break(
+        "one-statement-debit-overdraws",
+        "A debit never takes a balance below zero unless allowed, in PostgreSQL's one statement too.",
+        (
+            Edit(
+                PG,
+                "FROM locked WHERE %s OR locked.{balance} + %s >= 0",
+                "FROM locked WHERE %s OR %s IS NOT NULL",
+            ),
+        ),
+        ("tests/test_ledger.py", "tests/test_ledger_concurrency.py"),
+        (POSTGRES,),
+    ),
     # -- the edges (issue 12) ---------------------------------------------------------------
     Break(
         "nul-and-surrogates-accepted",
