@@ -83,9 +83,21 @@ def machine() -> str:
         else:
             database = connection.vendor
     return (
-        f"{dt.date.today().isoformat()}; {cpu}, {os.cpu_count()} cores; {database}; "
+        f"{dt.date.today().isoformat()}; commit {commit()}; {cpu}, {os.cpu_count()} cores; {database}; "
         f"Python {platform.python_version()}; Django {django.get_version()}"
     )
+
+
+def commit() -> str:
+    """The commit measured, marked when the work tree differs from it (figures of no commit)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "stripe_idempotency", "benchmarks")
+    return f"{head} with uncommitted changes" if changed else head
 
 
 def median_seconds(func: Callable[[], object], runs: int) -> float:

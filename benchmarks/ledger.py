@@ -46,6 +46,7 @@ def _credit_for(seconds: float, accounts: int, start, queue) -> None:
     rng = random.Random(os.getpid())
     latencies = []
     start.wait()
+    began_at = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
     deadline = time.perf_counter() + seconds
     n = 0
     while time.perf_counter() < deadline:
@@ -56,8 +57,9 @@ def _credit_for(seconds: float, accounts: int, start, queue) -> None:
         )
         latencies.append(time.perf_counter() - began)
         n += 1
+    ended_at = time.monotonic()
     connections.close_all()
-    queue.put(latencies)
+    queue.put((latencies, began_at, ended_at))
 
 
 def ours(level: int, seconds: float, accounts: int) -> Figures:
@@ -71,10 +73,14 @@ def ours(level: int, seconds: float, accounts: int) -> Figures:
     ]
     for worker in workers:
         worker.start()
-    latencies = [value for _ in workers for value in queue.get(timeout=seconds + 120)]
+    reports = [queue.get(timeout=seconds + 120) for _ in workers]
     for worker in workers:
         worker.join(30)
-    return Figures(len(latencies), seconds, latencies)
+    latencies = [value for mine, _, _ in reports for value in mine]
+    # The rate over the time measured, from the first worker's start to the last one's end
+    # (the last credit of each worker ends after its deadline).
+    elapsed = max(end for _, _, end in reports) - min(start for _, start, _ in reports)
+    return Figures(len(latencies), elapsed, latencies)
 
 
 def run(*, seconds: float, levels: list[int], output: Path, smoke: bool) -> str:
@@ -98,6 +104,10 @@ def run(*, seconds: float, levels: list[int], output: Path, smoke: bool) -> str:
             rows.append((level, label, mine, raw))
             print(level, label, round(mine.rate), round(raw.rate), flush=True)
     consistent = all(check.ok for check in verify_balances())
+    if smoke and not consistent:
+        raise SystemExit("The ledger is inconsistent after the benchmark's credits.")
+    if smoke and not all(mine.count and raw.count for _, _, mine, raw in rows):
+        raise SystemExit(f"A ledger figure counted nothing: {rows}")
     table = "\n".join(
         f"| {level} | {label} | {mine.rate:,.0f} | {mine.p50_ms:.1f} | {mine.p99_ms:.1f} | {raw.rate:,.0f} "
         f"| {mine.rate / raw.rate:.2f} |"
