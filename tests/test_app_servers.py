@@ -100,3 +100,39 @@ def test_gunicorn_and_uvicorn_instances_handle_each_event_once(server_database, 
         "SELECT COUNT(*) FROM stripe_idempotency_ledgerentry WHERE entry_type = 'checkout_payment'"
     )
     assert credited == EVENTS
+
+
+class ImpatientGunicorn(Gunicorn):
+    """gunicorn whose master kills a worker silent for 2 s (``--timeout``), as a busy site sets it."""
+
+    def command(self, workers: int) -> list[str]:
+        command = super().command(workers)
+        command[command.index("--timeout") + 1] = "2"
+        return command
+
+
+@pytest.mark.only_on(
+    "postgresql", "mariadb", "mysql", reason="SQLite's single writer would serialise the servers this races."
+)
+def test_a_worker_killed_by_gunicorns_timeout_releases_its_claim(server_database, tmp_path: Path):
+    # The master's timeout ends the worker with SIGABRT, which gunicorn turns into SystemExit
+    # inside the receiver: the claim is released on the way out, not left for its 60 s lease.
+    db = server_database
+    server = ImpatientGunicorn(db.url, "slow", workers=1, log_dir=tmp_path, STRIPE_CLAIM_TTL_SECONDS="60")
+    try:
+        event = checkout(0)
+        event["data"]["object"]["chaos"] = "slow"  # sleeps past the lease on its first attempt
+        body = encode(event)
+        status, _, _ = post(server.url, body, sign(body, SECRET), timeout=60)
+        assert status in {0, 500, 502}  # the worker died mid-request
+        with db.cursor() as cursor:
+            table = "stripe_idempotency_stripeevent"
+            cursor.execute(f"SELECT claim_token, claim_expires_at, attempts, last_error FROM {table}")
+            [(token, expires, attempts, error)] = cursor.fetchall()
+        assert (token, expires, attempts) == (None, None, 1)
+        assert "SystemExit" in error
+        # Released, so Stripe's retry is processed at once (the receiver behaves on attempt 2).
+        status, _, answer = post(server.url, body, sign(body, SECRET), timeout=60)
+        assert (status, answer_status(answer)) == (200, "processed")
+    finally:
+        server.stop()

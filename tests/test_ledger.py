@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import ProtectedError
 from django.test.utils import CaptureQueriesContext
 
 from stripe_idempotency import processing
@@ -17,6 +18,7 @@ from stripe_idempotency.exceptions import (
     LedgerEntryImmutable,
     StripeIdempotencyError,
 )
+from stripe_idempotency.factories import StripeEventFactory
 from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
@@ -292,6 +294,18 @@ def test_entries_are_append_only():
     with pytest.raises(LedgerEntryImmutable):
         LedgerEntry(account="x", currency="usd", amount=1, balance_after=1, entry_type="t").save()
     assert LedgerEntry.objects.get().amount == 1500
+
+
+def test_an_event_with_ledger_entries_cannot_be_deleted():
+    # The money trail outlives any clean-up of events (a retention job, an admin deleting rows).
+    event = StripeEventFactory(processed=True)
+    credit(event=event)
+    with pytest.raises(ProtectedError):
+        event.delete()
+    with pytest.raises(ProtectedError):
+        StripeEvent.objects.all().delete()
+    assert StripeEvent.objects.count() == 1
+    assert LedgerEntry.objects.get().event_id == event.pk
 
 
 @pytest.mark.only_on(

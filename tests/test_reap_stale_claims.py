@@ -12,7 +12,7 @@ from django.db.models.functions import Now
 from django.test import override_settings
 
 from stripe_idempotency import leases, processing
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
@@ -239,6 +239,25 @@ def test_replay_with_force_runs_a_processed_event_again_and_says_so(states):
     row = StripeEvent.objects.get(event_id="evt_done")
     assert row.processed_at is not None
     assert row.attempts == 2
+
+
+def test_a_forced_replay_does_not_credit_a_referenced_entry_twice(connect):
+    # The receiver credits the ledger with the event's own reference: running the event
+    # again (replay --force) finds the entry and moves no money.
+    def credit(sender, event, **kwargs):
+        LedgerEntry.objects.credit(
+            account="cus_1", amount=1500, currency="usd", entry_type="deposit", reference=event.event_id,
+            event=event,
+        )  # fmt: skip
+
+    connect(event_received, credit)
+    receive("evt_paid")
+    out, err = replay("evt_paid", "--force")
+    assert out == "Processed evt_paid (checkout.session.completed).\n"
+    assert err.startswith("FORCED: evt_paid")
+    assert LedgerEntry.objects.count() == 1
+    assert LedgerEntry.objects.balance(account="cus_1", currency="usd") == 1500
+    assert StripeEvent.objects.get().attempts == 2
 
 
 def test_replay_never_takes_a_live_claim(states):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from django.db import connection
 
-from tests.conftest import backend
+from tests.conftest import _under_test, backend
 
 
+@pytest.mark.django_db
 def test_the_backend_tells_mariadb_from_mysql():
     expected = connection.vendor
     if connection.vendor == "mysql":
@@ -14,9 +16,22 @@ def test_the_backend_tells_mariadb_from_mysql():
     assert backend() == expected
 
 
+@pytest.mark.django_db
 def test_a_skip_on_the_backend_a_test_is_written_for_fails_the_run(pytester):
-    pytester.makeconftest("from tests.conftest import pytest_runtest_makereport, pytest_runtest_setup\n")
+    # The rule's two halves, in a run of their own (pytest-django off: this process has Django
+    # set up already, and the backend under test is known, so no database is needed there).
+    pytester.makeconftest(
+        """
+        import pytest
+        from tests.conftest import _only_on, pytest_runtest_makereport
+
+        @pytest.fixture
+        def django_db_blocker():
+            return None
+        """
+    )
     here, elsewhere = backend(), "postgresql" if backend() != "postgresql" else "sqlite"
+    _under_test[:] = [here]
     pytester.makepyfile(
         f"""
         import pytest

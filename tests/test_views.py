@@ -130,6 +130,14 @@ def test_livemode_mismatch(csrf_client):
     assert deliver(csrf_client, build_event(livemode=True)).status_code == 200
 
 
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "LIVEMODE": False})
+def test_a_test_mode_endpoint_refuses_live_events(csrf_client):
+    response = deliver(csrf_client, build_event(livemode=True))
+    assert_rejected(response, 400, "livemode_mismatch")
+    assert StripeEvent.objects.count() == 0
+    assert deliver(csrf_client, build_event(livemode=False)).status_code == 200
+
+
 @override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "MAX_BODY_BYTES": 2000})
 def test_body_over_the_limit_by_content_length(csrf_client):
     event = build_event(data={"padding": "x" * 2000})
