@@ -49,6 +49,16 @@ elif DATABASE_POOL == "pgbouncer":
 elif DATABASE_POOL:
     raise ValueError(f"DATABASE_POOL must be 'psycopg' or 'pgbouncer', not {DATABASE_POOL!r}.")
 
+# A second database on the same server, for projects that keep payments apart (a router, or
+# using=): only tests that ask for it (databases=[..., "payments"]) create and use it.
+DATABASES["payments"] = {**_database, "TEST": {**_database["TEST"]}}
+if _database["ENGINE"].endswith("sqlite3"):
+    DATABASES["payments"]["NAME"] = _database["NAME"].replace(".sqlite3", "_payments.sqlite3")
+    DATABASES["payments"]["TEST"]["NAME"] = _database["TEST"]["NAME"].replace(".sqlite3", "_payments.sqlite3")
+else:
+    DATABASES["payments"]["NAME"] = f"{_database['NAME']}_payments"
+    DATABASES["payments"]["TEST"]["NAME"] = f"{_database['TEST']['NAME']}_payments"
+
 SECRET_KEY = "tests-only-not-secret"
 USE_TZ = True
 TIME_ZONE = "UTC"

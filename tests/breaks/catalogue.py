@@ -501,6 +501,24 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "commands-ignore-the-router",
+        "The reaper and replay act on the database a router puts events in, unless told another.",
+        (
+            Edit(
+                "stripe_idempotency/management/commands/reap_stale_claims.py",
+                "            default=None,\n",
+                '            default="default",\n',
+            ),
+            Edit(
+                "stripe_idempotency/management/commands/reap_stale_claims.py",
+                "        database = database or router.db_for_write(StripeEvent)\n",
+                "",
+            ),
+        ),
+        ("tests/test_databases.py",),
+        (SQLITE,),
+    ),
+    Break(
         "viewers-can-reprocess",
         "Only users who may change events can reprocess them from the admin.",
         (

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS
+from django.db import router
 from django.db.models import QuerySet
 
 from stripe_idempotency import leases, outcomes, processing
@@ -52,7 +52,9 @@ class Command(BaseCommand):
             help="Events read from the database at a time (memory stays flat however many are stale).",
         )
         parser.add_argument(
-            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
+            "--database",
+            default=None,
+            help="Database alias (default: the one the database routers choose for events).",
         )
 
     def handle(
@@ -64,7 +66,7 @@ class Command(BaseCommand):
         min_age: float,
         event_type: str | None,
         batch_size: int,
-        database: str,
+        database: str | None,
         verbosity: int,
         **options: Any,
     ) -> None:
@@ -75,6 +77,8 @@ class Command(BaseCommand):
         if min_age < 0:
             raise CommandError("--min-age cannot be negative.")
         max_attempts = app_settings.MAX_ATTEMPTS
+        # Where events are written: reading them from a replica could list some already done.
+        database = database or router.db_for_write(StripeEvent)
         stale = leases.find_stale(using=database, event_type=event_type, min_age=min_age)
         if not reprocess or dry_run:
             # Nothing is run: the payloads are not needed.

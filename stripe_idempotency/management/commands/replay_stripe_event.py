@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS
+from django.db import router
 
 from stripe_idempotency import leases, processing
 from stripe_idempotency.models import StripeEvent
@@ -26,10 +26,13 @@ class Command(BaseCommand):
             help="Run a processed event's receivers again, under a fresh claim. Their effects happen twice.",
         )
         parser.add_argument(
-            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
+            "--database",
+            default=None,
+            help="Database alias (default: the one the database routers choose for events).",
         )
 
-    def handle(self, *, event_id: str, force: bool, database: str, **options: Any) -> None:
+    def handle(self, *, event_id: str, force: bool, database: str | None, **options: Any) -> None:
+        database = database or router.db_for_write(StripeEvent)
         try:
             event = StripeEvent.objects.using(database).get(event_id=event_id)
         except StripeEvent.DoesNotExist:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS
 
 from stripe_idempotency.ledger import AccountCheck, verify_balances
 
@@ -21,10 +20,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--account", help="Check this account only.")
         parser.add_argument(
-            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: 'default')."
+            "--database",
+            default=None,
+            help="Database alias (default: the one the database routers choose for ledger entries).",
         )
 
-    def handle(self, *, account: str | None, database: str, verbosity: int, **options: Any) -> None:
+    def handle(self, *, account: str | None, database: str | None, verbosity: int, **options: Any) -> None:
         checked = entries = 0
         bad: list[AccountCheck] = []
         for check in verify_balances(account=account, using=database):

@@ -1,0 +1,83 @@
+"""Several databases: events and the ledger where a router puts them, or where ``using=`` says."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db.models.functions import Now
+from django.test import Client, override_settings
+
+from stripe_idempotency import leases, processing
+from stripe_idempotency.events import IncomingEvent
+from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.outcomes import Processed
+from stripe_idempotency.signals import event_received
+from stripe_idempotency.testing import build_event, deliver
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "payments"])
+
+ROUTED = override_settings(DATABASE_ROUTERS=["tests.routers.PaymentsRouter"])
+
+
+def credit_on_each_event(sender, event, **kwargs):
+    LedgerEntry.objects.credit(
+        account="cus_1",
+        amount=500,
+        currency="usd",
+        entry_type="deposit",
+        reference=event.event_id,
+        event=event,
+    )
+
+
+def counts(model) -> tuple[int, int]:
+    return model.objects.using("default").count(), model.objects.using("payments").count()
+
+
+@ROUTED
+def test_a_router_puts_events_and_the_ledger_in_its_database(connect):
+    connect(event_received, credit_on_each_event)
+    event = build_event(id="evt_routed")
+    assert deliver(Client(), event).json()["status"] == "processed"
+    assert deliver(Client(), event).json()["status"] == "duplicate"
+    assert counts(StripeEvent) == (0, 1)
+    assert counts(LedgerEntry) == (0, 1)
+    assert LedgerBalance.objects.using("payments").get().balance == 500
+    assert StripeEvent.objects.using("payments").get().processed_at is not None
+
+
+@ROUTED
+def test_the_commands_follow_the_router_unless_told_a_database():
+    leases.claim(IncomingEvent.from_payload(build_event(id="evt_stale")))  # on the router's database
+    StripeEvent.objects.update(claim_expires_at=Now() - dt.timedelta(seconds=1))
+    out = StringIO()
+    call_command("reap_stale_claims", "--dry-run", stdout=out, no_color=True)
+    assert "evt_stale" in out.getvalue()
+    out = StringIO()
+    call_command("reap_stale_claims", "--dry-run", "--database", "default", stdout=out, no_color=True)
+    assert "evt_stale" not in out.getvalue()
+    out = StringIO()
+    call_command("replay_stripe_event", "evt_stale", stdout=out, no_color=True)
+    assert out.getvalue() == "Processed evt_stale (checkout.session.completed).\n"
+    assert StripeEvent.objects.using("payments").get().processed_at is not None
+    LedgerEntry.objects.credit(account="cus_1", amount=700, currency="usd", entry_type="deposit")
+    out = StringIO()
+    call_command("verify_ledger", stdout=out, no_color=True)
+    assert out.getvalue().startswith("cus_1 usd: ok (1 entry, balance 700)\n")
+
+
+def test_using_names_the_database_without_a_router():
+    outcome = processing.receive(IncomingEvent.from_payload(build_event(id="evt_using")), using="payments")
+    assert isinstance(outcome, Processed)
+    entry, created = LedgerEntry.objects.credit(
+        account="cus_2", amount=300, currency="usd", entry_type="deposit", reference="r", using="payments"
+    )
+    assert created
+    assert entry._state.db == "payments"
+    assert counts(StripeEvent) == (0, 1)
+    assert counts(LedgerEntry) == (0, 1)
+    assert LedgerEntry.objects.balance(account="cus_2", currency="usd", using="payments") == 300
+    assert LedgerEntry.objects.balance(account="cus_2", currency="usd") == 0  # default holds nothing
