@@ -24,6 +24,11 @@ def test_every_break_still_applies_and_names_real_tests(brk):
     assert set(brk.quick) <= set(brk.backends)
 
 
+def test_the_proof_page_lists_every_break():
+    page = (ROOT / "docs" / "proof.md").read_text()
+    assert [b.name for b in BREAKS if f"| `{b.name}` |" not in page] == []
+
+
 def test_names_are_unique_and_found():
     assert len({b.name for b in BREAKS}) == len(BREAKS)
     assert get("no-fence").name == "no-fence"

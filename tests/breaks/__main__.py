@@ -7,6 +7,7 @@ must catch it.
     python -m tests.breaks --only no-fence    one break (repeatable)
     python -m tests.breaks --list             the catalogue, run nothing
     python -m tests.breaks --tree ../old      the breaks applied to another checkout (before/after)
+    python -m tests.breaks --markdown         also the results as the table in docs/proof.md
 
 One line per break and backend, ``caught`` (with the tests that failed) or
 ``NOT caught``; the last line counts them. Exit status 0 only if every break
@@ -128,6 +129,23 @@ def describe(result: Result) -> str:
     return f"caught      {where} by {shown}{more} {took}"
 
 
+def markdown(results: list[Result]) -> str:
+    """One row per break: what it undoes, and per backend the tests that caught it."""
+    rows = ["| break | undoes | caught by |", "|---|---|---|"]
+    by_break: dict[str, list[Result]] = {}
+    for result in results:
+        by_break.setdefault(result.brk.name, []).append(result)
+    for name, tried in by_break.items():
+        cells = []
+        for result in tried:
+            tests = ", ".join(f"`{t.removeprefix('tests/')}`" for t in result.failed[:3])
+            more = f" and {len(result.failed) - 3} more" if len(result.failed) > 3 else ""
+            found = f"{tests}{more}" if result.caught else "NOT caught"
+            cells.append(f"{result.backend}: {found}")
+        rows.append(f"| `{name}` | {tried[0].brk.undoes} | {'; '.join(cells)} |")
+    return "\n".join(rows)
+
+
 def selected(args: argparse.Namespace) -> list[tuple[Break, str]]:
     runs = []
     for brk in BREAKS:
@@ -145,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", action="append", choices=ALL, help="only these backends")
     parser.add_argument("--only", action="append", metavar="NAME", help="only these breaks")
     parser.add_argument("--list", action="store_true", help="print the catalogue and run nothing")
+    parser.add_argument("--markdown", action="store_true", help="also print the results as a Markdown table")
     parser.add_argument(
         "--tree", type=Path, default=ROOT, help="the checkout to copy and break (default: this one)"
     )
@@ -170,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run(brk, backend, copy)
             results.append(result)
             print(describe(result), flush=True)
+    if args.markdown:
+        print(markdown(results))
     caught = sum(r.caught for r in results)
     print(f"{len(results)} breaks, {caught} caught")
     return 0 if results and caught == len(results) else 1
