@@ -96,7 +96,9 @@ def commit() -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", "stripe_idempotency", "benchmarks")
+    # The code measured, not the figures the benchmarks write (BENCHMARKS.md, the profile).
+    code = ("stripe_idempotency", "benchmarks/*.py")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", *code)
     return f"{head} with uncommitted changes" if changed else head
 
 
