@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import queue
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -112,6 +113,20 @@ def in_thread(func: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
     thread = threading.Thread(target=run)
     thread.start()
+    return thread, result
+
+
+def in_thread_until_held(func: Callable[[], Any], statement: str) -> tuple[threading.Thread, list[Any]]:
+    """Run ``func`` on a new thread (:func:`in_thread`); return once its session is held by a lock
+    in a statement matching the LIKE pattern ``statement``."""
+    sessions: queue.Queue[int] = queue.Queue()
+
+    def run() -> Any:
+        sessions.put(session_id())
+        return func()
+
+    thread, result = in_thread(run)
+    wait_until_held(sessions.get(timeout=30), statement)
     return thread, result
 
 

@@ -10,6 +10,12 @@ import pytest
 from tests.breaks.__main__ import ROOT, BreakDoesNotApply, apply, copy_repository, edited_files, main, run
 from tests.breaks.catalogue import ALL, BREAKS, Break, Edit, get
 
+# tox runs the suite from a copy without the package's source, against the installed wheel:
+# there is nothing to break there (the ordinary runs check the catalogue).
+pytestmark = pytest.mark.skipif(
+    not (ROOT / "stripe_idempotency").is_dir(), reason="no package source here: the suite runs on a wheel"
+)
+
 
 @pytest.mark.parametrize("brk", BREAKS, ids=lambda b: b.name)
 def test_every_break_still_applies_and_names_real_tests(brk):

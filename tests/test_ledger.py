@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 
 import pytest
@@ -24,7 +23,7 @@ from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
-from tests.concurrency import in_thread, session_id, wait_until_held
+from tests.concurrency import in_thread, in_thread_until_held
 from tests.conftest import per_backend
 from tests.testapp.models import Effect
 
@@ -320,26 +319,14 @@ def test_a_race_past_the_check_rolls_the_balance_back_with_the_entry():
     inserted, go = threading.Event(), threading.Event()
 
     def rogue_writer():
-        # Writes the entry the way a buggy or foreign writer would: without the balance lock.
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {LedgerEntry._meta.db_table} "
-                "(account, currency, amount, balance_after, entry_type, reference, created_at, metadata) "
-                "VALUES ('cus_1', 'usd', 1500, 2500, 'stripe_deposit', 'cs_1', CURRENT_TIMESTAMP, '{}')"
-            )
+            _insert_cs_1_without_the_balance_lock(cursor)
             inserted.set()
             assert go.wait(30)
 
     writer, _ = in_thread(rogue_writer)
     assert inserted.wait(30)
-    sessions: queue.Queue[int] = queue.Queue()
-
-    def our_credit():
-        sessions.put(session_id())
-        return _credit_capturing()
-
-    ours, result = in_thread(our_credit)
-    wait_until_held(sessions.get(timeout=30), "%stripe_idempotency_ledgerentry%")
+    ours, result = in_thread_until_held(_credit_capturing, PENDING_ROW)
     go.set()
     writer.join(30)
     ours.join(30)
@@ -373,11 +360,7 @@ def test_a_credit_chosen_as_a_deadlock_victim_is_run_again_and_written_once():
             # Heavier than our credit, so that InnoDB, which aborts the transaction that wrote
             # least, picks ours; PostgreSQL aborts the first waiter (ours) when its timer runs out.
             Effect.objects.bulk_create(Effect(event_id=f"evt_{n}", receiver="weight") for n in range(50))
-            cursor.execute(
-                f"INSERT INTO {LedgerEntry._meta.db_table} "
-                "(account, currency, amount, balance_after, entry_type, reference, created_at, metadata) "
-                "VALUES ('cus_1', 'usd', 1500, 2500, 'stripe_deposit', 'cs_1', CURRENT_TIMESTAMP, '{}')"
-            )
+            _insert_cs_1_without_the_balance_lock(cursor)
             pending.set()
             assert closing.wait(30)
             # Our credit holds the balance's lock and waits for the row above: this closes the cycle.
@@ -387,14 +370,7 @@ def test_a_credit_chosen_as_a_deadlock_victim_is_run_again_and_written_once():
 
     writer, _ = in_thread(other_writer)
     assert pending.wait(30)
-    sessions: queue.Queue[int] = queue.Queue()
-
-    def our_credit():
-        sessions.put(session_id())
-        return credit()
-
-    ours, result = in_thread(our_credit)
-    wait_until_held(sessions.get(timeout=30), "%stripe_idempotency_ledgerentry%")
+    ours, result = in_thread_until_held(credit, PENDING_ROW)
     closing.set()
     writer.join(30)
     ours.join(30)
@@ -403,6 +379,19 @@ def test_a_credit_chosen_as_a_deadlock_victim_is_run_again_and_written_once():
     assert (entry.reference, entry.amount, entry.balance_after, created) == ("cs_1", 1500, 2500, True)
     assert balance() == 2500
     assert LedgerEntry.objects.filter(reference="cs_1").count() == 1
+
+
+# Our credit's statements on the entries table, held by another transaction's pending cs_1.
+PENDING_ROW = "%stripe_idempotency_ledgerentry%"
+
+
+def _insert_cs_1_without_the_balance_lock(cursor) -> None:
+    """The entry our credit() writes, as a buggy or foreign writer would: no balance lock taken."""
+    cursor.execute(
+        f"INSERT INTO {LedgerEntry._meta.db_table} "
+        "(account, currency, amount, balance_after, entry_type, reference, created_at, metadata) "
+        "VALUES ('cus_1', 'usd', 1500, 2500, 'stripe_deposit', 'cs_1', CURRENT_TIMESTAMP, '{}')"
+    )
 
 
 def _credit_capturing():

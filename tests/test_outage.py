@@ -142,16 +142,17 @@ def test_a_connection_killed_mid_transaction(app, private_postgres):
     result = []
     delivery = threading.Thread(target=lambda: result.append(post(instance.url, body, sign(body, SECRET))))
     delivery.start()
-    killed = 0
-    for _ in range(100):
-        time.sleep(0.05)
-        killed = db.scalar(
-            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            [db.name],
-        )
-        if killed:
+    # Once the event is claimed its receivers are running (lingering 2 s in their transaction,
+    # which Django has opened): only then is the worker's connection killed.
+    for _ in range(200):
+        if db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE claim_token IS NOT NULL"):
             break
+        time.sleep(0.01)
+    killed = db.scalar(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        [db.name],
+    )
     delivery.join(30)
     assert killed == 1
     # The receivers' transaction died with its connection; Django closed it, so the release
