@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 
-from stripe_idempotency.conf import DEFAULTS, SETTINGS_NAME
+from stripe_idempotency.conf import DEFAULTS, PROCESSING_MODES, SETTINGS_NAME
 
 _ID = "stripe_idempotency.{}"
 
@@ -41,6 +41,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                 id=_ID.format("E007"),
             )
         )
+    messages += _check_processing(raw)
     instance_id = raw.get("INSTANCE_ID")
     if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
         messages.append(
@@ -103,6 +104,31 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
     return messages
 
 
+def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
+    mode = raw.get("PROCESSING", DEFAULTS["PROCESSING"])
+    if mode not in PROCESSING_MODES:
+        return [
+            Error(
+                f"{SETTINGS_NAME}['PROCESSING'] must be 'inline' or 'deferred'; it is {mode!r}.",
+                hint="'inline' (the default) runs the receivers inside Stripe's request.",
+                id=_ID.format("E014"),
+            )
+        ]
+    from stripe_idempotency.tasks import tasks_framework
+
+    if mode == "deferred" and tasks_framework() is None:
+        return [
+            Error(
+                f"{SETTINGS_NAME}['PROCESSING'] is 'deferred', but Django's Tasks framework is missing.",
+                hint="Django 6 has django.tasks; on Django 5.2 install django-tasks and add "
+                "'django_tasks' to INSTALLED_APPS. Then configure TASKS with a backend that runs "
+                "tasks in workers (django-tasks-db, for one).",
+                id=_ID.format("E016"),
+            )
+        ]
+    return []
+
+
 # key -> (check id, smallest allowed value, whether fractions are allowed)
 _NUMBERS = {
     "CLAIM_TTL_SECONDS": ("E003", 0, True),
@@ -111,6 +137,7 @@ _NUMBERS = {
     "MAX_BODY_BYTES": ("E006", 1, False),
     "MAX_ATTEMPTS": ("E009", 1, False),
     "RETRY_HORIZON_SECONDS": ("E013", 0, True),
+    "PENDING_GRACE_SECONDS": ("E015", 0, True),
 }
 
 

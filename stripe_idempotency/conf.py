@@ -27,7 +27,12 @@ DEFAULTS: dict[str, Any] = {
     "INSTANCE_ID": None,
     "MAX_ATTEMPTS": 20,
     "RETRY_HORIZON_SECONDS": 3 * 24 * 3600,
+    "PROCESSING": "inline",
+    "PENDING_GRACE_SECONDS": 60,
 }
+
+#: The values of ``PROCESSING``.
+PROCESSING_MODES = ("inline", "deferred")
 
 # The host name does not change while a process runs; the pid does change
 # across fork (gunicorn preloads, then forks its workers), so it is read per call.
@@ -94,6 +99,18 @@ class AppSettings:
         """The span of the reaper's retries of a failing event, its delays doubling (default 3 days,
         Stripe's own retry window)."""
         return float(self.get("RETRY_HORIZON_SECONDS"))
+
+    @property
+    def PROCESSING(self) -> str:
+        """``"inline"``: receivers run inside Stripe's request. ``"deferred"``: the event is stored,
+        acknowledged, and processed by a task (:mod:`stripe_idempotency.tasks`)."""
+        return str(self.get("PROCESSING"))
+
+    @property
+    def PENDING_GRACE_SECONDS(self) -> float:
+        """How long the reaper leaves an accepted, never-claimed event to its task before it
+        takes the event itself (the task may be queued still, or lost)."""
+        return float(self.get("PENDING_GRACE_SECONDS"))
 
     @property
     def INSTANCE_ID(self) -> str:

@@ -12,8 +12,10 @@ by :func:`~stripe_idempotency.testing.build_event`::
 
     LedgerEntryFactory(account="cus_1", amount=500)
 
-Lease times are an hour either side of now, so a clock skew between Python
-and the database (seconds) never changes the state a trait asks for.
+Lease times are an hour either side of now, and every event arrived an hour ago,
+so a clock skew between Python and the database (seconds) never changes the state
+a trait asks for, and a pending event is past the reaper's grace period
+(``PENDING_GRACE_SECONDS``); pass ``received_at`` for a fresher one.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class StripeEventFactory(DjangoModelFactory):  # type: ignore[misc]
         lambda o: build_event(o.type, id=o.event_id, livemode=o.livemode, data=o.data)
     )
     created = factory.LazyFunction(timezone.now)
+    received_at = _past()
     attempts = 0
 
 

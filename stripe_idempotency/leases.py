@@ -161,8 +161,9 @@ def find_stale(
     min_age: float = 0,
     limit: int | None = None,
 ) -> QuerySet[StripeEvent]:
-    """Events that are not processed, not under a live lease and not waiting out a failure's
-    backoff (:func:`retry_delay`), oldest first, with their ``state``.
+    """Events that are not processed, not under a live lease, not waiting out a failure's
+    backoff (:func:`retry_delay`) and not accepted less than ``PENDING_GRACE_SECONDS`` ago
+    (deferred mode: their task may still come), oldest first, with their ``state``.
 
     ``min_age`` leaves alone events whose last claim is more recent than that
     many seconds (a failure Stripe will retry soon). Each row carries ``age``,
@@ -170,17 +171,22 @@ def find_stale(
     ``stripe_event_unprocessed_idx`` index: the cost follows the number of
     unprocessed rows, not the size of the table.
     """
+    # An accepted event (pending: stored, never claimed) is its task's for a grace period.
+    grace = timedelta(seconds=app_settings.PENDING_GRACE_SECONDS)
     events = (
         StripeEvent.objects.using(using or router.db_for_read(StripeEvent))
         .claimable()
         # A failed event waits out its backoff (Stripe's own retries do not).
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        .exclude(claimed_at__isnull=True, received_at__gt=Now() - grace)
         .with_state()
     )
     if event_type is not None:
         events = events.filter(type=event_type)
     if min_age > 0:
-        events = events.filter(claimed_at__lte=Now() - timedelta(seconds=min_age))
+        # Since the last claim; since arrival for an event never claimed.
+        since = Now() - timedelta(seconds=min_age)
+        events = events.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, received_at__lte=since))
     age = ExpressionWrapper(Now() - F("received_at"), output_field=DurationField())
     events = events.annotate(age=age).order_by("id")
     return events[:limit] if limit is not None else events

@@ -55,7 +55,14 @@ class Busy:
     retry_after: int
 
 
-Outcome = Processed | Failed | Fenced | Duplicate | Busy
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Deferred processing: the event is stored (committed) and a task will process it."""
+
+    event_id: str
+
+
+Outcome = Processed | Failed | Fenced | Duplicate | Busy | Accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,16 @@ REPORTS: dict[type[Outcome], Report] = {
     ),
     Busy: _TAKEN,
     Fenced: _TAKEN,
+    Accepted: Report(
+        status="accepted",
+        http_status=200,
+        retry=False,
+        tally="skipped",
+        reaper_verb="Skipped",
+        reaper_result="accepted for a task",
+        admin_message="Accepted, a task will process them: %(ids)s.",
+        admin_level=levels.INFO,
+    ),
     Duplicate: Report(
         status="duplicate",
         http_status=200,
@@ -134,7 +151,7 @@ def report(outcome: Outcome) -> Report:
 
 def event_id(outcome: Outcome) -> str:
     """The Stripe event id an outcome is about."""
-    if isinstance(outcome, Duplicate | Busy):
+    if isinstance(outcome, Duplicate | Busy | Accepted):
         return outcome.event_id
     return outcome.event.event_id
 

@@ -7,7 +7,8 @@ own code to feed events in:
 * :func:`receive` claims an :class:`~stripe_idempotency.events.IncomingEvent`
   and, if the claim is ours, processes it;
 * :func:`reprocess` does the same for a stored row, from its stored payload;
-* :func:`process` runs a claim it is given (a forced replay's).
+* :func:`process` runs a claim it is given (a forced replay's);
+* :func:`accept` stores an event for a task to process (deferred mode).
 
 Each returns an :mod:`outcome <stripe_idempotency.outcomes>`.
 """
@@ -19,24 +20,27 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from stripe_idempotency import leases
+from stripe_idempotency.backends import for_connection
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.exceptions import LeaseLost
+from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Claimed
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.outcomes import Busy, Duplicate, Failed, Fenced, Outcome, Processed
+from stripe_idempotency.outcomes import Accepted, Busy, Duplicate, Failed, Fenced, Outcome, Processed
 from stripe_idempotency.signals import event_received, registered_signal
 
 __all__ = [
+    "Accepted",
     "Busy",
     "Duplicate",
     "Failed",
     "Fenced",
     "Outcome",
     "Processed",
+    "accept",
     "dispatch",
     "process",
     "receive",
@@ -56,6 +60,31 @@ def receive(event: IncomingEvent, *, using: str | None = None) -> Outcome:
     if isinstance(result, Claimed):
         return process(result)
     return result
+
+
+def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Duplicate:
+    """Store ``event`` unclaimed and queue a task to process it (``"PROCESSING": "deferred"``).
+
+    The row is committed when this returns (autocommit: one statement on
+    PostgreSQL and SQLite), so an acknowledgement never outruns it. An event
+    stored before and not yet processed is queued again: a delivery Stripe
+    retries is another chance for a lost task, and a task that finds the
+    event done or taken does nothing. A processed event is a ``Duplicate``.
+    """
+    from stripe_idempotency import tasks  # tasks imports this module
+
+    using = using or router.db_for_write(StripeEvent)
+    connection = connections[using]
+    if connection.in_atomic_block:
+        raise ClaimInsideTransaction(
+            "Events must be accepted outside transaction.atomic(): the row has to commit before the answer."
+        )
+    if not for_connection(connection).insert_unclaimed(event):
+        stored = StripeEvent.objects.using(using).filter(event_id=event.id)
+        if stored.filter(processed_at__isnull=False).exists():
+            return Duplicate(event_id=event.id)
+    tasks.enqueue(event.id, using)
+    return Accepted(event_id=event.id)
 
 
 def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:

@@ -75,6 +75,18 @@ INSTALLED_APPS = [
     "tests.testapp",
 ]
 
+# Deferred processing's tasks: Django 6's own framework, or the backport on 5.2. The tests
+# hold tasks in memory (the dummy backend) and run them by hand; the worker suites start
+# real workers with a backend of their own.
+try:
+    import django.tasks  # noqa: F401
+
+    _TASKS_MODULE = "django.tasks"
+except ImportError:
+    _TASKS_MODULE = "django_tasks"
+    INSTALLED_APPS.append("django_tasks")
+TASKS = {"default": {"BACKEND": f"{_TASKS_MODULE}.backends.dummy.DummyBackend"}}
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

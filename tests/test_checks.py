@@ -206,3 +206,17 @@ def test_a_delivery_to_an_unsupported_database_is_a_json_503(unsupported_vendor,
     assert response["Retry-After"] == "60"
     assert "is a 'cockroachdb' database" in caplog.text
     assert StripeEvent.objects.count() == 0
+
+
+def test_processing_modes_and_the_tasks_framework(monkeypatch):
+    def ids(**values):
+        with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], **values}):
+            return [m.id for m in check_settings()]
+
+    assert ids(PROCESSING="deferred") == []
+    assert ids(PROCESSING="later") == ["stripe_idempotency.E014"]
+    assert ids(PENDING_GRACE_SECONDS=-1) == ["stripe_idempotency.E015"]
+    assert ids(PENDING_GRACE_SECONDS=0) == []
+    monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
+    assert ids(PROCESSING="deferred") == ["stripe_idempotency.E016"]
+    assert ids() == []  # inline mode needs no tasks

@@ -20,6 +20,8 @@ def test_defaults():
         assert app_settings.LIVEMODE is None
         assert app_settings.MAX_ATTEMPTS == 20
         assert app_settings.RETRY_HORIZON_SECONDS == 3 * 24 * 3600
+        assert app_settings.PROCESSING == "inline"
+        assert app_settings.PENDING_GRACE_SECONDS == 60
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -31,6 +33,8 @@ def test_defaults():
         "INSTANCE_ID",
         "MAX_ATTEMPTS",
         "RETRY_HORIZON_SECONDS",
+        "PROCESSING",
+        "PENDING_GRACE_SECONDS",
     }
 
 

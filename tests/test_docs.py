@@ -112,6 +112,14 @@ def settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert namespace["STRIPE_IDEMPOTENCY"]["WEBHOOK_SECRETS"] == ["whsec_from_the_environment"]
 
 
+def deferred_settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code)
+    assert namespace["STRIPE_IDEMPOTENCY"]["PROCESSING"] == "deferred"
+    assert namespace["TASKS"]["default"]["BACKEND"] == "django_tasks_db.DatabaseBackend"
+    with override_settings(STRIPE_IDEMPOTENCY=namespace["STRIPE_IDEMPOTENCY"]):
+        assert check_settings() == []  # the Tasks framework is installed here
+
+
 def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code, urlpatterns=[])
     urlconf = types.ModuleType("pasted_urls")
@@ -264,6 +272,7 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("README.md", 2): readme_receiver,
     ("README.md", 3): readme_ledger,
     ("README.md", 4): readme_plugin_test,
+    ("docs/deferred.md", 0): deferred_settings_snippet,
     ("docs/deployment.md", 0): asgi_snippet,
     ("docs/deployment.md", 1): databases_snippet,
     ("docs/deployment.md", 2): databases_snippet,

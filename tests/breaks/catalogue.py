@@ -193,6 +193,32 @@ BREAKS: tuple[Break, ...] = (
         ("tests/test_reap_stale_claims.py",),
         (SQLITE,),
     ),
+    Break(
+        "reaper-ignores-the-pending-grace",
+        "In deferred mode the reaper leaves an accepted event to its task for PENDING_GRACE_SECONDS.",
+        (
+            Edit(
+                "stripe_idempotency/leases.py",
+                "        .exclude(claimed_at__isnull=True, received_at__gt=Now() - grace)\n",
+                "",
+            ),
+        ),
+        ("tests/test_deferred.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "refused-task-is-a-500",
+        "A queue that refuses the task (its broker down) loses nothing: the stored event is accepted.",
+        (
+            Edit(
+                "stripe_idempotency/tasks.py",
+                "    except Exception:\n        logger.exception(",
+                "    except ZeroDivisionError:\n        logger.exception(",
+            ),
+        ),
+        ("tests/test_deferred.py",),
+        (SQLITE,),
+    ),
     # -- the ledger -------------------------------------------------------------------------
     Break(
         "ledger-balance-before-the-entry",

@@ -150,7 +150,12 @@ def _in_batches(events: QuerySet[StripeEvent], size: int, limit: int) -> Iterato
 
 
 def _describe(event: StripeEvent) -> str:
-    error = _last_line(event.last_error) if event.last_error else "no error recorded (lease expired)"
+    if event.last_error:
+        error = _last_line(event.last_error)
+    elif event.claimed_at is None:
+        error = "accepted, never claimed (no task ran it)"
+    else:
+        error = "no error recorded (lease expired)"
     return (
         f"{event.event_id} {event.type} age {_duration(event.age)} "  # type: ignore[attr-defined]
         f"attempts {event.attempts}: {error}"

@@ -1,0 +1,69 @@
+"""Deferred processing (``"PROCESSING": "deferred"``): the task that processes an accepted event.
+
+The task is defined with Django's Tasks framework (``django.tasks`` on Django 6,
+the ``django-tasks`` backport on 5.2); which backend runs it is the project's
+choice (``TASKS`` in its settings). A task may run twice (queues deliver at least
+once), race another worker or die mid-receiver: it takes the same claim, fenced
+dispatch and completion as a delivery, so the event's receivers commit once
+whatever happens to the task. Nothing depends on the task arriving: an accepted
+event no task processed is taken by the reaper after ``PENDING_GRACE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from stripe_idempotency import outcomes, processing
+from stripe_idempotency.models import StripeEvent
+
+__all__ = ["enqueue", "process_stripe_event", "tasks_framework"]
+
+logger = logging.getLogger("stripe_idempotency")
+
+
+def tasks_framework() -> ModuleType | None:
+    """``django.tasks`` (Django 6) or the ``django_tasks`` backport; ``None`` if neither is there."""
+    for name in ("django.tasks", "django_tasks"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _as_task(func: Callable[[str, str], str]) -> Any:
+    framework = tasks_framework()
+    # Without the framework the function stays importable (system check E016 says what is missing).
+    return framework.task()(func) if framework is not None else func
+
+
+@_as_task
+def process_stripe_event(event_id: str, database: str) -> str:
+    """Process the stored event ``event_id`` from its stored payload; the outcome's status.
+
+    ``"processed"``, ``"duplicate"`` (done already: a task delivered twice), ``"busy"``
+    (another worker holds it), ``"error"`` (a receiver raised: recorded on the row, retried by
+    the reaper after its backoff) or ``"missing"`` (no such row, pruned meanwhile).
+    """
+    event = StripeEvent.objects.using(database).filter(event_id=event_id).first()
+    if event is None:
+        return "missing"
+    return outcomes.report(processing.reprocess(event, using=database)).status
+
+
+def enqueue(event_id: str, database: str) -> bool:
+    """Queue :func:`process_stripe_event` for a stored event; ``False`` if the queue refused it.
+
+    A refusal (the broker is down) is logged and loses nothing: the row is committed, and
+    the reaper takes it after ``PENDING_GRACE_SECONDS``.
+    """
+    try:
+        process_stripe_event.enqueue(event_id, database)
+    except Exception:
+        logger.exception("Could not queue Stripe event %s for processing; the reaper will take it.", event_id)
+        return False
+    return True

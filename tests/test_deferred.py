@@ -1,0 +1,136 @@
+"""Deferred processing: stored and acknowledged at once, processed by a task, nothing lost between."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.models.functions import Now
+from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
+
+from stripe_idempotency import processing
+from stripe_idempotency.events import IncomingEvent
+from stripe_idempotency.models import EventState, StripeEvent
+from stripe_idempotency.outcomes import Accepted, Duplicate
+from stripe_idempotency.tasks import process_stripe_event, tasks_framework
+from stripe_idempotency.testing import build_event, deliver
+from tests.conftest import per_backend
+from tests.testapp.models import Effect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEFERRED = override_settings(
+    STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "PROCESSING": "deferred"}
+)
+
+
+@pytest.fixture
+def queued():
+    """The tasks queued so far (the dummy backend keeps them in memory), emptied per test."""
+    backend = tasks_framework().task_backends["default"]
+    backend.clear()
+    yield backend.results
+    backend.clear()
+
+
+def run_queued(results) -> list[str]:
+    """What a worker does with each queued task: call it with its arguments."""
+    return [process_stripe_event.call(*result.args, **result.kwargs) for result in results]
+
+
+@DEFERRED
+def test_a_delivery_is_acknowledged_before_any_receiver_runs(record_effects, queued):
+    event = build_event(id="evt_deferred")
+    response = deliver(Client(), event)
+    assert (response.status_code, response.json()) == (
+        200,
+        {"status": "accepted", "event_id": "evt_deferred"},
+    )
+    row = StripeEvent.objects.with_state().get()
+    assert (row.state, row.attempts, Effect.objects.count()) == (EventState.PENDING, 0, 0)
+    assert [(r.args, r.task.name) for r in queued] == [(["evt_deferred", "default"], "process_stripe_event")]
+    assert run_queued(queued) == ["processed"]
+    assert Effect.objects.count() == 2  # event_received and the type's receiver, once
+    assert StripeEvent.objects.get().processed_at is not None
+
+
+@DEFERRED
+def test_a_task_delivered_twice_runs_the_receivers_once(record_effects, queued):
+    deliver(Client(), build_event(id="evt_twice"))
+    assert run_queued(queued + queued) == ["processed", "duplicate"]
+    assert Effect.objects.count() == 2
+
+
+@DEFERRED
+def test_stripes_retry_of_an_accepted_event_queues_it_again_and_of_a_processed_one_is_a_duplicate(
+    record_effects, queued
+):
+    event = build_event(id="evt_retried")
+    assert deliver(Client(), event).json()["status"] == "accepted"
+    assert deliver(Client(), event).json()["status"] == "accepted"  # the first task may be lost
+    assert len(queued) == 2
+    assert run_queued(queued) == ["processed", "duplicate"]
+    response = deliver(Client(), event)
+    assert (response.status_code, response.json()["status"]) == (200, "duplicate")
+    assert len(queued) == 2  # nothing queued for a processed event
+    assert Effect.objects.count() == 2
+
+
+def test_accept_returns_the_outcome_and_one_statement_stores_a_new_event(queued):
+    event = IncomingEvent.from_payload(build_event(id="evt_counted"))
+    with CaptureQueriesContext(connection) as queries:
+        assert processing.accept(event) == Accepted(event_id="evt_counted")
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == per_backend(postgresql=1, mysql=1, sqlite=1), statements
+    assert statements[0].lstrip().upper().startswith("INSERT")
+    run_queued(queued)
+    assert processing.accept(event) == Duplicate(event_id="evt_counted")
+
+
+class RefusingBackend(tasks_framework().backends.base.BaseTaskBackend):
+    """A queue whose broker is down: every enqueue raises, as a broker client does."""
+
+    def enqueue(self, task, args, kwargs):
+        raise ConnectionError("broker unreachable")
+
+
+@override_settings(
+    STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "PROCESSING": "deferred"},
+    TASKS={"default": {"BACKEND": "tests.test_deferred.RefusingBackend"}},
+)
+def test_a_queue_that_refuses_the_task_loses_nothing_the_reaper_takes_it_after_the_grace(
+    record_effects, caplog
+):
+    caplog.set_level(logging.ERROR, logger="stripe_idempotency")
+    response = deliver(Client(), build_event(id="evt_unqueued"))
+    assert response.json()["status"] == "accepted"  # the row is committed: Stripe may stop
+    assert [r.getMessage() for r in caplog.records] == [
+        "Could not queue Stripe event evt_unqueued for processing; the reaper will take it."
+    ]
+    assert reap() == ""  # within the grace period the task may still come
+    StripeEvent.objects.update(received_at=Now() - dt.timedelta(seconds=61))
+    out = StringIO()
+    call_command("reap_stale_claims", stdout=out, no_color=True)
+    assert "evt_unqueued checkout.session.completed age 1m" in out.getvalue()
+    assert "attempts 0: accepted, never claimed (no task ran it)" in out.getvalue()
+    assert "Reprocessed evt_unqueued" in reap()
+    assert Effect.objects.count() == 2
+    assert StripeEvent.objects.get().processed_at is not None
+
+
+def reap() -> str:
+    out = StringIO()
+    call_command("reap_stale_claims", "--reprocess", "-v", "1", stdout=out, no_color=True)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("Reprocessed")]
+    return "\n".join(lines)
+
+
+def test_inline_mode_is_the_default(record_effects):
+    response = deliver(Client(), build_event())
+    assert response.json()["status"] == "processed"
+    assert Effect.objects.count() == 2
