@@ -80,8 +80,8 @@ def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Dupl
             "Events must be accepted outside transaction.atomic(): the row has to commit before the answer."
         )
     if not for_connection(connection).insert_unclaimed(event):
-        stored = StripeEvent.objects.using(using).filter(event_id=event.id)
-        if stored.filter(processed_at__isnull=False).exists():
+        processed = StripeEvent.objects.using(using).filter(event_id=event.id, processed_at__isnull=False)
+        if processed.exists():
             return Duplicate(event_id=event.id)
     tasks.enqueue(event.id, using)
     return Accepted(event_id=event.id)
