@@ -7,10 +7,17 @@ DATABASE_POOL_SIZE     PostgreSQL only: use Django's connection pool of this man
                        connections per process instead of persistent connections
                        (the shape for ASGI servers; see docs/deployment.md)
 STRIPE_WEBHOOK_SECRET  the endpoint's signing secret; `stripe listen` prints one
+STRIPE_PROCESSING      "inline" (default: receivers run inside Stripe's request) or
+                       "deferred" (stored, answered, processed by a worker's task)
+TASK_QUEUE             who runs deferred tasks: "immediate" (default: at once, in the
+                       request; no worker), "database" (django-tasks-db; workers:
+                       `python manage.py db_worker`) or "celery" (workers:
+                       `celery -A example_project worker`; broker: CELERY_BROKER_URL)
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import environ
@@ -77,7 +84,33 @@ STRIPE_IDEMPOTENCY = {
     "CLAIM_TTL_SECONDS": env.float("STRIPE_CLAIM_TTL_SECONDS", default=300),
     # None: "<hostname>:<pid>". Name instances when several run on one host.
     "INSTANCE_ID": env("STRIPE_INSTANCE_ID", default=None),
+    "PROCESSING": env("STRIPE_PROCESSING", default="inline"),
+    # Reaper: how long an accepted event waits for its task before the reaper takes it.
+    "PENDING_GRACE_SECONDS": env.float("STRIPE_PENDING_GRACE_SECONDS", default=60),
 }
+
+# Deferred processing: Django's Tasks framework (django.tasks on Django 6, the
+# django-tasks backport on 5.2), or Celery.
+TASK_QUEUE = env("TASK_QUEUE", default="immediate")
+_TASKS = "django.tasks" if importlib.util.find_spec("django.tasks") else "django_tasks"
+TASKS = {
+    "default": {
+        "BACKEND": {
+            "immediate": f"{_TASKS}.backends.immediate.ImmediateBackend",
+            "database": "django_tasks_db.DatabaseBackend",
+        }.get(TASK_QUEUE, f"{_TASKS}.backends.immediate.ImmediateBackend")
+    }
+}
+if TASK_QUEUE == "celery":
+    STRIPE_IDEMPOTENCY["ENQUEUE"] = "stripe_idempotency.contrib.celery.enqueue"
+    CELERY_IMPORTS = ["stripe_idempotency.contrib.celery"]  # the workers load the task
+    CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+    CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", default="celery")
+    # A broker that is down must not hold the request: one try, then the reaper's turn.
+    CELERY_TASK_PUBLISH_RETRY = False
+    CELERY_BROKER_CONNECTION_TIMEOUT = 2
+    # One message at a time per worker process: a killed process hands back only its own.
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 # Stands in for the time a real fulfilment takes (calling a warehouse, say).
 SHOP_FULFILMENT_SECONDS = env.float("SHOP_FULFILMENT_SECONDS", default=0.05)
@@ -92,6 +125,10 @@ INSTALLED_APPS = [
     "stripe_idempotency",
     "example_project.shop",
 ]
+if _TASKS == "django_tasks":
+    INSTALLED_APPS.append("django_tasks")
+if TASK_QUEUE == "database":
+    INSTALLED_APPS.append("django_tasks_db")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

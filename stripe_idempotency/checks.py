@@ -13,6 +13,7 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
+from django.utils.module_loading import import_string
 
 from stripe_idempotency.conf import DEFAULTS, PROCESSING_MODES, SETTINGS_NAME
 
@@ -114,16 +115,46 @@ def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
                 id=_ID.format("E014"),
             )
         ]
+    if mode == "inline":
+        if "ENQUEUE" in raw:
+            return [
+                Warning(
+                    f"{SETTINGS_NAME}['ENQUEUE'] is set, but PROCESSING is 'inline': nothing is queued.",
+                    hint="Set 'PROCESSING': 'deferred' to process events in workers, or remove ENQUEUE.",
+                    id=_ID.format("W005"),
+                )
+            ]
+        return []
+    return _check_enqueue(raw.get("ENQUEUE", DEFAULTS["ENQUEUE"]))
+
+
+def _check_enqueue(path: Any) -> list[CheckMessage]:
     from stripe_idempotency.tasks import tasks_framework
 
-    if mode == "deferred" and tasks_framework() is None:
+    if path == DEFAULTS["ENQUEUE"] and tasks_framework() is None:
         return [
             Error(
                 f"{SETTINGS_NAME}['PROCESSING'] is 'deferred', but Django's Tasks framework is missing.",
                 hint="Django 6 has django.tasks; on Django 5.2 install django-tasks and add "
                 "'django_tasks' to INSTALLED_APPS. Then configure TASKS with a backend that runs "
-                "tasks in workers (django-tasks-db, for one).",
+                "tasks in workers (django-tasks-db, for one), or queue through Celery with "
+                "'ENQUEUE': 'stripe_idempotency.contrib.celery.enqueue'.",
                 id=_ID.format("E016"),
+            )
+        ]
+    try:
+        if not isinstance(path, str):
+            raise TypeError(f"it is {type(path).__name__}, not a dotted path")
+        found = import_string(path)
+        if not callable(found):
+            raise TypeError(f"{path} is not callable")
+    except (ImportError, TypeError) as exc:
+        return [
+            Error(
+                f"{SETTINGS_NAME}['ENQUEUE'] must name a callable (event_id, database): {exc}.",
+                hint="'stripe_idempotency.tasks.enqueue_django_task' (the default) or "
+                "'stripe_idempotency.contrib.celery.enqueue' (Celery installed).",
+                id=_ID.format("E017"),
             )
         ]
     return []

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_HORIZON_SECONDS": 3 * 24 * 3600,
     "PROCESSING": "inline",
     "PENDING_GRACE_SECONDS": 60,
+    "ENQUEUE": "stripe_idempotency.tasks.enqueue_django_task",
 }
 
 #: The values of ``PROCESSING``.
@@ -111,6 +112,13 @@ class AppSettings:
         """How long the reaper leaves an accepted, never-claimed event to its task before it
         takes the event itself (the task may be queued still, or lost)."""
         return float(self.get("PENDING_GRACE_SECONDS"))
+
+    @property
+    def ENQUEUE(self) -> str:
+        """The dotted path of the callable ``(event_id, database)`` that queues an accepted
+        event's task: Django's Tasks framework by default, Celery through
+        ``"stripe_idempotency.contrib.celery.enqueue"``."""
+        return str(self.get("ENQUEUE"))
 
     @property
     def INSTANCE_ID(self) -> str:

@@ -2,27 +2,37 @@
 
 The task is defined with Django's Tasks framework (``django.tasks`` on Django 6,
 the ``django-tasks`` backport on 5.2); which backend runs it is the project's
-choice (``TASKS`` in its settings). A task may run twice (queues deliver at least
-once), race another worker or die mid-receiver: it takes the same claim, fenced
-dispatch and completion as a delivery, so the event's receivers commit once
-whatever happens to the task. Nothing depends on the task arriving: an accepted
-event no task processed is taken by the reaper after ``PENDING_GRACE_SECONDS``.
+choice (``TASKS`` in its settings). Celery projects queue the same work through
+:mod:`stripe_idempotency.contrib.celery` instead (the ``ENQUEUE`` setting).
+
+A task may run twice (queues deliver at least once), race another worker or die
+mid-receiver: it takes the same claim, fenced dispatch and completion as a delivery,
+so the event's receivers commit once whatever happens to the task. Nothing depends on
+the task arriving: an accepted event no task processed is taken by the reaper after
+``PENDING_GRACE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from django.utils.module_loading import import_string
+
 from stripe_idempotency import outcomes, processing
+from stripe_idempotency.conf import app_settings
 from stripe_idempotency.models import StripeEvent
 
-__all__ = ["enqueue", "process_stripe_event", "tasks_framework"]
+__all__ = ["enqueue", "enqueue_django_task", "process", "process_stripe_event", "tasks_framework"]
 
 logger = logging.getLogger("stripe_idempotency")
+
+#: The signature of an ``ENQUEUE`` callable: queue the processing of one stored event.
+Enqueue = Callable[[str, str], object]
 
 
 def tasks_framework() -> ModuleType | None:
@@ -35,6 +45,20 @@ def tasks_framework() -> ModuleType | None:
     return None
 
 
+def process(event_id: str, database: str) -> str:
+    """Process the stored event ``event_id`` from its stored payload; the outcome's status.
+
+    ``"processed"``, ``"duplicate"`` (done already: a task delivered twice), ``"busy"``
+    (another worker holds it), ``"error"`` (a receiver raised: recorded on the row, retried by
+    the reaper after its backoff) or ``"missing"`` (no such row, pruned meanwhile). Every
+    queue's task is this function.
+    """
+    event = StripeEvent.objects.using(database).filter(event_id=event_id).first()
+    if event is None:
+        return "missing"
+    return outcomes.report(processing.reprocess(event, using=database)).status
+
+
 def _as_task(func: Callable[[str, str], str]) -> Any:
     framework = tasks_framework()
     # Without the framework the function stays importable (system check E016 says what is missing).
@@ -43,26 +67,28 @@ def _as_task(func: Callable[[str, str], str]) -> Any:
 
 @_as_task
 def process_stripe_event(event_id: str, database: str) -> str:
-    """Process the stored event ``event_id`` from its stored payload; the outcome's status.
+    """The Django task: :func:`process` the stored event ``event_id`` in ``database``."""
+    return process(event_id, database)
 
-    ``"processed"``, ``"duplicate"`` (done already: a task delivered twice), ``"busy"``
-    (another worker holds it), ``"error"`` (a receiver raised: recorded on the row, retried by
-    the reaper after its backoff) or ``"missing"`` (no such row, pruned meanwhile).
-    """
-    event = StripeEvent.objects.using(database).filter(event_id=event_id).first()
-    if event is None:
-        return "missing"
-    return outcomes.report(processing.reprocess(event, using=database)).status
+
+def enqueue_django_task(event_id: str, database: str) -> None:
+    """The default ``ENQUEUE``: :func:`process_stripe_event` through the ``TASKS`` backend."""
+    process_stripe_event.enqueue(event_id, database)
+
+
+@functools.cache
+def _enqueue_callable(path: str) -> Enqueue:
+    return import_string(path)  # type: ignore[no-any-return]
 
 
 def enqueue(event_id: str, database: str) -> bool:
-    """Queue :func:`process_stripe_event` for a stored event; ``False`` if the queue refused it.
+    """Queue the processing of a stored event with ``ENQUEUE``; ``False`` if the queue refused it.
 
     A refusal (the broker is down) is logged and loses nothing: the row is committed, and
     the reaper takes it after ``PENDING_GRACE_SECONDS``.
     """
     try:
-        process_stripe_event.enqueue(event_id, database)
+        _enqueue_callable(app_settings.ENQUEUE)(event_id, database)
     except Exception:
         logger.exception("Could not queue Stripe event %s for processing; the reaper will take it.", event_id)
         return False

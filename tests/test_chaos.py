@@ -142,53 +142,12 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
     left_for_reapers = db.scalar(
         "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL"
     )
-    reapers = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "reap_stale_claims", "--reprocess"],
-            cwd=ROOT,
-            env=app_environment(
-                db.url, STRIPE_INSTANCE_ID=f"reaper-{n}", STRIPE_CLAIM_TTL_SECONDS=str(LEASE)
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(2)
-    ]
-    reaped_output = [reaper.communicate(timeout=300) for reaper in reapers]
-    # "Reprocessed <event>: processed" (a reaper that met an event the other had just done
-    # says "Skipped <event>: processed meanwhile").
-    reaped = sum(
-        1
-        for out, _ in reaped_output
-        for line in out.splitlines()
-        if line.startswith("Reprocessed ") and line.endswith(": processed")
-    )
-    for reaper, (out, err) in zip(reapers, reaped_output, strict=True):
-        assert reaper.returncode == 0, out + err
+    reaped = run_two_reapers(db)
 
-    ledger = subprocess.run(
-        [sys.executable, "manage.py", "verify_ledger", "-v", "0"],
-        cwd=ROOT,
-        env=app_environment(db.url),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-    stored = db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent")
-    lost = db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL")
-    runs = dict(db.rows("SELECT stripe_event_id, COUNT(*) FROM shop_fulfilment GROUP BY stripe_event_id"))
-    credits = dict(
-        db.rows(
-            "SELECT reference, COUNT(*) FROM stripe_idempotency_ledgerentry "
-            "WHERE entry_type = 'checkout_payment' GROUP BY reference"
-        )
-    )
+    ledger = verify_ledger(db)
+    stored, lost, runs, credits = tally(db)
     fenced = sum(instance.log.read_text().count("was lost while its receivers ran") for instance in instances)
-    doubled = sum(1 for count in runs.values() if count > 1) + sum(
-        1 for count in credits.values() if count > 1
-    )
+    doubled = doubles(runs, credits)
     attempts = collections.Counter(
         dict(db.rows("SELECT attempts, COUNT(*) FROM stripe_idempotency_stripeevent GROUP BY attempts"))
     )
@@ -231,4 +190,204 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
     assert fenced >= taken_over - len(kills), summary
     assert fenced > 0, summary
     assert left_for_reapers >= 1, summary
+    assert reaped == left_for_reapers, summary
+
+
+def run_reaper(db, instance: str, **env: str) -> int:
+    """One ``reap_stale_claims --reprocess``; how many events it processed ("Reprocessed <event>:
+    processed"; an event another reaper had just done is "Skipped <event>: processed meanwhile")."""
+    process = reaper(db, instance, **env)
+    output = process.communicate(timeout=300)
+    # Exit status 1 says a reprocessed event failed again (each chaos "fail" event does, once).
+    if process.returncode not in (0, 1):
+        raise AssertionError(f"{instance} exited {process.returncode}: {output[0]}{output[1]}")
+    return reaped_count(output)
+
+
+def reaper(db, instance: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "reap_stale_claims", "--reprocess"],
+        cwd=ROOT,
+        env=app_environment(db.url, STRIPE_INSTANCE_ID=instance, STRIPE_CLAIM_TTL_SECONDS=str(LEASE), **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def reaped_count(output: tuple[str, str]) -> int:
+    out, _ = output
+    return sum(
+        1 for line in out.splitlines() if line.startswith("Reprocessed ") and line.endswith(": processed")
+    )
+
+
+def run_two_reapers(db, **env: str) -> int:
+    """Two reapers started at the same moment; how many events they processed, together."""
+    processes = [reaper(db, f"reaper-{n}", **env) for n in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, out + err
+    return sum(reaped_count(output) for output in outputs)
+
+
+def verify_ledger(db) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "verify_ledger", "-v", "0"],
+        cwd=ROOT,
+        env=app_environment(db.url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def tally(db) -> tuple[int, int, dict[str, int], dict[str, int]]:
+    """Events stored, events not processed, fulfilments per event, checkout credits per session."""
+    stored = db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent")
+    lost = db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL")
+    runs = dict(db.rows("SELECT stripe_event_id, COUNT(*) FROM shop_fulfilment GROUP BY stripe_event_id"))
+    credits = dict(
+        db.rows(
+            "SELECT reference, COUNT(*) FROM stripe_idempotency_ledgerentry "
+            "WHERE entry_type = 'checkout_payment' GROUP BY reference"
+        )
+    )
+    return stored, lost, runs, credits
+
+
+def doubles(runs: dict[str, int], credits: dict[str, int]) -> int:
+    return sum(1 for count in runs.values() if count > 1) + sum(1 for count in credits.values() if count > 1)
+
+
+DEFERRED_EVENTS = 600
+DEFERRED_SPREAD_SECONDS = 20
+
+
+@pytest.mark.parametrize("queue", ["database", "celery"])
+@pytest.mark.only_on(
+    "postgresql", "mariadb", "mysql", reason="SQLite's single writer would serialise the servers this races."
+)
+def test_exactly_once_under_chaos_deferred(server_database, queue: str, tmp_path: Path, capsys):
+    """Deferred mode: two web instances answer ``accepted``; task workers run the receivers and are
+    killed (``kill -9``) every few seconds, web workers too (some between COMMIT and the queue);
+    every event's deliveries queue duplicate tasks, and on Celery strays are sent besides; then
+    two reapers. Every event processed once."""
+    from tests.workers import CeleryWorkers, DatabaseWorkers
+
+    db = server_database
+    events = events_with_misbehaviour(seed=13)[:DEFERRED_EVENTS]
+    bodies = {e["id"]: encode(e) for e in events}
+    workers = {"database": DatabaseWorkers, "celery": CeleryWorkers}[queue](
+        db.url, 3, tmp_path, STRIPE_CLAIM_TTL_SECONDS=str(LEASE)
+    )
+    instances = []
+    answers: collections.Counter = collections.Counter()
+    uncommitted: list[str] = []  # answered 2xx with no row behind the answer
+    lock = threading.Lock()
+    stop_chaos = threading.Event()
+    kills = {"task": 0, "web": 0}
+    strays = []
+    scheduled = []  # events the scheduled reapers processed during the run
+    reaper_errors: list[BaseException] = []
+
+    def scheduled_reaper(n: int) -> None:
+        # As cron would run it: every few seconds, giving each pending event 5 s for its task.
+        while not stop_chaos.wait(3 + n):
+            try:
+                scheduled.append(run_reaper(db, f"scheduled-{n}", STRIPE_PENDING_GRACE_SECONDS="5"))
+            except BaseException as error:  # the test's own thread: reported below
+                reaper_errors.append(error)
+
+    def attempt(job: list) -> float | None:
+        event_id, delivery = job
+        status, _, body = post(instances[delivery % 2].url, bodies[event_id], sign(bodies[event_id], SECRET))
+        kind = answer_status(body) if status else "connection-failed"
+        stored = db.scalar(
+            "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE event_id = %s", [event_id]
+        )
+        with lock:
+            answers[(status, kind)] += 1
+            if 200 <= status < 300 and stored != 1:
+                uncommitted.append(event_id)
+        if 200 <= status < 300:
+            return None
+        job[1] = delivery + 1
+        return 0.3
+
+    def chaos_monkey() -> None:
+        rng = random.Random(17)
+        while not stop_chaos.wait(rng.uniform(1.0, 3.0)):
+            web = rng.random() < 0.3
+            pids = instances[rng.randrange(2)].worker_pids() if web else workers.pids()
+            if pids:
+                subprocess.run(["kill", "-9", str(rng.choice(pids))], check=False)
+                kills["web" if web else "task"] += 1
+            if isinstance(workers, CeleryWorkers):
+                stray = rng.choice(events)["id"]
+                workers.send(stray)
+                strays.append(stray)
+
+    monkey = threading.Thread(target=chaos_monkey, daemon=True)
+    reapers = [threading.Thread(target=scheduled_reaper, args=(n,), daemon=True) for n in range(2)]
+    try:
+        instances.extend(
+            Gunicorn(db.url, f"instance-{n}", workers=2, log_dir=tmp_path, **workers.web_env)
+            for n in range(2)
+        )
+        monkey.start()
+        for reaper in reapers:
+            reaper.start()
+        jobs = [[e["id"], k] for e in events for k in range(1 if e["id"] == ABANDONED else DELIVERIES)]
+        deliver_concurrently(jobs, attempt, senders=12, max_attempts=10, spread=DEFERRED_SPREAD_SECONDS)
+        # The queue drains while the monkey goes on.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            waiting = db.scalar(
+                "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL"
+            )
+            if waiting == 0:
+                break
+            time.sleep(1)
+        stop_chaos.set()
+        monkey.join(10)
+        for reaper in reapers:
+            reaper.join(60)
+    finally:
+        stop_chaos.set()
+        for instance in instances:
+            instance.stop()
+        workers.stop()
+
+    time.sleep(LEASE + 1)
+    left_for_reapers = db.scalar(
+        "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL"
+    )
+    # A failed event waits out its backoff (under a second for the first retries) before a reaper takes it.
+    reaped = run_two_reapers(db, STRIPE_PENDING_GRACE_SECONDS="0")
+    ledger = verify_ledger(db)
+    stored, lost, runs, credits = tally(db)
+    doubled = doubles(runs, credits)
+    scheduled_reaps = sum(scheduled)
+    summary = (
+        f"deferred chaos summary ({queue}): {len(events)} events x {DELIVERIES} deliveries, "
+        f"{sum(answers.values())} requests; answers {dict(sorted(answers.items()))}; killed {kills}; "
+        f"restarted {workers.restarts}; stray tasks {len(strays)}; left for the reapers {left_for_reapers}, "
+        f"reaped {reaped} (during the run {scheduled_reaps}); lost {lost}; doubled {doubled}; "
+        f"2xx before commit {len(uncommitted)}"
+    )
+    with capsys.disabled():
+        print(f"\n{summary}")  # noqa: T201 (the run's figures, in CI's log)
+
+    assert reaper_errors == [], summary
+    assert stored == len(events), summary
+    assert lost == 0, summary
+    assert runs == {e["id"]: 1 for e in events}, summary
+    assert credits == {e["data"]["object"]["id"]: 1 for e in events}, summary
+    assert ledger.returncode == 0, ledger.stdout + ledger.stderr
+    assert uncommitted == [], summary
+    assert set(answers) <= {(200, "accepted"), (200, "duplicate"), (0, "connection-failed")}, summary
+    assert kills["task"] > 0, summary
+    assert kills["web"] > 0, summary
+    assert scheduled_reaps > 0, summary
     assert reaped == left_for_reapers, summary

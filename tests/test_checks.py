@@ -220,3 +220,29 @@ def test_processing_modes_and_the_tasks_framework(monkeypatch):
     monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
     assert ids(PROCESSING="deferred") == ["stripe_idempotency.E016"]
     assert ids() == []  # inline mode needs no tasks
+
+
+def test_the_enqueue_callable_is_checked_where_it_is_used():
+    def messages(**values):
+        with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], **values}):
+            return [(m.id, m.msg) for m in check_settings()]
+
+    celery = "stripe_idempotency.contrib.celery.enqueue"
+    assert messages(PROCESSING="deferred", ENQUEUE=celery) == []
+    assert messages(PROCESSING="deferred", ENQUEUE="stripe_idempotency.tasks.nowhere") == [
+        (
+            "stripe_idempotency.E017",
+            "STRIPE_IDEMPOTENCY['ENQUEUE'] must name a callable (event_id, database): "
+            'Module "stripe_idempotency.tasks" does not define a "nowhere" attribute/class.',
+        )
+    ]
+    assert messages(PROCESSING="deferred", ENQUEUE="stripe_idempotency.conf.SETTINGS_NAME") == [
+        (
+            "stripe_idempotency.E017",
+            "STRIPE_IDEMPOTENCY['ENQUEUE'] must name a callable (event_id, database): "
+            "stripe_idempotency.conf.SETTINGS_NAME is not callable.",
+        )
+    ]
+    assert [id for id, _ in messages(PROCESSING="deferred", ENQUEUE=len)] == ["stripe_idempotency.E017"]
+    # Set but unused: inline mode queues nothing.
+    assert [id for id, _ in messages(ENQUEUE=celery)] == ["stripe_idempotency.W005"]

@@ -22,6 +22,7 @@ def test_defaults():
         assert app_settings.RETRY_HORIZON_SECONDS == 3 * 24 * 3600
         assert app_settings.PROCESSING == "inline"
         assert app_settings.PENDING_GRACE_SECONDS == 60
+        assert app_settings.ENQUEUE == "stripe_idempotency.tasks.enqueue_django_task"
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -35,6 +36,7 @@ def test_defaults():
         "RETRY_HORIZON_SECONDS",
         "PROCESSING",
         "PENDING_GRACE_SECONDS",
+        "ENQUEUE",
     }
 
 

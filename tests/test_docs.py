@@ -9,6 +9,7 @@ The names a snippet takes from the reader's project (``Order``, ``send_receipt``
 
 from __future__ import annotations
 
+import importlib
 import re
 import types
 from collections.abc import Callable
@@ -118,6 +119,24 @@ def deferred_settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert namespace["TASKS"]["default"]["BACKEND"] == "django_tasks_db.DatabaseBackend"
     with override_settings(STRIPE_IDEMPOTENCY=namespace["STRIPE_IDEMPOTENCY"]):
         assert check_settings() == []  # the Tasks framework is installed here
+
+
+def celery_settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code)
+    with override_settings(STRIPE_IDEMPOTENCY=namespace["STRIPE_IDEMPOTENCY"]):
+        assert check_settings() == []
+    # What the workers import defines the task the web process sends.
+    (module,) = namespace["CELERY_IMPORTS"]
+    task = importlib.import_module(module).process_stripe_event
+    assert task.name == "stripe_idempotency.process_stripe_event"
+    assert (task.acks_late, task.reject_on_worker_lost) == (True, True)
+
+
+def celery_app_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    app = shop.run(code)["app"]
+    assert app.main == "proj"
+    with override_settings(CELERY_TASK_PUBLISH_RETRY=False):
+        assert app.conf.task_publish_retry is False  # the CELERY_ settings are read
 
 
 def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
@@ -273,6 +292,8 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("README.md", 3): readme_ledger,
     ("README.md", 4): readme_plugin_test,
     ("docs/deferred.md", 0): deferred_settings_snippet,
+    ("docs/deferred.md", 1): celery_settings_snippet,
+    ("docs/deferred.md", 2): celery_app_snippet,
     ("docs/deployment.md", 0): asgi_snippet,
     ("docs/deployment.md", 1): databases_snippet,
     ("docs/deployment.md", 2): databases_snippet,

@@ -55,3 +55,9 @@ def _take_over(event: StripeEvent) -> None:
             )
     finally:
         other.close()
+
+
+def die_before_queueing(event_id: str, database: str) -> None:
+    """An ``ENQUEUE`` that ends the process the moment the event's row is committed, before any
+    task is queued: the web worker killed between COMMIT and enqueue."""
+    os.kill(os.getpid(), 9)
