@@ -4,11 +4,13 @@ This is the one path every event takes, whoever asks: the webhook view, the
 reaper, a replay, the admin's action. It is the supported way for a project's
 own code to feed events in:
 
-* :func:`receive` claims an :class:`~stripe_idempotency.events.IncomingEvent`
-  and, if the claim is ours, processes it;
-* :func:`reprocess` does the same for a stored row, from its stored payload;
-* :func:`process` runs a claim it is given (a forced replay's);
-* :func:`accept` stores an event for a task to process (deferred mode).
+* :func:`receive` takes an :class:`~stripe_idempotency.events.IncomingEvent` as a
+  delivery does: it claims the event and, if the claim is ours, processes it, or in
+  deferred mode hands it to :func:`accept`;
+* :func:`accept` stores an event for a task to process (deferred mode);
+* :func:`reprocess` claims and processes a stored row, from its stored payload (the
+  task, the reaper, a replay);
+* :func:`process` runs a claim it is given (a forced replay's).
 
 Each returns an :mod:`outcome <stripe_idempotency.outcomes>`.
 """
@@ -18,13 +20,14 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from stripe_idempotency import leases
 from stripe_idempotency.backends import for_connection
+from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Claimed
@@ -54,8 +57,14 @@ logger = logging.getLogger("stripe_idempotency")
 LAST_ERROR_MAX_CHARS = 8000
 
 
-def receive(event: IncomingEvent, *, using: str | None = None) -> Outcome:
-    """Claim ``event`` and, if the claim is ours, process it."""
+def receive(
+    event: IncomingEvent, *, using: str | None = None, mode: Literal["inline", "deferred"] | None = None
+) -> Outcome:
+    """Take ``event`` as a delivery: ``"inline"`` claims it and, if the claim is ours, processes
+    it; ``"deferred"`` stores it for a task (:func:`accept`, outcome ``Accepted``). ``mode``
+    defaults to the ``PROCESSING`` setting."""
+    if (mode or app_settings.PROCESSING) == "deferred":
+        return accept(event, using=using)
     result = leases.claim(event, using=using)
     if isinstance(result, Claimed):
         return process(result)
@@ -94,7 +103,7 @@ def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
     processing as a delivery, so a live lease is respected (``Busy``), a
     processed event is left alone (``Duplicate``) and failures are recorded.
     """
-    return receive(IncomingEvent.from_row(event), using=using or event._state.db)
+    return receive(IncomingEvent.from_row(event), using=using or event._state.db, mode="inline")
 
 
 def process(claimed: Claimed) -> Outcome:

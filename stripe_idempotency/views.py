@@ -57,9 +57,8 @@ class WebhookView(View):
             else:
                 logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection)
             return rejected(rejection.code, status=rejection.status)
-        deferred = app_settings.PROCESSING == "deferred"
         try:
-            outcome = processing.accept(verified) if deferred else processing.receive(verified)
+            outcome = processing.receive(verified)
         except (OperationalError, InterfaceError) as error:
             # One line, no traceback: during an outage every delivery lands here.
             logger.error("Database unavailable while receiving Stripe event %s: %s", verified.id, error)

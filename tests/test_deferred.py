@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from stripe_idempotency import processing
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import EventState, StripeEvent
-from stripe_idempotency.outcomes import Accepted, Duplicate
+from stripe_idempotency.outcomes import Accepted, Duplicate, Processed
 from stripe_idempotency.tasks import process_stripe_event, tasks_framework
 from stripe_idempotency.testing import build_event, deliver
 from tests.conftest import per_backend
@@ -133,4 +133,17 @@ def reap() -> str:
 def test_inline_mode_is_the_default(record_effects):
     response = deliver(Client(), build_event())
     assert response.json()["status"] == "processed"
+    assert Effect.objects.count() == 2
+
+
+def test_receive_takes_an_event_as_the_processing_mode_says(record_effects, queued):
+    event = IncomingEvent.from_payload(build_event(id="evt_received"))
+    with DEFERRED:
+        assert processing.receive(event) == Accepted(event_id="evt_received")
+    assert Effect.objects.count() == 0
+    # The task, the reaper and a replay claim and process, whatever the mode.
+    with DEFERRED:
+        outcome = processing.reprocess(StripeEvent.objects.get())
+    assert isinstance(outcome, Processed)
+    assert processing.receive(event, mode="deferred") == Duplicate(event_id="evt_received")
     assert Effect.objects.count() == 2
