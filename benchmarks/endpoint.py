@@ -210,7 +210,7 @@ Through Django's test client in this process (no HTTP server), one at a time:
 
 
 class _Gunicorn:
-    def __init__(self, settings_dict) -> None:
+    def __init__(self, settings_dict, **env: str) -> None:
         import socket
 
         with socket.socket() as s:
@@ -223,6 +223,7 @@ class _Gunicorn:
             "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
             "DATABASE_URL": database_url(settings_dict),
             "PYTHONPATH": str(ROOT),
+            **env,
         }
         self.process = subprocess.Popen(
             [

@@ -44,6 +44,20 @@ class Figures:
         return self.percentile(99) * 1000
 
 
+def _post(port: int, path: str, body: bytes, headers: dict[str, str], *, timeout: float) -> bool:
+    """One request on a new connection, as Stripe makes them; whether it was answered 2xx."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return 200 <= response.status < 300
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def http_load(
     port: int, requests: Iterator[tuple[str, bytes, dict[str, str]]], concurrency: int, seconds: float
 ) -> Figures:
@@ -63,25 +77,46 @@ def http_load(
         bad = 0
         while time.perf_counter() < deadline:
             with lock:
-                path, body, headers = next(requests)
+                request = next(requests)
             start = time.perf_counter()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            try:
-                conn.request("POST", path, body=body, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                ok = 200 <= response.status < 300
-            except OSError:
-                ok = False
-            finally:
-                conn.close()
-            if ok:
+            if _post(port, *request, timeout=30):
                 mine.append(time.perf_counter() - start)
             else:
                 bad += 1
         with lock:
             latencies.extend(mine)
             errors += bad
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return Figures(len(latencies), time.perf_counter() - started, latencies, errors)
+
+
+def http_burst(port: int, requests: list[tuple[str, bytes, dict[str, str]]], concurrency: int) -> Figures:
+    """Send every request once, from ``concurrency`` threads; the time until the last is answered."""
+    lock = threading.Lock()
+    pending = iter(requests)
+    latencies: list[float] = []
+    errors = 0
+
+    def worker() -> None:
+        nonlocal errors
+        while True:
+            with lock:
+                request = next(pending, None)
+            if request is None:
+                return
+            start = time.perf_counter()
+            ok = _post(port, *request, timeout=600)
+            with lock:
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]

@@ -101,7 +101,13 @@ def _own_row(delivery, floor, raw) -> str:
 def _statement_rows(counts) -> str:
     names = list(counts)
     lines = ["| delivery | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for kind in ("first delivery", "duplicate", "busy"):
+    for kind in (
+        "first delivery",
+        "duplicate",
+        "busy",
+        "deferred acknowledgement",
+        "deferred acknowledgement, django-tasks-db",
+    ):
         cells = [f"{c[kind][0]} / {c[kind][1]}" if isinstance(c, dict) else "n/a" for c in counts.values()]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     missing = [f"{name}: {c}" for name, c in counts.items() if not isinstance(c, dict)]

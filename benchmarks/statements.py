@@ -10,6 +10,7 @@ listens to.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,9 +28,11 @@ BACKENDS = {
 
 
 def count() -> dict[str, list[int]]:
-    """{"first delivery": [data statements, all statements], "duplicate": [...], "busy": [...]}."""
+    """{"first delivery": [data statements, all statements], "duplicate": [...], "busy": [...],
+    "deferred acknowledgement": [...], "deferred acknowledgement, django-tasks-db": [...]}."""
+    from django.conf import settings
     from django.db import connection
-    from django.test import Client
+    from django.test import Client, override_settings
     from django.test.utils import CaptureQueriesContext
 
     from stripe_idempotency import leases
@@ -50,6 +53,18 @@ def count() -> dict[str, list[int]]:
     busy = build_event("bench.nobody.listens")
     leases.claim(VerifiedEvent.from_payload(busy))
     counts["busy"] = statements(busy)
+    # Deferred mode: the acknowledgement alone (a queue that writes nothing here, as a broker's),
+    # then with django-tasks-db, whose enqueue is a row in the same database.
+    deferred = {**settings.STRIPE_IDEMPOTENCY, "PROCESSING": "deferred"}
+    tasks = "django.tasks" if importlib.util.find_spec("django.tasks") else "django_tasks"
+    with override_settings(
+        STRIPE_IDEMPOTENCY=deferred, TASKS={"default": {"BACKEND": f"{tasks}.backends.dummy.DummyBackend"}}
+    ):
+        counts["deferred acknowledgement"] = statements(build_event("bench.nobody.listens"))
+    with override_settings(
+        STRIPE_IDEMPOTENCY=deferred, TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    ):
+        counts["deferred acknowledgement, django-tasks-db"] = statements(build_event("bench.nobody.listens"))
     return counts
 
 

@@ -108,8 +108,11 @@ class CeleryWorkers(Workers):
 
     queue = "celery"
 
-    def __init__(self, db_url: str, count: int, log_dir: Path, **env: str) -> None:
+    def __init__(self, db_url: str, count: int, log_dir: Path, threads: int = 0, **env: str) -> None:
         self.queue_name = f"stripe-test-{os.getpid()}-{time.monotonic_ns()}"
+        # Each worker a process pool of one by default (a kill -9 takes one task); ``threads``
+        # gives each a thread pool of that many instead (one process, many tasks at once).
+        self.pool = ("threads", str(threads)) if threads else ("prefork", "1")
         super().__init__(db_url, count, log_dir, CELERY_QUEUE=self.queue_name, **env)
         self.wait_until_consuming(count)
 
@@ -132,7 +135,7 @@ class CeleryWorkers(Workers):
     def command(self, n: int) -> list[str]:
         return [
             *(sys.executable, "-m", "celery", "-A", "example_project", "worker"),
-            *("--pool", "prefork", "--concurrency", "1", "--queues", self.queue_name),
+            *("--pool", self.pool[0], "--concurrency", self.pool[1], "--queues", self.queue_name),
             *("--hostname", f"worker{n}-{self.queue_name}@%h", "--loglevel", "WARNING"),
             *("--without-gossip", "--without-mingle", "--without-heartbeat"),
         ]
@@ -140,6 +143,8 @@ class CeleryWorkers(Workers):
     def wait_until_consuming(self, count: int) -> None:
         """Block until ``count`` consumers listen on the queue (a task sent sooner would wait anyway,
         but a test that measures or kills wants its workers ready)."""
+        if not count:
+            return
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             result = subprocess.run(

@@ -1,0 +1,332 @@
+"""Deferred processing: how fast Stripe is answered, and how fast a burst is worked off.
+
+    python -m benchmarks.deferred [--smoke] [--output FILE]
+
+1. Acknowledgement rate at concurrency 1, 4 and 16: the example project under gunicorn in
+   deferred mode (queueing to django-tasks-db, then to Celery on RabbitMQ; no worker runs, so
+   only the answer is measured), beside the framework floor (Django answering without the
+   database) and the same deliveries inline, all in this run.
+2. A burst: BURST checkout events whose receiver takes 100 ms, sent once each at concurrency
+   16. The time until every delivery is answered, against the floor answering as many
+   requests; the time until every event is processed by N workers, against N / 0.1 s; then
+   lost and doubled counted from the database. The same burst inline for comparison.
+3. Latency from acknowledgement to processed, p50 and p99, at a trickle (one delivery at a
+   time, idle workers) and over the burst, from the rows' own clocks (received_at to
+   processed_at, both the database's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, database_url, machine, setup_django, write_section
+from benchmarks.endpoint import WORKERS, _Gunicorn, _reset
+from benchmarks.load import Figures, http_burst, http_load, prepared
+
+QUEUES = ("database", "celery")
+RECEIVER_SECONDS = 0.1
+BURST_CONCURRENCY = 16
+Request = tuple[str, bytes, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Burst:
+    queue: str  # "inline", or the task queue
+    answered: Figures  # every delivery, once
+    processed_seconds: float  # from the first delivery until every event was processed
+    workers: int
+    lost: int
+    doubled: int
+    latency_ms: tuple[float, float]  # p50, p99 from received_at to processed_at
+
+    @property
+    def processed_rate(self) -> float:
+        return self.answered.count / self.processed_seconds if self.processed_seconds else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes: checks the script")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    setup_django()
+    print(run(output=args.output, smoke=args.smoke))
+
+
+def run(*, output: Path, smoke: bool) -> str:
+    from django.db import connection
+
+    seconds = 1.0 if smoke else 6.0
+    levels = [1, 4] if smoke else [1, 4, 16]
+    burst = 200 if smoke else 10_000
+    workers = 4 if smoke else 16
+    settings_dict = connection.settings_dict
+    url = database_url(settings_dict)
+
+    rates = _acknowledgement_rates(url, seconds, levels)
+    print({level: {k: round(f.rate) for k, f in row.items()} for level, row in rates.items()}, flush=True)
+    trickle = {queue: _trickle(url, queue, 20 if smoke else 200) for queue in QUEUES}
+    print("trickle", trickle, flush=True)
+    floor = _floor_burst(url, burst)
+    bursts = [_burst(url, queue, burst, workers) for queue in (*QUEUES, "inline")]
+    for result in bursts:
+        print(result.queue, round(result.answered.seconds, 1), round(result.processed_seconds, 1), flush=True)
+    if smoke:
+        problems = [
+            f"{b.queue}: {b.answered.errors} non-2xx, {b.lost} lost, {b.doubled} doubled"
+            for b in bursts
+            if b.answered.errors or b.lost or b.doubled
+        ]
+        if problems:
+            raise SystemExit("; ".join(problems))
+    body = _report(rates, trickle, floor, bursts, seconds, burst, smoke)
+    write_section(output, "Deferred processing" + (" (smoke)" if smoke else ""), body)
+    return f"wrote {output}"
+
+
+def _checkout(n: int, prefix: str) -> Request:
+    from stripe_idempotency.conf import app_settings
+    from stripe_idempotency.testing import build_event, encode, sign
+
+    session = {
+        "id": f"cs_{prefix}_{n}",
+        "object": "checkout.session",
+        "amount_total": 1000,
+        "currency": "usd",
+        # A customer per event: the burst measures the queue, not one balance row's lock.
+        "customer": f"cus_{prefix}_{n}",
+        "customer_details": {"email": ""},
+    }
+    body = encode(build_event("checkout.session.completed", data=session, id=f"evt_{prefix}_{n}"))
+    headers = {
+        "Content-Type": "application/json",
+        "Stripe-Signature": sign(body, app_settings.WEBHOOK_SECRETS[0]),
+    }
+    return "/stripe/webhook/", body, headers
+
+
+def _floor_request(n: int) -> Request:
+    return "/healthz/", b"{}", {"Content-Type": "application/json"}
+
+
+@contextlib.contextmanager
+def _deployment(url: str, queue: str, workers: int = 0, **env: str) -> Iterator[_Gunicorn]:
+    """A web instance in ``queue``'s mode ("inline", or deferred to that queue) and ``workers`` task
+    workers (threads of one Celery worker; db_worker processes)."""
+    from django.db import connection
+
+    from tests.workers import CeleryWorkers, DatabaseWorkers, Workers  # the tests' own, reused
+
+    _reset(connection)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM django_tasks_database_dbtaskresult")
+    env = {"DJANGO_SETTINGS_MODULE": "benchmarks.settings", **env}
+    pool: Workers | None = None
+    with tempfile.TemporaryDirectory() as logs:
+        web_env = dict(env)
+        if queue == "celery":
+            pool = CeleryWorkers(url, 1 if workers else 0, Path(logs), threads=workers, **env)
+        elif queue == "database":
+            pool = DatabaseWorkers(url, workers, Path(logs), **env)
+        if pool is not None:
+            web_env.update(pool.web_env)
+        server = _Gunicorn(connection.settings_dict, **web_env)
+        try:
+            yield server
+        finally:
+            server.stop()
+            if pool is not None:
+                pool.stop()
+
+
+def _acknowledgement_rates(url: str, seconds: float, levels: list[int]) -> dict[int, dict[str, Figures]]:
+    enough = int(3000 * seconds)
+    rates: dict[int, dict[str, Figures]] = {level: {} for level in levels}
+    for mode in ("inline", *QUEUES):
+        with _deployment(url, mode) as server:
+            for level in levels:
+                if mode == "inline":  # the floor, from the same kind of server, in the same run
+                    rates[level]["floor"] = http_load(
+                        server.port, prepared(_floor_request, enough), level, seconds
+                    )
+                requests = prepared(lambda n, m=mode, lv=level: _checkout(n, f"ack_{m}_{lv}"), enough)
+                rates[level][mode] = http_load(server.port, requests, level, seconds)
+    return rates
+
+
+def _latencies(cursor: Any) -> tuple[float, float]:
+    cursor.execute(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
+        "FROM (SELECT EXTRACT(EPOCH FROM processed_at - received_at) * 1000 AS d "
+        "FROM stripe_idempotency_stripeevent WHERE processed_at IS NOT NULL) AS t"
+    )
+    p50, p99 = cursor.fetchone()
+    return float(p50 or 0), float(p99 or 0)
+
+
+def _wait_until_processed(count: int, timeout: float) -> float:
+    """Seconds until ``count`` events are processed (or ``timeout``), polled every 50 ms."""
+    from django.db import connection
+
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        while time.perf_counter() - started < timeout:
+            cursor.execute(
+                "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NOT NULL"
+            )
+            if cursor.fetchone()[0] >= count:
+                break
+            time.sleep(0.05)
+    return time.perf_counter() - started
+
+
+def _trickle(url: str, queue: str, count: int) -> tuple[float, float]:
+    """p50 and p99 ms from acknowledgement to processed, one delivery at a time, idle workers."""
+    from django.db import connection
+
+    with _deployment(url, queue, workers=2) as server:
+        for n in range(count):
+            http_burst(server.port, [_checkout(n, f"trickle_{queue}")], 1)
+            time.sleep(0.02)
+        _wait_until_processed(count, timeout=60)
+    with connection.cursor() as cursor:
+        return _latencies(cursor)
+
+
+def _floor_burst(url: str, count: int) -> Figures:
+    with _deployment(url, "inline") as server:
+        return http_burst(server.port, [_floor_request(n) for n in range(count)], BURST_CONCURRENCY)
+
+
+def _burst(url: str, queue: str, count: int, workers: int) -> Burst:
+    from django.db import connection
+
+    requests = [_checkout(n, f"burst_{queue}") for n in range(count)]
+    with _deployment(url, queue, workers=workers, SHOP_FULFILMENT_SECONDS=str(RECEIVER_SECONDS)) as server:
+        started = time.perf_counter()
+        answered = http_burst(server.port, requests, BURST_CONCURRENCY)
+        remaining = _wait_until_processed(
+            count, timeout=max(120.0, 3 * count * RECEIVER_SECONDS / max(workers, 1))
+        )
+        processed_seconds = time.perf_counter() - started if queue != "inline" else answered.seconds
+        del remaining
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL")
+        unprocessed = cursor.fetchone()[0]
+        cursor.execute("SELECT COUNT(*) FROM stripe_idempotency_stripeevent")
+        stored = cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT COUNT(*) FROM (SELECT stripe_event_id FROM shop_fulfilment GROUP BY stripe_event_id "
+            "HAVING COUNT(*) > 1) AS t"
+        )
+        doubled = cursor.fetchone()[0]
+        latency = _latencies(cursor)
+    return Burst(
+        queue=queue,
+        answered=answered,
+        processed_seconds=processed_seconds,
+        workers=workers if queue != "inline" else WORKERS,
+        lost=unprocessed + (count - stored),
+        doubled=doubled,
+        latency_ms=latency,
+    )
+
+
+def _report(
+    rates, trickle, floor: Figures, bursts: list[Burst], seconds: float, size: int, smoke: bool
+) -> str:
+    rows = [
+        "| concurrency | what | answers/s | p50 ms | p99 ms | non-2xx | ÷ framework floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "floor": "framework floor (Django, no database)",
+        "inline": "inline: the receivers run in the request",
+        "database": "deferred, queued to django-tasks-db",
+        "celery": "deferred, queued to Celery (RabbitMQ)",
+    }
+    targets = []
+    for level, figures in rates.items():
+        floor_rate = figures["floor"].rate
+        for key, label in labels.items():
+            f = figures[key]
+            ratio = f"{f.rate / floor_rate:.2f}" if key != "floor" and floor_rate else ""
+            rows.append(
+                f"| {level} | {label} | {f.rate:,.0f} | {f.p50_ms:.1f} | {f.p99_ms:.1f} | {f.errors} "
+                f"| {ratio} |"
+            )
+        if level >= 4:
+            for queue in QUEUES:
+                targets.append(
+                    f"| deferred ({queue}) ≥ 0.6 x framework floor at concurrency {level} "
+                    f"| {figures[queue].rate / floor_rate:.2f} |"
+                )
+    burst_rows = [
+        "| mode | workers | all answered in s | ÷ floor's time | processed in s | events/s "
+        "| ÷ (workers / 0.1 s) | lost | doubled | ack → processed p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| framework floor, {size:,} requests | | {floor.seconds:.1f} | 1.00 | | | | | | |",
+    ]
+    for b in bursts:
+        ideal = b.workers / RECEIVER_SECONDS
+        burst_rows.append(
+            f"| {b.queue} | {b.workers} | {b.answered.seconds:.1f} "
+            f"| {b.answered.seconds / floor.seconds:.2f} "
+            f"| {b.processed_seconds:.1f} | {b.processed_rate:,.0f} | {b.processed_rate / ideal:.2f} "
+            f"| {b.lost} | {b.doubled} | {b.latency_ms[0]:,.0f} / {b.latency_ms[1]:,.0f} |"
+        )
+        if b.queue != "inline":
+            answered = b.answered.seconds / floor.seconds
+            targets.append(f"| burst answered ({b.queue}) ≤ 2 x the floor's time | {answered:.2f} |")
+            targets.append(
+                f"| burst processed ({b.queue}) ≥ 0.8 x {b.workers} workers / 0.1 s "
+                f"| {b.processed_rate / ideal:.2f} |"
+            )
+    trickle_rows = "\n".join(f"| {queue} | {p50:.0f} | {p99:.0f} |" for queue, (p50, p99) in trickle.items())
+    return f"""
+Machine: {machine()}. Command: `python -m benchmarks.deferred{" --smoke" if smoke else ""}`
+({seconds:g} s per rate).
+
+The example project under gunicorn ({WORKERS} sync workers), PostgreSQL, checkout events (one
+fulfilment row and one ledger credit each), built and signed before the clock starts, a new
+connection per request. Acknowledgement rates are measured with no worker running, so only the
+answer is timed: in deferred mode it is the event's INSERT (one statement, committed) and the
+enqueue (django-tasks-db: one more INSERT in the same database; Celery: a publish to RabbitMQ).
+"Inline" runs the receivers in the request, as before. Every figure beside the framework floor
+measured in the same run.
+
+{chr(10).join(rows)}
+
+A burst of {size:,} events whose receiver takes {RECEIVER_SECONDS * 1000:.0f} ms, each sent once at
+concurrency {BURST_CONCURRENCY} (Stripe catching up after an outage). "All answered" is the time
+until the last delivery got its answer; "processed" until the last event was processed (for
+inline, the same); Celery runs one worker with a thread pool of that many threads,
+django-tasks-db that many `db_worker` processes. Lost and doubled are counted from the database.
+
+{chr(10).join(burst_rows)}
+
+From acknowledgement to processed at a trickle (one delivery at a time, two idle workers;
+received_at to processed_at on the database's clock), ms:
+
+| queue | p50 | p99 |
+|---|---|---|
+{trickle_rows}
+
+| target | measured |
+|---|---|
+{chr(10).join(targets)}
+"""
+
+
+if __name__ == "__main__":
+    main()
