@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks import endpoint, ledger, per_delivery, reaper, reaper_memory
+from benchmarks import deferred, endpoint, ledger, per_delivery, reaper, reaper_memory
 from benchmarks.common import ROOT, setup_django
 
 
@@ -36,6 +36,7 @@ def main() -> None:
             seconds=1.0 if smoke else 6.0, levels=[1, 4] if smoke else [1, 4, 16], output=output, smoke=smoke
         )
     )
+    print(deferred.run(output=output, smoke=smoke))
     print(per_delivery.run(count=50 if smoke else 2000, output=output, smoke=smoke))
     print(
         ledger.run(

@@ -11,8 +11,8 @@
    requests; the time until every event is processed by N workers, against N / 0.1 s; then
    lost and doubled counted from the database. The same burst inline for comparison.
 3. Latency from acknowledgement to processed, p50 and p99, at a trickle (one delivery at a
-   time, idle workers) and over the burst, from the rows' own clocks (received_at to
-   processed_at, both the database's).
+   time, idle workers), from the rows' own clocks (received_at to processed_at, both the
+   database's).
 """
 
 from __future__ import annotations
@@ -24,16 +24,25 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import ROOT, database_url, machine, setup_django, write_section
-from benchmarks.endpoint import WORKERS, _Gunicorn, _reset
-from benchmarks.load import Figures, http_burst, http_load, prepared
+from benchmarks.endpoint import WORKERS, _Gunicorn, _reset, combined
+from benchmarks.load import Figures, http_burst, http_load, pgbench, prepared
+
+if TYPE_CHECKING:
+    from tests.workers import Workers
 
 QUEUES = ("database", "celery")
+# The acknowledgement with a queue that takes no time: the app's own part, apart from the queue's.
+NO_QUEUE = {"STRIPE_PROCESSING": "deferred", "STRIPE_ENQUEUE": "benchmarks.deferred.enqueue_nothing"}
 RECEIVER_SECONDS = 0.1
 BURST_CONCURRENCY = 16
 Request = tuple[str, bytes, dict[str, str]]
+
+
+def enqueue_nothing(event_id: str, database: str) -> None:
+    """An ``ENQUEUE`` that queues nothing (benchmarks only: no worker would ever see the event)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,6 @@ class Burst:
     workers: int
     lost: int
     doubled: int
-    latency_ms: tuple[float, float]  # p50, p99 from received_at to processed_at
 
     @property
     def processed_rate(self) -> float:
@@ -85,6 +93,11 @@ def run(*, output: Path, smoke: bool) -> str:
             f"{b.queue}: {b.answered.errors} non-2xx, {b.lost} lost, {b.doubled} doubled"
             for b in bursts
             if b.answered.errors or b.lost or b.doubled
+        ] + [
+            f"{what} at concurrency {level}: {f.errors} non-2xx, {f.count} answered"
+            for level, row in rates.items()
+            for what, f in row.items()
+            if f.errors or not f.count
         ]
         if problems:
             raise SystemExit("; ".join(problems))
@@ -118,48 +131,64 @@ def _floor_request(n: int) -> Request:
     return "/healthz/", b"{}", {"Content-Type": "application/json"}
 
 
-@contextlib.contextmanager
-def _deployment(url: str, queue: str, workers: int = 0, **env: str) -> Iterator[_Gunicorn]:
-    """A web instance in ``queue``'s mode ("inline", or deferred to that queue) and ``workers`` task
-    workers (threads of one Celery worker; db_worker processes)."""
-    from django.db import connection
+BENCH_ENV = {"DJANGO_SETTINGS_MODULE": "benchmarks.settings"}
 
-    from tests.workers import CeleryWorkers, DatabaseWorkers, Workers  # the tests' own, reused
+
+def _pool(url: str, queue: str, workers: int, logs: Path, queue_name: str = "", **env: str) -> Workers:
+    """``workers`` task workers for ``queue`` (0: none yet; Celery: its queue named all the same):
+    threads of one Celery worker, or ``db_worker`` processes."""
+    from tests.workers import CeleryWorkers, DatabaseWorkers  # the tests' own, reused
+
+    if queue == "celery":
+        return CeleryWorkers(
+            url, 1 if workers else 0, logs, threads=workers, queue_name=queue_name, **BENCH_ENV, **env
+        )
+    return DatabaseWorkers(url, workers, logs, **BENCH_ENV, **env)
+
+
+@contextlib.contextmanager
+def _web(url: str, pool: Workers | None = None, **env: str) -> Iterator[_Gunicorn]:
+    """A web instance on emptied tables: inline, or deferred to ``pool``'s queue."""
+    from django.db import connection
 
     _reset(connection)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM django_tasks_database_dbtaskresult")
-    env = {"DJANGO_SETTINGS_MODULE": "benchmarks.settings", **env}
-    pool: Workers | None = None
-    with tempfile.TemporaryDirectory() as logs:
-        web_env = dict(env)
-        if queue == "celery":
-            pool = CeleryWorkers(url, 1 if workers else 0, Path(logs), threads=workers, **env)
-        elif queue == "database":
-            pool = DatabaseWorkers(url, workers, Path(logs), **env)
-        if pool is not None:
-            web_env.update(pool.web_env)
-        server = _Gunicorn(connection.settings_dict, **web_env)
-        try:
-            yield server
-        finally:
-            server.stop()
-            if pool is not None:
-                pool.stop()
+    server = _Gunicorn(connection.settings_dict, **{**BENCH_ENV, **(pool.web_env if pool else {}), **env})
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _acknowledgement_rates(url: str, seconds: float, levels: list[int]) -> dict[int, dict[str, Figures]]:
+    from django.db import connection
+
     enough = int(3000 * seconds)
     rates: dict[int, dict[str, Figures]] = {level: {} for level in levels}
-    for mode in ("inline", *QUEUES):
-        with _deployment(url, mode) as server:
-            for level in levels:
-                if mode == "inline":  # the floor, from the same kind of server, in the same run
-                    rates[level]["floor"] = http_load(
-                        server.port, prepared(_floor_request, enough), level, seconds
-                    )
-                requests = prepared(lambda n, m=mode, lv=level: _checkout(n, f"ack_{m}_{lv}"), enough)
-                rates[level][mode] = http_load(server.port, requests, level, seconds)
+    for level in levels:  # the raw SQL of an acknowledgement queued to django-tasks-db
+        rates[level]["sql"] = pgbench(connection.settings_dict, "accept", level, seconds)
+    for mode in ("inline", "no queue", *QUEUES):
+        with tempfile.TemporaryDirectory() as logs:
+            pool = _pool(url, mode, 0, Path(logs)) if mode in QUEUES else None
+            try:
+                with _web(url, pool, **(NO_QUEUE if mode == "no queue" else {})) as server:
+                    # Every gunicorn worker opens its connections (database, broker) before the clock.
+                    warm = [_checkout(n, f"warm_{mode.replace(' ', '_')}") for n in range(10 * WORKERS)]
+                    http_burst(server.port, [*warm, *map(_floor_request, range(10 * WORKERS))], WORKERS)
+                    for level in levels:
+                        if mode == "inline":  # the floor, from the same kind of server, in the same run
+                            rates[level]["floor"] = http_load(
+                                server.port, prepared(_floor_request, enough), level, seconds
+                            )
+                        requests = prepared(
+                            lambda n, m=mode, lv=level: _checkout(n, f"ack_{m.replace(' ', '_')}_{lv}"),
+                            enough,
+                        )
+                        rates[level][mode] = http_load(server.port, requests, level, seconds)
+            finally:
+                if pool is not None:
+                    pool.stop()
     return rates
 
 
@@ -194,32 +223,62 @@ def _trickle(url: str, queue: str, count: int) -> tuple[float, float]:
     """p50 and p99 ms from acknowledgement to processed, one delivery at a time, idle workers."""
     from django.db import connection
 
-    with _deployment(url, queue, workers=2) as server:
-        for n in range(count):
-            http_burst(server.port, [_checkout(n, f"trickle_{queue}")], 1)
-            time.sleep(0.02)
-        _wait_until_processed(count, timeout=60)
+    with tempfile.TemporaryDirectory() as logs:
+        pool = _pool(url, queue, 2, Path(logs))
+        try:
+            with _web(url, pool) as server:
+                for n in range(count):
+                    http_burst(server.port, [_checkout(n, f"trickle_{queue}")], 1)
+                    time.sleep(0.02)
+                _wait_until_processed(count, timeout=60)
+        finally:
+            pool.stop()
     with connection.cursor() as cursor:
         return _latencies(cursor)
 
 
+def _busy_span() -> float:
+    """Seconds the workers took, from the rows: the first event processed to the last, plus the
+    first one's receiver time (worker processes starting up are not the queue's speed)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXTRACT(EPOCH FROM MAX(processed_at) - MIN(processed_at)) "
+            "FROM stripe_idempotency_stripeevent"
+        )
+        return float(cursor.fetchone()[0] or 0) + RECEIVER_SECONDS
+
+
 def _floor_burst(url: str, count: int) -> Figures:
-    with _deployment(url, "inline") as server:
+    with _web(url) as server:
         return http_burst(server.port, [_floor_request(n) for n in range(count)], BURST_CONCURRENCY)
 
 
 def _burst(url: str, queue: str, count: int, workers: int) -> Burst:
+    """The burst answered by the web instance alone, then worked off by the workers alone: on this
+    2-core machine they would share the cores, which a deployment does not ask them to."""
     from django.db import connection
 
     requests = [_checkout(n, f"burst_{queue}") for n in range(count)]
-    with _deployment(url, queue, workers=workers, SHOP_FULFILMENT_SECONDS=str(RECEIVER_SECONDS)) as server:
-        started = time.perf_counter()
-        answered = http_burst(server.port, requests, BURST_CONCURRENCY)
-        remaining = _wait_until_processed(
-            count, timeout=max(120.0, 3 * count * RECEIVER_SECONDS / max(workers, 1))
-        )
-        processed_seconds = time.perf_counter() - started if queue != "inline" else answered.seconds
-        del remaining
+    receiver = {"SHOP_FULFILMENT_SECONDS": str(RECEIVER_SECONDS)}
+    with tempfile.TemporaryDirectory() as logs:
+        queued = _pool(url, queue, 0, Path(logs), **receiver) if queue != "inline" else None
+        try:
+            with _web(url, queued, **receiver) as server:
+                answered = http_burst(server.port, requests, BURST_CONCURRENCY)
+            processed_seconds = answered.seconds
+            if queued is not None:
+                name = getattr(queued, "queue_name", "")
+                pool = _pool(url, queue, workers, Path(logs), queue_name=name, **receiver)
+                try:
+                    _wait_until_processed(count, timeout=max(120.0, 3 * count * RECEIVER_SECONDS / workers))
+                finally:
+                    pool.stop()
+                processed_seconds = _busy_span()
+        finally:
+            if queued is not None:
+                queued.stop()
     with connection.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL")
         unprocessed = cursor.fetchone()[0]
@@ -230,7 +289,6 @@ def _burst(url: str, queue: str, count: int, workers: int) -> Burst:
             "HAVING COUNT(*) > 1) AS t"
         )
         doubled = cursor.fetchone()[0]
-        latency = _latencies(cursor)
     return Burst(
         queue=queue,
         answered=answered,
@@ -238,7 +296,6 @@ def _burst(url: str, queue: str, count: int, workers: int) -> Burst:
         workers=workers if queue != "inline" else WORKERS,
         lost=unprocessed + (count - stored),
         doubled=doubled,
-        latency_ms=latency,
     )
 
 
@@ -246,36 +303,42 @@ def _report(
     rates, trickle, floor: Figures, bursts: list[Burst], seconds: float, size: int, smoke: bool
 ) -> str:
     rows = [
-        "| concurrency | what | answers/s | p50 ms | p99 ms | non-2xx | ÷ framework floor |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | what | answers/s | p50 ms | p99 ms | non-2xx | ÷ framework floor | ÷ floor + SQL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     labels = {
         "floor": "framework floor (Django, no database)",
+        "sql": "raw SQL: event INSERT + task INSERT, each committed (pgbench)",
         "inline": "inline: the receivers run in the request",
+        "no queue": "deferred, the queue taking no time (ENQUEUE a no-op): the app's own part",
         "database": "deferred, queued to django-tasks-db",
         "celery": "deferred, queued to Celery (RabbitMQ)",
     }
     targets = []
     for level, figures in rates.items():
         floor_rate = figures["floor"].rate
+        ceiling = combined(floor_rate, figures["sql"].rate)
         for key, label in labels.items():
             f = figures[key]
-            ratio = f"{f.rate / floor_rate:.2f}" if key != "floor" and floor_rate else ""
+            measured = key in {"inline", "no queue", "database", "celery"}
+            ratio = f"{f.rate / floor_rate:.2f}" if measured and floor_rate else ""
+            over_both = f"{f.rate / ceiling:.2f}" if key == "database" and ceiling else ""
             rows.append(
                 f"| {level} | {label} | {f.rate:,.0f} | {f.p50_ms:.1f} | {f.p99_ms:.1f} | {f.errors} "
-                f"| {ratio} |"
+                f"| {ratio} | {over_both} |"
             )
         if level >= 4:
-            for queue in QUEUES:
+            for queue in ("no queue", *QUEUES):
+                ratio = figures[queue].rate / floor_rate
                 targets.append(
                     f"| deferred ({queue}) ≥ 0.6 x framework floor at concurrency {level} "
-                    f"| {figures[queue].rate / floor_rate:.2f} |"
+                    f"| {ratio:.2f} (floor + SQL alone: {ceiling / floor_rate:.2f}) |"
                 )
     burst_rows = [
         "| mode | workers | all answered in s | ÷ floor's time | processed in s | events/s "
-        "| ÷ (workers / 0.1 s) | lost | doubled | ack → processed p50 / p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| framework floor, {size:,} requests | | {floor.seconds:.1f} | 1.00 | | | | | | |",
+        "| ÷ (workers / 0.1 s) | lost | doubled |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| framework floor, {size:,} requests | | {floor.seconds:.1f} | 1.00 | | | | | |",
     ]
     for b in bursts:
         ideal = b.workers / RECEIVER_SECONDS
@@ -283,7 +346,7 @@ def _report(
             f"| {b.queue} | {b.workers} | {b.answered.seconds:.1f} "
             f"| {b.answered.seconds / floor.seconds:.2f} "
             f"| {b.processed_seconds:.1f} | {b.processed_rate:,.0f} | {b.processed_rate / ideal:.2f} "
-            f"| {b.lost} | {b.doubled} | {b.latency_ms[0]:,.0f} / {b.latency_ms[1]:,.0f} |"
+            f"| {b.lost} | {b.doubled} |"
         )
         if b.queue != "inline":
             answered = b.answered.seconds / floor.seconds
@@ -303,15 +366,21 @@ connection per request. Acknowledgement rates are measured with no worker runnin
 answer is timed: in deferred mode it is the event's INSERT (one statement, committed) and the
 enqueue (django-tasks-db: one more INSERT in the same database; Celery: a publish to RabbitMQ).
 "Inline" runs the receivers in the request, as before. Every figure beside the framework floor
-measured in the same run.
+and pgbench running the same two statements (`benchmarks/pgbench/accept.sql`), measured in the
+same run; "÷ floor + SQL" compares with 1 / (1/floor + 1/SQL), what any Django view running
+that SQL could reach on this machine.
 
 {chr(10).join(rows)}
 
 A burst of {size:,} events whose receiver takes {RECEIVER_SECONDS * 1000:.0f} ms, each sent once at
 concurrency {BURST_CONCURRENCY} (Stripe catching up after an outage). "All answered" is the time
-until the last delivery got its answer; "processed" until the last event was processed (for
-inline, the same); Celery runs one worker with a thread pool of that many threads,
-django-tasks-db that many `db_worker` processes. Lost and doubled are counted from the database.
+until the last delivery got its answer, with no worker running; then the workers start, and
+"processed" is the time until the last event was processed (inline: the same as answered). On
+this 2-core machine web and workers at once would share two cores, which a deployment does not
+make them do: each phase is measured alone, the second from the first event processed to the
+last (plus one receiver's 100 ms), so that the workers' start-up is not counted. Celery runs
+one worker with a thread pool of that many threads, django-tasks-db that many `db_worker`
+processes. Lost and doubled are counted from the database.
 
 {chr(10).join(burst_rows)}
 

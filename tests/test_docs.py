@@ -322,3 +322,10 @@ def test_every_snippet_has_a_runner():
 @pytest.mark.parametrize(("page", "index"), sorted(RUNNERS))
 def test_the_snippet_runs_as_pasted(page, index, shop, monkeypatch):
     RUNNERS[page, index](shop, snippets(page)[index], monkeypatch)
+
+
+def test_every_setting_is_in_the_settings_table():
+    from stripe_idempotency.conf import DEFAULTS
+
+    table = (ROOT / "docs" / "settings.md").read_text()
+    assert [key for key in DEFAULTS if f"| `{key}` |" not in table] == []

@@ -108,8 +108,11 @@ class CeleryWorkers(Workers):
 
     queue = "celery"
 
-    def __init__(self, db_url: str, count: int, log_dir: Path, threads: int = 0, **env: str) -> None:
-        self.queue_name = f"stripe-test-{os.getpid()}-{time.monotonic_ns()}"
+    def __init__(
+        self, db_url: str, count: int, log_dir: Path, threads: int = 0, queue_name: str = "", **env: str
+    ) -> None:
+        # A queue of the test's own, or one given (workers for tasks queued before they started).
+        self.queue_name = queue_name or f"stripe-test-{os.getpid()}-{time.monotonic_ns()}"
         # Each worker a process pool of one by default (a kill -9 takes one task); ``threads``
         # gives each a thread pool of that many instead (one process, many tasks at once).
         self.pool = ("threads", str(threads)) if threads else ("prefork", "1")
