@@ -76,7 +76,7 @@ def run(*, output: Path, smoke: bool) -> str:
     seconds = 1.0 if smoke else 6.0
     levels = [1, 4] if smoke else [1, 4, 16]
     burst = 200 if smoke else 10_000
-    workers = 4 if smoke else 16
+    workers = 4 if smoke else 8
     settings_dict = connection.settings_dict
     url = database_url(settings_dict)
 
@@ -136,12 +136,12 @@ BENCH_ENV = {"DJANGO_SETTINGS_MODULE": "benchmarks.settings"}
 
 def _pool(url: str, queue: str, workers: int, logs: Path, queue_name: str = "", **env: str) -> Workers:
     """``workers`` task workers for ``queue`` (0: none yet; Celery: its queue named all the same):
-    threads of one Celery worker, or ``db_worker`` processes."""
+    the pool processes of one Celery worker, or ``db_worker`` processes."""
     from tests.workers import CeleryWorkers, DatabaseWorkers  # the tests' own, reused
 
     if queue == "celery":
         return CeleryWorkers(
-            url, 1 if workers else 0, logs, threads=workers, queue_name=queue_name, **BENCH_ENV, **env
+            url, 1 if workers else 0, logs, processes=workers, queue_name=queue_name, **BENCH_ENV, **env
         )
     return DatabaseWorkers(url, workers, logs, **BENCH_ENV, **env)
 
@@ -379,7 +379,7 @@ until the last delivery got its answer, with no worker running; then the workers
 this 2-core machine web and workers at once would share two cores, which a deployment does not
 make them do: each phase is measured alone, the second from the first event processed to the
 last (plus one receiver's 100 ms), so that the workers' start-up is not counted. Celery runs
-one worker with a thread pool of that many threads, django-tasks-db that many `db_worker`
+one worker with a pool of that many processes, django-tasks-db that many `db_worker`
 processes. Lost and doubled are counted from the database.
 
 {chr(10).join(burst_rows)}

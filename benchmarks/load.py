@@ -58,6 +58,17 @@ def _post(port: int, path: str, body: bytes, headers: dict[str, str], *, timeout
         conn.close()
 
 
+def _on_threads(work: Callable[[], None], concurrency: int) -> float:
+    """Run ``work`` on ``concurrency`` threads at once; the seconds until the last one ends."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=work) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def http_load(
     port: int, requests: Iterator[tuple[str, bytes, dict[str, str]]], concurrency: int, seconds: float
 ) -> Figures:
@@ -87,13 +98,8 @@ def http_load(
             latencies.extend(mine)
             errors += bad
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return Figures(len(latencies), time.perf_counter() - started, latencies, errors)
+    seconds = _on_threads(worker, concurrency)
+    return Figures(len(latencies), seconds, latencies, errors)
 
 
 def http_burst(port: int, requests: list[tuple[str, bytes, dict[str, str]]], concurrency: int) -> Figures:
@@ -118,13 +124,8 @@ def http_burst(port: int, requests: list[tuple[str, bytes, dict[str, str]]], con
                 else:
                     errors += 1
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return Figures(len(latencies), time.perf_counter() - started, latencies, errors)
+    seconds = _on_threads(worker, concurrency)
+    return Figures(len(latencies), seconds, latencies, errors)
 
 
 def pgbench(

@@ -101,6 +101,11 @@ def _declared_length(scope: Scope) -> int:
 
 
 async def _refuse(send: Send) -> None:
+    # Imported here: this module may be imported before Django's apps are ready.
+    from stripe_idempotency.models import StripeEvent
+    from stripe_idempotency.signals import aannounce, event_rejected
+
+    await aannounce(event_rejected, StripeEvent, code="body_too_large")
     await send(
         {
             "type": "http.response.start",

@@ -33,7 +33,14 @@ from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Claimed
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Accepted, Busy, Duplicate, Failed, Fenced, Outcome, Processed
-from stripe_idempotency.signals import event_received, registered_signal
+from stripe_idempotency.signals import (
+    announce,
+    event_dead,
+    event_failed,
+    event_processed,
+    event_received,
+    registered_signal,
+)
 
 __all__ = [
     "Accepted",
@@ -131,7 +138,10 @@ def process(claimed: Claimed) -> Outcome:
     except Exception as exc:
         logger.exception("A receiver failed for Stripe event %s (%s).", event.event_id, event.type)
         error = _describe(exc)
-        leases.release(claimed, error)
+        if leases.release(claimed, error):
+            announce(event_failed, StripeEvent, event=event, error=error)
+            if event.attempts >= app_settings.MAX_ATTEMPTS:
+                announce(event_dead, StripeEvent, event=event)
         return Failed(event=event, error=error)
     except BaseException as exc:
         # SystemExit from a worker timeout, KeyboardInterrupt: give the event
@@ -143,6 +153,7 @@ def process(claimed: Claimed) -> Outcome:
         raise
     if callback_failures:
         _record_callback_failures(claimed, callback_failures)
+    announce(event_processed, StripeEvent, event=event)
     return Processed(event=event)
 
 

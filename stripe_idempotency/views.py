@@ -15,7 +15,9 @@ from django.views.decorators.csrf import csrf_exempt
 from stripe_idempotency import outcomes, processing
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
+from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Busy, Outcome
+from stripe_idempotency.signals import announce, event_rejected
 from stripe_idempotency.verification import verify
 
 logger = logging.getLogger("stripe_idempotency")
@@ -125,6 +127,7 @@ def answer(outcome: Outcome) -> JsonResponse:
 
 
 def rejected(code: str, *, status: int) -> JsonResponse:
+    announce(event_rejected, StripeEvent, code=code)
     return _logged(JsonResponse({"status": "rejected", "error": code}, status=status))
 
 

@@ -41,6 +41,20 @@ def _wrapper_class() -> type:
     return type(connections[DEFAULT_DB_ALIAS])
 
 
+def children_of(parents: set[int]) -> list[int]:
+    """The processes whose parent is one of ``parents`` (read from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it ended meanwhile
+            if int(fields[1]) in parents:
+                children.append(int(entry.name))
+    return children
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,16 +189,7 @@ class AppServer:
         raise RuntimeError(f"{self.name} did not come up")
 
     def worker_pids(self) -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.process.pid:  # parent pid
-                    pids.append(int(entry.name))
-        return pids
+        return children_of({self.process.pid})
 
     def alive(self) -> bool:
         return self.process.poll() is None

@@ -161,8 +161,7 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
         f"doubled {doubled}; "
         f"2xx before commit {len(early_2xx)}"
     )
-    with capsys.disabled():
-        print(f"\n{summary}")  # noqa: T201 (the run's figures, in CI's log)
+    show(capsys, summary)
 
     assert stored == EVENTS, summary
     assert lost == 0, summary
@@ -376,8 +375,7 @@ def test_exactly_once_under_chaos_deferred(server_database, queue: str, tmp_path
         f"reaped {reaped} (during the run {scheduled_reaps}); lost {lost}; doubled {doubled}; "
         f"2xx before commit {len(uncommitted)}"
     )
-    with capsys.disabled():
-        print(f"\n{summary}")  # noqa: T201 (the run's figures, in CI's log)
+    show(capsys, summary)
 
     assert reaper_errors == [], summary
     assert stored == len(events), summary
@@ -391,3 +389,8 @@ def test_exactly_once_under_chaos_deferred(server_database, queue: str, tmp_path
     assert kills["web"] > 0, summary
     assert scheduled_reaps > 0, summary
     assert reaped == left_for_reapers, summary
+
+
+def show(capsys, summary: str) -> None:
+    with capsys.disabled():
+        print(f"\n{summary}")  # noqa: T201 (the run's figures, in CI's log)

@@ -27,7 +27,7 @@ from stripe_idempotency.checks import check_settings
 from stripe_idempotency.factories import StripeEventFactory
 from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.pytest_plugin import StripeWebhook
-from stripe_idempotency.signals import signal_for
+from stripe_idempotency.signals import event_dead, event_failed, event_rejected, signal_for
 from stripe_idempotency.testing import build_event, deliver
 from tests.settings import WEBHOOK_SECRET
 from tests.testapp.models import Coupon, Order, Shipment
@@ -137,6 +137,34 @@ def celery_app_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert app.main == "proj"
     with override_settings(CELERY_TASK_PUBLISH_RETRY=False):
         assert app.conf.task_publish_retry is False  # the CELERY_ settings are read
+
+
+def monitoring_signals(shop: Shop, code: str, monkeypatch: Any) -> None:
+    counted: list[tuple[str, dict[str, str]]] = []
+    paged: list[str] = []
+    metrics = types.SimpleNamespace(increment=lambda name, tags: counted.append((name, tags)))
+    alerts = types.SimpleNamespace(page=paged.append)
+    namespace = shop.run(code, metrics=metrics, alerts=alerts)
+    for signal, name in [
+        (event_failed, "count_failure"),
+        (event_dead, "page_someone"),
+        (event_rejected, "count_rejection"),
+    ]:
+        signal.disconnect(namespace[name])
+        shop.connect(signal, namespace[name])
+
+    def fail(sender, event, **kwargs):
+        raise RuntimeError("down")
+
+    shop.connect(signal_for("invoice.paid"), fail)
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": [WEBHOOK_SECRET], "MAX_ATTEMPTS": 1}):
+        deliver(Client(), build_event("invoice.paid", id="evt_monitored"))
+    Client().post("/stripe/webhook/", b"{}", content_type="application/json")
+    assert counted == [
+        ("stripe.webhook.failed", {"type": "invoice.paid"}),
+        ("stripe.webhook.rejected", {"code": "missing_signature"}),
+    ]
+    assert paged == ["Stripe event evt_monitored is dead after 1 attempts"]
 
 
 def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
@@ -300,6 +328,7 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/deployment.md", 3): databases_snippet,
     ("docs/deployment.md", 4): logging_snippet,
     ("docs/ledger.md", 0): ledger_page_first,
+    ("docs/monitoring.md", 0): monitoring_signals,
     ("docs/ledger.md", 1): ledger_scoped_references,
     ("docs/ledger.md", 2): ledger_receiver,
     ("docs/quickstart.md", 0): settings_snippet,

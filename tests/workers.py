@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.servers import ROOT, app_environment, manage
+from tests.servers import ROOT, app_environment, children_of, manage
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -109,13 +109,12 @@ class CeleryWorkers(Workers):
     queue = "celery"
 
     def __init__(
-        self, db_url: str, count: int, log_dir: Path, threads: int = 0, queue_name: str = "", **env: str
+        self, db_url: str, count: int, log_dir: Path, processes: int = 1, queue_name: str = "", **env: str
     ) -> None:
         # A queue of the test's own, or one given (workers for tasks queued before they started).
         self.queue_name = queue_name or f"stripe-test-{os.getpid()}-{time.monotonic_ns()}"
-        # Each worker a process pool of one by default (a kill -9 takes one task); ``threads``
-        # gives each a thread pool of that many instead (one process, many tasks at once).
-        self.pool = ("threads", str(threads)) if threads else ("prefork", "1")
+        # Each worker a pool of ``processes`` processes (one by default: a kill -9 takes one task).
+        self.processes = processes
         super().__init__(db_url, count, log_dir, CELERY_QUEUE=self.queue_name, **env)
         self.wait_until_consuming(count)
 
@@ -138,7 +137,7 @@ class CeleryWorkers(Workers):
     def command(self, n: int) -> list[str]:
         return [
             *(sys.executable, "-m", "celery", "-A", "example_project", "worker"),
-            *("--pool", self.pool[0], "--concurrency", self.pool[1], "--queues", self.queue_name),
+            *("--pool", "prefork", "--concurrency", str(self.processes), "--queues", self.queue_name),
             *("--hostname", f"worker{n}-{self.queue_name}@%h", "--loglevel", "WARNING"),
             *("--without-gossip", "--without-mingle", "--without-heartbeat"),
         ]
@@ -165,14 +164,4 @@ class CeleryWorkers(Workers):
 
     def pids(self) -> list[int]:
         """The pool processes (children of each worker's master): where a task runs."""
-        masters = set(super().pids())
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) in masters:
-                    children.append(int(entry.name))
-        return children
+        return children_of(set(super().pids()))

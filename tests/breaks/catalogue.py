@@ -253,6 +253,26 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE, POSTGRES),
         quick=(POSTGRES,),
     ),
+    Break(
+        "processed-announced-inside-the-transaction",
+        "event_processed is sent once the work is committed, never from inside the transaction.",
+        (
+            Edit(
+                PROCESSING,
+                "            _guard_commit_callbacks(connections[claimed.using], event, callback_failures)\n",
+                "            _guard_commit_callbacks(connections[claimed.using], event, callback_failures)\n"
+                "            announce(event_processed, StripeEvent, event=event)\n",
+            ),
+            Edit(
+                PROCESSING,
+                "        _record_callback_failures(claimed, callback_failures)\n"
+                "    announce(event_processed, StripeEvent, event=event)\n",
+                "        _record_callback_failures(claimed, callback_failures)\n",
+            ),
+        ),
+        ("tests/test_lifecycle_signals.py",),
+        (SQLITE,),
+    ),
     # -- the ledger -------------------------------------------------------------------------
     Break(
         "ledger-balance-before-the-entry",
