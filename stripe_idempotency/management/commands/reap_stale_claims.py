@@ -11,7 +11,6 @@ the others are told the event is busy and move on, without waiting.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -22,6 +21,7 @@ from stripe_idempotency import leases, outcomes, processing
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Failed
+from stripe_idempotency.status import format_duration
 
 
 class Command(BaseCommand):
@@ -157,7 +157,7 @@ def _describe(event: StripeEvent) -> str:
     else:
         error = "no error recorded (lease expired)"
     return (
-        f"{event.event_id} {event.type} age {_duration(event.age)} "  # type: ignore[attr-defined]
+        f"{event.event_id} {event.type} age {format_duration(event.age)} "  # type: ignore[attr-defined]
         f"attempts {event.attempts}: {error}"
     )
 
@@ -178,17 +178,3 @@ def _summary(found: int, tally: dict[str, int], reprocess: bool, dry_run: bool) 
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""
-
-
-def _duration(value: timedelta | None) -> str:
-    seconds = max(0, int(value.total_seconds())) if value is not None else 0
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"

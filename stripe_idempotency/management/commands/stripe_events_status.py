@@ -1,0 +1,105 @@
+"""Say how the pipeline stands: events by state, the oldest unprocessed one, the lag; alert past limits.
+
+For cron, a Kubernetes probe or a monitor: ``--json`` for machines, and an exit status of 1
+when a figure is past a limit given on the command line (each named on stderr), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import router
+
+from stripe_idempotency.models import EventState, StripeEvent
+from stripe_idempotency.status import Status, format_duration, parse_duration, status
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
+class Command(BaseCommand):
+    help = (
+        "Count Stripe events by state, give the age of the oldest unprocessed one and the lag from "
+        "Stripe's 'created' to processed; exit with status 1 when a figure passes a --max-* limit."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", dest="as_json", help="One JSON object on stdout.")
+        parser.add_argument(
+            "--window", default="1h", help="The lag is over events processed this recently (default 1h)."
+        )
+        parser.add_argument(
+            "--max-oldest-unprocessed",
+            default=None,
+            help="Alert when an event has waited longer than this (e.g. 15m) to be processed.",
+        )
+        parser.add_argument("--max-dead", type=int, default=None, help="Alert past this many dead events.")
+        parser.add_argument(
+            "--max-failed", type=int, default=None, help="Alert past this many failed events."
+        )
+        parser.add_argument(
+            "--max-lag-p99", default=None, help="Alert when the window's p99 lag is longer (e.g. 5m)."
+        )
+        parser.add_argument(
+            "--database", default=None, help="The database alias (default: where the routers write events)."
+        )
+
+    def handle(self, *, as_json: bool, window: str, database: str | None, **options: Any) -> None:
+        report = status(using=database or router.db_for_write(StripeEvent), window=_duration(window))
+        alerts = _alerts(report, options)
+        if as_json:
+            self.stdout.write(json.dumps({**report.as_json(), "alerts": alerts}, sort_keys=True))
+        else:
+            self._write(report)
+        if alerts:
+            raise CommandError("; ".join(alerts), returncode=1)
+
+    def _write(self, report: Status) -> None:
+        width = max(len(state) for state in report.counts)
+        for state, count in report.counts.items():
+            line = f"{state:<{width}}  {count:>9,}"
+            bad = count and state in (EventState.DEAD, EventState.FAILED, EventState.STALE)
+            self.stdout.write(self.style.ERROR(line) if bad else line)
+        if report.oldest_unprocessed is None:
+            self.stdout.write("Nothing unprocessed.")
+        else:
+            self.stdout.write(
+                f"Oldest unprocessed: {report.oldest_unprocessed_id}, received "
+                f"{format_duration(report.oldest_unprocessed)} ago."
+            )
+        window = format_duration(report.window)
+        if not report.lag.count:
+            self.stdout.write(f"Nothing processed in the last {window}.")
+        else:
+            figures = ", ".join(
+                f"p{p} {format_duration(timedelta(seconds=s), precise=True)}"
+                for p, s in report.lag.seconds.items()
+            )
+            self.stdout.write(
+                f"Lag from Stripe's 'created' to processed, last {window} ({report.lag.count:,} events): "
+                f"{figures}."
+            )
+
+
+def _alerts(report: Status, options: dict[str, Any]) -> list[str]:
+    alerts = []
+    if (limit := options["max_oldest_unprocessed"]) is not None:
+        oldest = report.oldest_unprocessed
+        if oldest is not None and oldest > _duration(limit):
+            waited = format_duration(oldest)
+            alerts.append(f"the oldest unprocessed event has waited {waited} (limit {limit})")
+    for state, key in ((EventState.DEAD, "max_dead"), (EventState.FAILED, "max_failed")):
+        if (limit := options[key]) is not None and report.counts[state] > limit:
+            alerts.append(f"{report.counts[state]} {state} events (limit {limit})")
+    if (limit := options["max_lag_p99"]) is not None and report.lag.count:
+        p99 = timedelta(seconds=report.lag.seconds[99])
+        if p99 > _duration(limit):
+            alerts.append(f"p99 lag {format_duration(p99, precise=True)} (limit {limit})")
+    return alerts

@@ -1,0 +1,117 @@
+"""The state of the pipeline in figures: what ``stripe_events_status`` prints and alerts on.
+
+Every figure is read through the events' ``(processed_at, claim_expires_at)`` index: the
+unprocessed rows (few, whatever the size of the table), the processed ones counted from
+the index alone, and the lag over the rows processed within the window.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db.models import Count, DurationField, ExpressionWrapper, F
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from stripe_idempotency.models import EventState, StripeEvent
+
+__all__ = ["Lag", "Status", "format_duration", "parse_duration", "status"]
+
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True)
+class Lag:
+    """From Stripe's ``created`` to ``processed_at``, over the events processed in a window."""
+
+    count: int
+    seconds: dict[int, float] = field(default_factory=dict)  # percentile -> seconds
+
+
+@dataclass(frozen=True)
+class Status:
+    counts: dict[str, int]  # every state, zeros included
+    oldest_unprocessed: timedelta | None  # since the oldest unprocessed event was received
+    oldest_unprocessed_id: str | None
+    window: timedelta
+    lag: Lag
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "counts": self.counts,
+            "oldest_unprocessed_seconds": _seconds(self.oldest_unprocessed),
+            "oldest_unprocessed_event_id": self.oldest_unprocessed_id,
+            "window_seconds": self.window.total_seconds(),
+            "lag_seconds": {"count": self.lag.count, **{f"p{p}": s for p, s in self.lag.seconds.items()}},
+        }
+
+
+def status(*, using: str, window: timedelta) -> Status:
+    events = StripeEvent.objects.using(using)
+    unprocessed = events.filter(processed_at__isnull=True)
+    counts = {state.value: 0 for state in EventState}
+    for row in unprocessed.with_state().values("state").annotate(n=Count("pk")).order_by():
+        counts[row["state"]] = row["n"]
+    counts[EventState.PROCESSED] = events.filter(processed_at__isnull=False).count()
+    oldest = unprocessed.order_by("received_at", "pk").values_list("event_id", "received_at").first()
+    now = timezone.now()
+    return Status(
+        counts=counts,
+        oldest_unprocessed=now - oldest[1] if oldest else None,
+        oldest_unprocessed_id=oldest[0] if oldest else None,
+        window=window,
+        lag=_lag(events.filter(processed_at__gte=Now() - window, created__isnull=False)),
+    )
+
+
+def _lag(processed: object) -> Lag:
+    lags = processed.annotate(  # type: ignore[attr-defined]
+        lag=ExpressionWrapper(F("processed_at") - F("created"), output_field=DurationField())
+    ).order_by("lag")
+    count = lags.count()
+    if not count:
+        return Lag(0)
+    # The nearest-rank percentile: one indexed range, sorted by the database, read at one offset.
+    seconds = {}
+    for p in PERCENTILES:
+        rank = max(0, min(count - 1, -(-p * count // 100) - 1))
+        seconds[p] = lags.values_list("lag", flat=True)[rank].total_seconds()
+    return Lag(count, seconds)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90"`` (seconds), ``"90s"``, ``"15m"``, ``"2h"``, ``"30d"``; ``ValueError`` otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a duration: give seconds, or a number with s, m, h or d (e.g. 15m)."
+        )
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return timedelta(seconds=float(match.group(1)) * unit)
+
+
+def format_duration(value: timedelta | None, *, precise: bool = False) -> str:
+    """``"3d04h"``, ``"2h05m"``, ``"4m09s"``, ``"12s"``; with ``precise``, under a minute to the
+    tenth of a second (``"1.3s"``) and under a second in milliseconds (``"250ms"``)."""
+    total = max(0.0, value.total_seconds()) if value is not None else 0.0
+    if precise and total < 1:
+        return f"{total * 1000:.0f}ms"
+    if precise and total < 60:
+        return f"{total:.1f}s"
+    seconds = int(total)
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{seconds}s"
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else round(value.total_seconds(), 3)

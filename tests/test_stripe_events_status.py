@@ -1,0 +1,146 @@
+"""``manage.py stripe_events_status``: counts by state, the oldest unprocessed event, the lag; JSON;
+exit status 1 past the limits given."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from stripe_idempotency.factories import StripeEventFactory
+from stripe_idempotency.status import format_duration, parse_duration
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("stripe_events_status", *args, stdout=out, stderr=err, no_color=True)
+    except CommandError as error:
+        return error.returncode, out.getvalue(), str(error)
+    return 0, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def pipeline():
+    """One event in each unprocessed state, and 20 processed ones whose lags are 1 s .. 20 s."""
+    now = timezone.now()
+    StripeEventFactory(event_id="evt_waiting", received_at=now - timedelta(hours=2))
+    StripeEventFactory(claimed=True)
+    StripeEventFactory(stale=True)
+    StripeEventFactory(failed=True, received_at=now - timedelta(minutes=5))
+    StripeEventFactory(dead=True, received_at=now - timedelta(minutes=5))
+    for n in range(1, 21):
+        StripeEventFactory(processed=True, created=now - timedelta(seconds=n), processed_at=now)
+    # Processed before the window: not in the lag.
+    StripeEventFactory(processed=True, created=now - timedelta(days=2), processed_at=now - timedelta(days=1))
+
+
+def test_counts_every_state_the_oldest_unprocessed_and_the_lag(pipeline):
+    code, out, _ = run("--json")
+    report = json.loads(out)
+    assert code == 0
+    assert report["counts"] == {
+        "pending": 1,
+        "claimed": 1,
+        "stale": 1,
+        "failed": 1,
+        "dead": 1,
+        "processed": 21,
+    }
+    assert report["oldest_unprocessed_event_id"] == "evt_waiting"
+    assert 2 * 3600 <= report["oldest_unprocessed_seconds"] < 2 * 3600 + 60
+    assert report["window_seconds"] == 3600
+    lag = report["lag_seconds"]
+    # Nearest rank over 20 lags of 1..20 s: p50 is the 10th, p95 the 19th, p99 the 20th.
+    assert (lag["count"], round(lag["p50"]), round(lag["p95"]), round(lag["p99"])) == (20, 10, 19, 20)
+    assert report["alerts"] == []
+
+
+def test_the_text_report(pipeline):
+    code, out, _ = run()
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[:6] == [
+        "pending            1",
+        "claimed            1",
+        "stale              1",
+        "failed             1",
+        "dead               1",
+        "processed         21",
+    ]
+    assert lines[6] == "Oldest unprocessed: evt_waiting, received 2h00m ago."
+    assert lines[7].startswith("Lag from Stripe's 'created' to processed, last 1h00m (20 events): p50 10.")
+
+
+def test_each_limit_passed_is_an_alert_and_exit_status_1(pipeline):
+    code, out, error = run(
+        "--json",
+        "--max-oldest-unprocessed",
+        "15m",
+        "--max-dead",
+        "0",
+        "--max-failed",
+        "1",
+        "--max-lag-p99",
+        "30s",
+    )
+    assert code == 1
+    assert json.loads(out)["alerts"] == [
+        error.split("; ")[0],
+        "1 dead events (limit 0)",
+    ]
+    assert error.startswith("the oldest unprocessed event has waited 2h00m (limit 15m)")
+    assert run("--max-oldest-unprocessed", "3h", "--max-dead", "1", "--max-lag-p99", "15s")[0] == 1
+    assert run("--max-oldest-unprocessed", "3h", "--max-dead", "1", "--max-lag-p99", "25s")[0] == 0
+
+
+def test_an_empty_table_and_a_bad_duration():
+    code, out, _ = run()
+    assert code == 0
+    assert "Nothing unprocessed." in out
+    assert "Nothing processed in the last 1h00m." in out
+    assert (
+        run("--window", "soon")[2]
+        == "'soon' is not a duration: give seconds, or a number with s, m, h or d (e.g. 15m)."
+    )
+
+
+def test_the_query_count_does_not_grow_with_the_table(pipeline, django_db_setup):
+    from django.db import connection
+
+    with CaptureQueriesContext(connection) as first:
+        run("--json")
+    StripeEventFactory.create_batch(50, processed=True, processed_at=timezone.now())
+    with CaptureQueriesContext(connection) as second:
+        run("--json")
+    # States, processed count, oldest, the lag's count and one read per percentile.
+    assert len(first.captured_queries) == len(second.captured_queries) == 7
+
+
+def test_durations():
+    assert [parse_duration(text).total_seconds() for text in ("90", "90s", "15m", "2h", "1.5d")] == [
+        90,
+        90,
+        900,
+        7200,
+        129600,
+    ]
+    assert [format_duration(timedelta(seconds=s)) for s in (5, 65, 3700, 90000)] == [
+        "5s",
+        "1m05s",
+        "1h01m",
+        "1d01h",
+    ]
+    assert [format_duration(timedelta(seconds=s), precise=True) for s in (0.25, 1.26, 75)] == [
+        "250ms",
+        "1.3s",
+        "1m15s",
+    ]
