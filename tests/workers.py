@@ -114,7 +114,7 @@ class CeleryWorkers(Workers):
         # A queue of the test's own, or one given (workers for tasks queued before they started).
         self.queue_name = queue_name or f"stripe-test-{os.getpid()}-{time.monotonic_ns()}"
         # Each worker a pool of ``processes`` processes (one by default: a kill -9 takes one task).
-        self.processes = processes
+        self.pool_size = processes
         super().__init__(db_url, count, log_dir, CELERY_QUEUE=self.queue_name, **env)
         self.wait_until_consuming(count)
 
@@ -137,7 +137,7 @@ class CeleryWorkers(Workers):
     def command(self, n: int) -> list[str]:
         return [
             *(sys.executable, "-m", "celery", "-A", "example_project", "worker"),
-            *("--pool", "prefork", "--concurrency", str(self.processes), "--queues", self.queue_name),
+            *("--pool", "prefork", "--concurrency", str(self.pool_size), "--queues", self.queue_name),
             *("--hostname", f"worker{n}-{self.queue_name}@%h", "--loglevel", "WARNING"),
             *("--without-gossip", "--without-mingle", "--without-heartbeat"),
         ]
