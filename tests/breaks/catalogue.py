@@ -100,8 +100,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 PROCESSING,
-                "        leases.release(claimed, error)\n        return Failed(",
-                "        return Failed(",
+                "        if leases.release(claimed, error):\n",
+                "        if True:\n",
             ),
         ),
         ("tests/test_processing.py", "tests/test_views.py"),
