@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F
+from django.db.models import Count, DurationField, ExpressionWrapper, F, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -68,8 +68,8 @@ def status(*, using: str, window: timedelta) -> Status:
     )
 
 
-def _lag(processed: object) -> Lag:
-    lags = processed.annotate(  # type: ignore[attr-defined]
+def _lag(processed: QuerySet[StripeEvent]) -> Lag:
+    lags = processed.annotate(
         lag=ExpressionWrapper(F("processed_at") - F("created"), output_field=DurationField())
     ).order_by("lag")
     count = lags.count()
