@@ -23,6 +23,7 @@ from django.db import connections, router
 from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
 from django.db.models.functions import Now
 
+from stripe_idempotency import telemetry
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
@@ -122,7 +123,9 @@ def complete(claimed: Claimed) -> None:
     receivers' work. When another instance has taken the event over, nothing
     is updated and :class:`LeaseLost` is raised, so that work rolls back.
     """
-    if not for_connection(connections[claimed.using]).complete(claimed.event.pk, claimed.token):
+    with telemetry.span("complete"):
+        completed = for_connection(connections[claimed.using]).complete(claimed.event.pk, claimed.token)
+    if not completed:
         raise LeaseLost(f"Another instance took over the lease on {claimed.event.event_id}.")
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from stripe_idempotency import leases
+from stripe_idempotency import leases, outcomes, telemetry
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
@@ -72,7 +72,8 @@ def receive(
     defaults to the ``PROCESSING`` setting."""
     if (mode or app_settings.PROCESSING) == "deferred":
         return accept(event, using=using)
-    result = leases.claim(event, using=using)
+    with telemetry.span("claim"):
+        result = leases.claim(event, using=using)
     if isinstance(result, Claimed):
         return process(result)
     return result
@@ -95,11 +96,13 @@ def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Dupl
         raise ClaimInsideTransaction(
             "Events must be accepted outside transaction.atomic(): the row has to commit before the answer."
         )
-    if not for_connection(connection).insert_unclaimed(event):
-        processed = StripeEvent.objects.using(using).filter(event_id=event.id, processed_at__isnull=False)
-        if processed.exists():
-            return Duplicate(event_id=event.id)
-    tasks.enqueue(event.id, using)
+    with telemetry.span("accept"):
+        if not for_connection(connection).insert_unclaimed(event):
+            processed = StripeEvent.objects.using(using).filter(event_id=event.id, processed_at__isnull=False)
+            if processed.exists():
+                return Duplicate(event_id=event.id)
+    with telemetry.span("enqueue"):
+        tasks.enqueue(event.id, using)
     return Accepted(event_id=event.id)
 
 
@@ -110,10 +113,14 @@ def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
     processing as a delivery, so a live lease is respected (``Busy``), a
     processed event is left alone (``Duplicate``) and failures are recorded.
     """
-    return receive(IncomingEvent.from_row(event), using=using or event._state.db, mode="inline")
+    attributes = {telemetry.EVENT_ID: event.event_id, telemetry.EVENT_TYPE: event.type}
+    with telemetry.span("reprocess", **attributes) as current:
+        outcome = receive(IncomingEvent.from_row(event), using=using or event._state.db, mode="inline")
+        current.set_attribute(telemetry.OUTCOME, outcomes.report(outcome).status)
+    return outcome
 
 
-def process(claimed: Claimed) -> Outcome:
+def process(claimed: Claimed) -> Processed | Failed | Fenced:
     """Dispatch the claimed event's receivers in one transaction, fenced by the claim.
 
     ``event_received`` receivers run first, then those of the event's type.
@@ -122,6 +129,16 @@ def process(claimed: Claimed) -> Outcome:
     up: a receiver's exception releases it (recording the error), and so does
     anything that interrupts the process short of killing it.
     """
+    event = claimed.event
+    with telemetry.processing_timer(event) as timing:
+        outcome = _process(claimed)
+        timing["result"] = type(outcome).__name__.lower()
+    if isinstance(outcome, Processed):
+        telemetry.record_lag(event)
+    return outcome
+
+
+def _process(claimed: Claimed) -> Processed | Failed | Fenced:
     event = claimed.event
     callback_failures: list[str] = []
     try:
@@ -159,10 +176,11 @@ def process(claimed: Claimed) -> Outcome:
 
 def dispatch(event: StripeEvent) -> None:
     """Send ``event_received``, then the signal of the event's type. Exceptions propagate."""
-    event_received.send(sender=StripeEvent, event=event)
-    typed = registered_signal(event.type)
-    if typed is not None:
-        typed.send(sender=StripeEvent, event=event)
+    with telemetry.span("dispatch"):
+        event_received.send(sender=StripeEvent, event=event)
+        typed = registered_signal(event.type)
+        if typed is not None:
+            typed.send(sender=StripeEvent, event=event)
 
 
 def _guard_commit_callbacks(connection: BaseDatabaseWrapper, event: StripeEvent, failures: list[str]) -> None:

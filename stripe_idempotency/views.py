@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from stripe_idempotency import outcomes, processing
+from stripe_idempotency import outcomes, processing, telemetry
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
 from stripe_idempotency.models import StripeEvent
@@ -46,9 +46,18 @@ class WebhookView(View):
         return view
 
     def post(self, request: HttpRequest) -> HttpResponse:
+        endpoint = ""
+        with telemetry.span("delivery", **{telemetry.ENDPOINT: endpoint}) as delivery:
+            response = self._deliver(request, delivery)
+            delivery.set_attribute(telemetry.OUTCOME, response.outcome)
+        telemetry.count_delivery(response.outcome, endpoint)
+        return response
+
+    def _deliver(self, request: HttpRequest, delivery: telemetry.Span) -> Answer:
         try:
-            body = _read_body(request, app_settings.MAX_BODY_BYTES)
-            verified = verify(body, request.headers.get("Stripe-Signature"))
+            with telemetry.span("verify"):
+                body = _read_body(request, app_settings.MAX_BODY_BYTES)
+                verified = verify(body, request.headers.get("Stripe-Signature"))
         except WebhookRejected as rejection:
             if rejection.event_id is not None:
                 # Authentic, and refused: Stripe will retry it for days, then drop
@@ -59,23 +68,25 @@ class WebhookView(View):
             else:
                 logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection)
             return rejected(rejection.code, status=rejection.status)
+        delivery.set_attribute(telemetry.EVENT_ID, verified.id)
+        delivery.set_attribute(telemetry.EVENT_TYPE, verified.type)
         try:
             outcome = processing.receive(verified)
         except (OperationalError, InterfaceError) as error:
             # One line, no traceback: during an outage every delivery lands here.
             logger.error("Database unavailable while receiving Stripe event %s: %s", verified.id, error)
-            return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
+            return _unavailable(verified.id)
         except DatabaseError:
             # Any other refusal of the database's (a read-only standby after a
             # failover, a broken connection state): the event is not stored as
             # processed, so Stripe must come back. With the traceback: it may be a bug.
             logger.exception("The database refused Stripe event %s; answered unavailable.", verified.id)
-            return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
+            return _unavailable(verified.id)
         except UnsupportedDatabase as error:
             # A deployment mistake (system check E010 says so first): keep the
             # event at Stripe, which retries, until it is fixed.
             logger.error("Cannot receive Stripe event %s: %s", verified.id, error)
-            return _answer("unavailable", verified.id, 503, retry_after=app_settings.RETRY_AFTER_MAX_SECONDS)
+            return _unavailable(verified.id)
         return answer(outcome)
 
     def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -113,34 +124,42 @@ def _chunked_body(request: HttpRequest, size: int) -> bytes:
     return bytes(stream.read(size))
 
 
-def answer(outcome: Outcome) -> JsonResponse:
+class Answer(JsonResponse):
+    """Every answer of the webhook's: a small JSON body whose ``status`` is the outcome."""
+
+    # This module logs every answer at its own level ("stripe_idempotency" logger): a
+    # busy 503 is routine under concurrent deliveries, not a server error, so
+    # django.request is told not to log it again as one.
+    _has_been_logged = True
+
+    def __init__(self, body: dict[str, str], *, status: int, retry_after: int | None = None) -> None:
+        super().__init__(body, status=status)
+        #: The body's ``status``: what the delivery came to, for traces and metrics.
+        self.outcome = body["status"]
+        if retry_after is not None:
+            self["Retry-After"] = str(retry_after)
+
+
+def answer(outcome: Outcome) -> Answer:
     """The HTTP answer for a processing outcome (:data:`stripe_idempotency.outcomes.REPORTS`)."""
     report = outcomes.report(outcome)
     if isinstance(outcome, Busy):
         logger.info("Stripe event %s is held by another instance; answered busy.", outcome.event_id)
-    return _answer(
-        report.status,
-        outcomes.event_id(outcome),
-        report.http_status,
+    return Answer(
+        {"status": report.status, "event_id": outcomes.event_id(outcome)},
+        status=report.http_status,
         retry_after=outcomes.retry_after(outcome) if report.retry else None,
     )
 
 
-def rejected(code: str, *, status: int) -> JsonResponse:
+def rejected(code: str, *, status: int) -> Answer:
     announce(event_rejected, StripeEvent, code=code)
-    return _logged(JsonResponse({"status": "rejected", "error": code}, status=status))
+    return Answer({"status": "rejected", "error": code}, status=status)
 
 
-def _answer(status: str, event_id: str, http_status: int, *, retry_after: int | None = None) -> JsonResponse:
-    response = JsonResponse({"status": status, "event_id": event_id}, status=http_status)
-    if retry_after is not None:
-        response["Retry-After"] = str(retry_after)
-    return _logged(response)
-
-
-def _logged(response: JsonResponse) -> JsonResponse:
-    # A busy 503 is routine under concurrent deliveries, not a server error:
-    # this module logs every answer at its own level ("stripe_idempotency"
-    # logger), so django.request is told not to log it again as an error.
-    response._has_been_logged = True  # type: ignore[attr-defined]
-    return response
+def _unavailable(event_id: str) -> Answer:
+    return Answer(
+        {"status": "unavailable", "event_id": event_id},
+        status=503,
+        retry_after=app_settings.RETRY_AFTER_MAX_SECONDS,
+    )

@@ -167,6 +167,23 @@ def monitoring_signals(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert paged == ["Stripe event evt_monitored is dead after 1 attempts"]
 
 
+def monitoring_otel_setup(shop: Shop, code: str, monkeypatch: Any) -> None:
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    # A process sets its providers once; the pasted setup's are kept here, not installed.
+    installed: dict[str, Any] = {}
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda p: installed.setdefault("tracer", p))
+    monkeypatch.setattr(metrics, "set_meter_provider", lambda p: installed.setdefault("meter", p))
+    shop.run(code)
+    tracer_provider, meter_provider = installed["tracer"], installed["meter"]
+    assert isinstance(tracer_provider, TracerProvider)
+    assert isinstance(meter_provider, MeterProvider)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
 def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code, urlpatterns=[])
     urlconf = types.ModuleType("pasted_urls")
@@ -329,6 +346,7 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/deployment.md", 4): logging_snippet,
     ("docs/ledger.md", 0): ledger_page_first,
     ("docs/monitoring.md", 0): monitoring_signals,
+    ("docs/monitoring.md", 1): monitoring_otel_setup,
     ("docs/ledger.md", 1): ledger_scoped_references,
     ("docs/ledger.md", 2): ledger_receiver,
     ("docs/quickstart.md", 0): settings_snippet,
