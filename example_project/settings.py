@@ -87,6 +87,8 @@ STRIPE_IDEMPOTENCY = {
     "PROCESSING": env("STRIPE_PROCESSING", default="inline"),
     # Reaper: how long an accepted event waits for its task before the reaper takes it.
     "PENDING_GRACE_SECONDS": env.float("STRIPE_PENDING_GRACE_SECONDS", default=60),
+    # Monitors read /stripe/health/ with this bearer token (none: staff logged in only).
+    "HEALTH_TOKENS": env.list("STRIPE_HEALTH_TOKEN", default=[]),
 }
 
 # Deferred processing: Django's Tasks framework (django.tasks on Django 6, the

@@ -3,6 +3,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
+from stripe_idempotency.health import HealthView
+
 
 @csrf_exempt
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -13,5 +15,6 @@ def healthz(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("stripe/", include("stripe_idempotency.urls")),  # POST stripe/webhook/
+    path("stripe/health/", HealthView.as_view(), name="stripe_health"),  # GET, for monitors
     path("healthz/", healthz),
 ]

@@ -43,6 +43,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
             )
         )
     messages += _check_processing(raw)
+    messages += _check_health_tokens(raw)
     instance_id = raw.get("INSTANCE_ID")
     if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
         messages.append(
@@ -103,6 +104,34 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+# A token that guards figures about payments: as long as a random 128-bit secret in hex.
+HEALTH_TOKEN_MIN_LENGTH = 32
+
+
+def _check_health_tokens(raw: dict[str, Any]) -> list[CheckMessage]:
+    tokens = raw.get("HEALTH_TOKENS", [])
+    if isinstance(tokens, str) or not isinstance(tokens, (list, tuple)):
+        tokens = [None]  # reported below, as one bad value
+    if any(not isinstance(token, str) or not token.strip() for token in tokens):
+        return [
+            Error(
+                f"{SETTINGS_NAME}['HEALTH_TOKENS'] must be a list of non-empty strings.",
+                hint="Write [env('STRIPE_HEALTH_TOKEN')], even for a single token.",
+                id=_ID.format("E018"),
+            )
+        ]
+    if any(len(token) < HEALTH_TOKEN_MIN_LENGTH for token in tokens):
+        return [
+            Warning(
+                f"A token in {SETTINGS_NAME}['HEALTH_TOKENS'] is shorter than "
+                f"{HEALTH_TOKEN_MIN_LENGTH} characters: it could be guessed.",
+                hint="Make one with `python -c 'import secrets; print(secrets.token_hex(32))'`.",
+                id=_ID.format("W006"),
+            )
+        ]
+    return []
 
 
 def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:

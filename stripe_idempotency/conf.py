@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "PROCESSING": "inline",
     "PENDING_GRACE_SECONDS": 60,
     "ENQUEUE": "stripe_idempotency.tasks.enqueue_django_task",
+    "HEALTH_TOKENS": [],
 }
 
 #: The values of ``PROCESSING``.
@@ -119,6 +120,13 @@ class AppSettings:
         event's task: Django's Tasks framework by default, Celery through
         ``"stripe_idempotency.contrib.celery.enqueue"``."""
         return str(self.get("ENQUEUE"))
+
+    @property
+    def HEALTH_TOKENS(self) -> list[str]:
+        """Bearer tokens that may read :class:`~stripe_idempotency.health.HealthView` (monitors);
+        staff with the permission to view events may read it logged in."""
+        value = self.get("HEALTH_TOKENS")
+        return [value] if isinstance(value, str) else [str(token) for token in value]
 
     @property
     def INSTANCE_ID(self) -> str:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from stripe_idempotency.models import EventState, StripeEvent
 
-__all__ = ["Lag", "Status", "format_duration", "parse_duration", "status"]
+__all__ = ["Lag", "Limits", "Status", "format_duration", "parse_duration", "status"]
 
 PERCENTILES = (50, 95, 99)
 
@@ -46,6 +46,34 @@ class Status:
             "window_seconds": self.window.total_seconds(),
             "lag_seconds": {"count": self.lag.count, **{f"p{p}": s for p, s in self.lag.seconds.items()}},
         }
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far each figure may go before it is an alert; ``None`` is no limit."""
+
+    oldest_unprocessed: timedelta | None = None
+    dead: int | None = None
+    failed: int | None = None
+    lag_p99: timedelta | None = None
+
+    def passed(self, report: Status) -> list[str]:
+        """Each limit ``report`` passes, said in words; empty when all is well."""
+        alerts = []
+        oldest = report.oldest_unprocessed
+        if self.oldest_unprocessed is not None and oldest is not None and oldest > self.oldest_unprocessed:
+            alerts.append(
+                f"the oldest unprocessed event has waited {format_duration(oldest)} "
+                f"(limit {_limit(self.oldest_unprocessed)})"
+            )
+        for state, limit in ((EventState.DEAD, self.dead), (EventState.FAILED, self.failed)):
+            if limit is not None and report.counts[state] > limit:
+                alerts.append(f"{report.counts[state]} {state} events (limit {limit})")
+        if self.lag_p99 is not None and report.lag.count:
+            p99 = timedelta(seconds=report.lag.seconds[99])
+            if p99 > self.lag_p99:
+                alerts.append(f"p99 lag {format_duration(p99, precise=True)} (limit {_limit(self.lag_p99)})")
+        return alerts
 
 
 def status(*, using: str, window: timedelta) -> Status:
@@ -113,6 +141,11 @@ def format_duration(value: timedelta | None, *, precise: bool = False) -> str:
     if minutes:
         return f"{minutes}m{seconds:02d}s"
     return f"{seconds}s"
+
+
+def _limit(value: timedelta) -> str:
+    # A limit is a round figure: "15m", not "15m00s".
+    return re.sub(r"(?<=[dhm])00[hms]$", "", format_duration(value, precise=True))
 
 
 def _seconds(value: timedelta | None) -> float | None:

@@ -7,11 +7,12 @@ import multiprocessing
 import queue
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections
+from django.db import connection, connections
 from django.test import Client
 
 from stripe_idempotency.testing import deliver
@@ -95,8 +96,8 @@ def close_connections_and_pools() -> None:
     connection honour changed settings.
     """
     connections.close_all()
-    for connection in connections.all(initialized_only=True):
-        close_pool = getattr(connection, "close_pool", None)  # PostgreSQL with OPTIONS["pool"]
+    for open_connection in connections.all(initialized_only=True):
+        close_pool = getattr(open_connection, "close_pool", None)  # PostgreSQL with OPTIONS["pool"]
         if close_pool is not None:
             close_pool()
 
@@ -160,3 +161,22 @@ def wait_until_held(session: int, statement: str) -> None:
                 return
         threading.Event().wait(0.05)
     raise AssertionError(f"session {session} was never held in {statement!r}")
+
+
+@contextmanager
+def database_unreachable() -> Iterator[None]:
+    """Within the block, the default database cannot be reached (a closed port; for SQLite, a
+    directory that does not exist); the real one is back after it."""
+    settings_dict = connection.settings_dict
+    saved = dict(settings_dict)
+    close_connections_and_pools()
+    if connection.vendor == "sqlite":
+        settings_dict["NAME"] = "/nonexistent-directory/db.sqlite3"
+    else:
+        settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", "1"
+    try:
+        yield
+    finally:
+        close_connections_and_pools()
+        settings_dict.clear()
+        settings_dict.update(saved)

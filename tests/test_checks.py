@@ -246,3 +246,16 @@ def test_the_enqueue_callable_is_checked_where_it_is_used():
     assert [id for id, _ in messages(PROCESSING="deferred", ENQUEUE=len)] == ["stripe_idempotency.E017"]
     # Set but unused: inline mode queues nothing.
     assert [id for id, _ in messages(ENQUEUE=celery)] == ["stripe_idempotency.W005"]
+
+
+@pytest.mark.parametrize("tokens", ["a-single-token-string-of-some-length", [""], [None], ["x" * 40, " "], 7])
+def test_health_tokens_that_are_not_a_list_of_strings_are_e018(tokens):
+    with with_settings(HEALTH_TOKENS=tokens):
+        assert ids(check_settings()) == ["stripe_idempotency.E018"]
+
+
+def test_a_short_health_token_is_w006_and_a_long_one_passes():
+    with with_settings(HEALTH_TOKENS=["x" * 40, "short"]):
+        assert ids(check_settings()) == ["stripe_idempotency.W006"]
+    with with_settings(HEALTH_TOKENS=["x" * 32]):
+        assert check_settings() == []

@@ -23,6 +23,7 @@ def test_defaults():
         assert app_settings.PROCESSING == "inline"
         assert app_settings.PENDING_GRACE_SECONDS == 60
         assert app_settings.ENQUEUE == "stripe_idempotency.tasks.enqueue_django_task"
+        assert app_settings.HEALTH_TOKENS == []
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -36,6 +37,7 @@ def test_defaults():
         "RETRY_HORIZON_SECONDS",
         "PROCESSING",
         "PENDING_GRACE_SECONDS",
+        "HEALTH_TOKENS",
         "ENQUEUE",
     }
 

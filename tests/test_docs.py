@@ -184,6 +184,21 @@ def monitoring_otel_setup(shop: Shop, code: str, monkeypatch: Any) -> None:
     meter_provider.shutdown()
 
 
+def monitoring_health_urls(shop: Shop, code: str, monkeypatch: Any) -> None:
+    urlconf = types.ModuleType("pasted_urls")
+    urlconf.urlpatterns = shop.run(code)["urlpatterns"]  # type: ignore[attr-defined]
+    token = "a-token-for-the-monitor-0123456789abcdef"
+    with override_settings(
+        ROOT_URLCONF=urlconf,
+        STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": [WEBHOOK_SECRET], "HEALTH_TOKENS": [token]},
+    ):
+        assert reverse("stripe_health") == "/stripe/health/"
+        response = Client().get("/stripe/health/?max_dead=0", headers={"Authorization": f"Bearer {token}"})
+        assert (response.status_code, response.json()["status"]) == (200, "ok")
+        assert Client().get("/stripe/health/").status_code == 401
+        assert deliver(Client(), build_event())["Content-Type"] == "application/json"
+
+
 def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code, urlpatterns=[])
     urlconf = types.ModuleType("pasted_urls")
@@ -347,6 +362,7 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/ledger.md", 0): ledger_page_first,
     ("docs/monitoring.md", 0): monitoring_signals,
     ("docs/monitoring.md", 1): monitoring_otel_setup,
+    ("docs/monitoring.md", 2): monitoring_health_urls,
     ("docs/ledger.md", 1): ledger_scoped_references,
     ("docs/ledger.md", 2): ledger_receiver,
     ("docs/quickstart.md", 0): settings_snippet,

@@ -14,7 +14,7 @@ from django.urls import reverse
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event, deliver, encode, sign
-from tests.concurrency import close_connections_and_pools
+from tests.concurrency import database_unreachable
 from tests.conftest import TYPE, per_backend
 from tests.testapp.models import Effect
 
@@ -265,19 +265,8 @@ def test_receiver_error_is_500_and_releases_the_claim(csrf_client, connect, reco
 
 
 def test_database_unavailable_is_503_with_json(csrf_client):
-    settings_dict = connection.settings_dict
-    saved = dict(settings_dict)
-    close_connections_and_pools()
-    if connection.vendor == "sqlite":
-        settings_dict["NAME"] = "/nonexistent-directory/db.sqlite3"
-    else:
-        settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", "1"
-    try:
+    with database_unreachable():
         response = deliver(csrf_client, build_event())
-    finally:
-        close_connections_and_pools()
-        settings_dict.clear()
-        settings_dict.update(saved)
     assert response.status_code == 503
     assert response["Retry-After"] == "60"
     assert body_of(response)["status"] == "unavailable"

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 
 from stripe_idempotency.models import EventState, StripeEvent
-from stripe_idempotency.status import Status, format_duration, parse_duration, status
+from stripe_idempotency.status import Limits, Status, format_duration, parse_duration, status
 
 
 def _duration(text: str) -> timedelta:
@@ -53,7 +53,7 @@ class Command(BaseCommand):
 
     def handle(self, *, as_json: bool, window: str, database: str | None, **options: Any) -> None:
         report = status(using=database or router.db_for_write(StripeEvent), window=_duration(window))
-        alerts = _alerts(report, options)
+        alerts = _limits(options).passed(report)
         if as_json:
             self.stdout.write(json.dumps({**report.as_json(), "alerts": alerts}, sort_keys=True))
         else:
@@ -88,18 +88,13 @@ class Command(BaseCommand):
             )
 
 
-def _alerts(report: Status, options: dict[str, Any]) -> list[str]:
-    alerts = []
-    if (limit := options["max_oldest_unprocessed"]) is not None:
-        oldest = report.oldest_unprocessed
-        if oldest is not None and oldest > _duration(limit):
-            waited = format_duration(oldest)
-            alerts.append(f"the oldest unprocessed event has waited {waited} (limit {limit})")
-    for state, key in ((EventState.DEAD, "max_dead"), (EventState.FAILED, "max_failed")):
-        if (limit := options[key]) is not None and report.counts[state] > limit:
-            alerts.append(f"{report.counts[state]} {state} events (limit {limit})")
-    if (limit := options["max_lag_p99"]) is not None and report.lag.count:
-        p99 = timedelta(seconds=report.lag.seconds[99])
-        if p99 > _duration(limit):
-            alerts.append(f"p99 lag {format_duration(p99, precise=True)} (limit {limit})")
-    return alerts
+def _limits(options: dict[str, Any]) -> Limits:
+    def duration(key: str) -> timedelta | None:
+        return None if options[key] is None else _duration(options[key])
+
+    return Limits(
+        oldest_unprocessed=duration("max_oldest_unprocessed"),
+        dead=options["max_dead"],
+        failed=options["max_failed"],
+        lag_p99=duration("max_lag_p99"),
+    )

@@ -1,0 +1,126 @@
+"""The pipeline's figures over HTTP, for monitors: what ``stripe_events_status --json`` prints.
+
+Opt-in: the project routes it where it wants it, protected by a bearer token from
+``HEALTH_TOKENS`` or a staff login with the permission to view events::
+
+    path("stripe/health/", HealthView.as_view(), name="stripe_health"),
+
+``GET`` answers 200 with the figures while they are within the limits given in the query
+string (the command's options: ``max_oldest_unprocessed``, ``max_dead``, ``max_failed``,
+``max_lag_p99``, and ``window``), 503 with the alerts once one is passed, and 503
+``unavailable`` when the database does not answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.decorators import login_not_required
+from django.db import DatabaseError, router
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.views import View
+from django.views.decorators.cache import never_cache
+
+from stripe_idempotency.conf import app_settings
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.status import Limits, parse_duration, status
+
+__all__ = ["HealthView"]
+
+logger = logging.getLogger("stripe_idempotency")
+
+DEFAULT_WINDOW = timedelta(hours=1)
+_PERMISSION = f"{StripeEvent._meta.app_label}.view_stripeevent"
+
+
+class InvalidParameter(ValueError):
+    pass
+
+
+class HealthView(View):
+    """The figures of :func:`stripe_idempotency.status.status` as JSON; 503 past the limits asked for."""
+
+    http_method_names = ["get", "head"]
+
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
+        # Monitors authenticate with a token, not a session: the view checks access itself.
+        return login_not_required(never_cache(super().as_view(**initkwargs)))
+
+    def get(self, request: HttpRequest) -> JsonResponse:
+        refusal = _refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            window, limits = _read_query(request)
+        except InvalidParameter as error:
+            return JsonResponse(
+                {"status": "rejected", "error": "invalid_parameter", "detail": str(error)}, status=400
+            )
+        try:
+            report = status(using=router.db_for_write(StripeEvent), window=window)
+        except DatabaseError as error:
+            logger.error("The health view could not read the events: %s", error)
+            return JsonResponse({"status": "unavailable"}, status=503)
+        alerts = limits.passed(report)
+        body = {"status": "alert" if alerts else "ok", **report.as_json(), "alerts": alerts}
+        return JsonResponse(body, status=503 if alerts else 200)
+
+
+def _refusal(request: HttpRequest) -> JsonResponse | None:
+    """``None`` when the caller may see the figures, else the answer that says why not."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        # Every configured token compared in full, whichever matches: no timing to learn from.
+        matches = [
+            hmac.compare_digest(token.encode(), known.encode()) for known in app_settings.HEALTH_TOKENS
+        ]
+        if any(matches):
+            return None
+        return JsonResponse({"status": "rejected", "error": "invalid_token"}, status=403)
+    user = getattr(request, "user", None)
+    if user is not None and user.is_active and user.is_staff and user.has_perm(_PERMISSION):
+        return None
+    if user is not None and user.is_authenticated:
+        return JsonResponse({"status": "rejected", "error": "forbidden"}, status=403)
+    response = JsonResponse({"status": "rejected", "error": "authentication_required"}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="stripe_idempotency"'
+    return response
+
+
+def _read_query(request: HttpRequest) -> tuple[timedelta, Limits]:
+    query = request.GET
+    known = {"window", "max_oldest_unprocessed", "max_dead", "max_failed", "max_lag_p99"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise InvalidParameter(
+            f"Unknown parameters: {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
+        )
+
+    def duration(key: str) -> timedelta | None:
+        if key not in query:
+            return None
+        try:
+            return parse_duration(query[key])
+        except ValueError as error:
+            raise InvalidParameter(f"{key}: {error}") from error
+
+    def count(key: str) -> int | None:
+        if key not in query:
+            return None
+        value = query[key]
+        if not value.isdigit():
+            raise InvalidParameter(f"{key}: {value!r} is not a whole number of at least 0.")
+        return int(value)
+
+    limits = Limits(
+        oldest_unprocessed=duration("max_oldest_unprocessed"),
+        dead=count("max_dead"),
+        failed=count("max_failed"),
+        lag_p99=duration("max_lag_p99"),
+    )
+    return duration("window") or DEFAULT_WINDOW, limits
