@@ -3,35 +3,48 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
+from django.db import router
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
-from stripe_idempotency import outcomes, processing
+from stripe_idempotency import outcomes, processing, status
+from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimInsideTransaction
 from stripe_idempotency.models import EventState, LedgerBalance, LedgerEntry, StripeEvent
 
-# Every field shown, all read-only.
-_EVENT_FIELDS = (
-    "event_id",
-    "type",
-    "livemode",
-    "api_version",
-    "created",
-    "received_at",
-    "processed_at",
-    "attempts",
-    "next_attempt_at",
-    "claimed_at",
-    "claimed_by",
-    "claim_expires_at",
-    "claim_token",
-    "last_error_display",
-    "payload_display",
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
+
+# Every field shown, all read-only, in the order an operator asks: what is it, where does it
+# stand, what went wrong, what did Stripe send.
+_EVENT_FIELDSETS: _FieldsetSpec = (
+    (None, {"fields": ("event_id", "type", "livemode", "api_version", "created", "received_at")}),
+    (
+        _("Processing"),
+        {
+            "fields": (
+                "state",
+                "processed_at",
+                "attempts_display",
+                "next_attempt_at",
+                "claimed_by",
+                "claimed_at",
+                "claim_expires_at",
+                "claim_token",
+            )
+        },
+    ),
+    (_("Last error"), {"fields": ("error_summary", "last_error_display")}),
+    (_("Payload"), {"classes": ("collapse",), "fields": ("payload_display",)}),
 )
 _ENTRY_FIELDS = (
     "account",
@@ -87,14 +100,29 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(StripeEvent)
 class StripeEventAdmin(ReadOnlyAdmin):
-    list_display = ["event_id", "type", "state", "attempts", "received_at", "processed_at", "livemode"]
+    list_display = [
+        "event_id",
+        "type",
+        "state",
+        "attempts",
+        "received_at",
+        "processed_at",
+        "livemode",
+        "error_summary",
+    ]
     list_filter = [StateFilter, "livemode", "type"]
     search_fields = ["=event_id", "type"]
     date_hierarchy = "received_at"
     ordering = ["-received_at"]
     show_full_result_count = False  # no COUNT(*) over a large table on every page
     actions = ["reprocess_selected"]
-    fields = readonly_fields = _EVENT_FIELDS
+    fieldsets = _EVENT_FIELDSETS
+    readonly_fields = flatten_fieldsets(_EVENT_FIELDSETS)
+    change_list_template = "admin/stripe_idempotency/stripeevent/change_list.html"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """The list, under an overview of the whole table: events by state, the oldest unprocessed."""
+        return super().changelist_view(request, {**(extra_context or {}), "overview": _overview()})
 
     @admin.action(description=_("Reprocess selected events"), permissions=["reprocess"])
     def reprocess_selected(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> None:
@@ -133,13 +161,62 @@ class StripeEventAdmin(ReadOnlyAdmin):
             return str(_("claimed by %(holder)s") % {"holder": event.claimed_by})
         return str(state.label)
 
+    @admin.display(description=_("attempts"))
+    def attempts_display(self, event: StripeEvent) -> str:
+        limit = app_settings.MAX_ATTEMPTS
+        text = _("%(attempts)s of %(limit)s") % {"attempts": event.attempts, "limit": limit}
+        if event.processed_at is None and event.attempts >= limit:
+            text += " " + _("(dead: the reaper no longer retries it; a delivery or a replay still may)")
+        return str(text)
+
+    @admin.display(description=_("error"))
+    def error_summary(self, event: StripeEvent) -> str:
+        """The line that names the exception: the last line of the recorded traceback."""
+        if not event.last_error:
+            return "-"
+        lines = [line for line in event.last_error.strip().splitlines() if line.strip()]
+        return Truncator(lines[-1]).chars(ERROR_SUMMARY_CHARS)
+
     @admin.display(description=_("payload"))
     def payload_display(self, event: StripeEvent) -> str:
         return format_html("<pre>{}</pre>", json.dumps(event.payload, indent=2, sort_keys=True))
 
     @admin.display(description=_("last error"))
     def last_error_display(self, event: StripeEvent) -> str:
-        return format_html("<pre>{}</pre>", event.last_error) if event.last_error else "-"
+        if not event.last_error:
+            return "-"
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', event.last_error)
+
+
+ERROR_SUMMARY_CHARS = 100
+
+_ALARMING = (EventState.STALE, EventState.FAILED, EventState.DEAD)
+
+
+def _overview() -> dict[str, Any]:
+    """What the changelist shows above the list: three queries through the events' indexes."""
+    using = router.db_for_read(StripeEvent)
+    changelist = reverse("admin:stripe_idempotency_stripeevent_changelist")
+    by_state = status.counts(using=using)
+    oldest = status.oldest_unprocessed(using=using)
+    return {
+        "states": [
+            {
+                "label": _STATE_HELP[state],
+                "name": state.label,
+                "count": by_state[state],
+                "url": f"{changelist}?{urlencode({StateFilter.parameter_name: state.value})}",
+                "alarming": state in _ALARMING and by_state[state] > 0,
+            }
+            for state in EventState
+        ],
+        "oldest": oldest
+        and {
+            "event_id": oldest[0],
+            "age": status.format_duration(oldest[1]),
+            "url": f"{changelist}?{urlencode({'q': oldest[0]})}",
+        },
+    }
 
 
 @admin.register(LedgerEntry)

@@ -180,3 +180,61 @@ def test_reprocess_action_needs_the_change_permission(client, one_of_each):
         ("evt_failed", 1),
         ("evt_processed", 1),
     ]
+
+
+def test_the_changelist_opens_with_the_counts_by_state_and_the_oldest_unprocessed(staff, one_of_each):
+    StripeEvent.objects.filter(event_id="evt_expired").update(received_at=Now() - dt.timedelta(hours=3))
+    response = staff.get(reverse(CHANGELIST), {"state": "processed"})
+    overview = response.context["overview"]
+    assert {state["name"]: state["count"] for state in overview["states"]} == {
+        "pending": 0,
+        "claimed": 1,
+        "stale": 1,
+        "failed": 1,
+        "dead": 0,
+        "processed": 1,
+    }  # the whole table, whatever the filter
+    assert [state["name"] for state in overview["states"] if state["alarming"]] == ["stale", "failed"]
+    assert overview["oldest"]["event_id"] == "evt_expired"
+    assert overview["oldest"]["age"] == "3h00m"
+    body = response.content.decode()
+    assert '<a href="/admin/stripe_idempotency/stripeevent/?state=dead" title="dead' in body
+    assert '<td class="state-failed"><strong style="color: var(--error-fg)">1</strong></td>' in body
+    assert "Oldest unprocessed: received 3h00m ago," in body
+    assert '<a href="/admin/stripe_idempotency/stripeevent/?q=evt_expired">evt_expired</a>' in body
+
+
+def test_with_nothing_unprocessed_the_overview_says_so(staff, stripe_event_factory):
+    stripe_event_factory(event_id="evt_done", processed=True)
+    body = staff.get(reverse(CHANGELIST)).content.decode()
+    assert "Nothing unprocessed." in body
+
+
+def test_the_overview_costs_three_queries_whatever_the_table(staff, one_of_each, stripe_event_factory):
+    def overview_queries() -> int:
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from stripe_idempotency.admin import _overview
+
+        with CaptureQueriesContext(connection) as queries:
+            _overview()
+        return len(queries)
+
+    before = overview_queries()
+    stripe_event_factory.create_batch(30, processed=True)
+    stripe_event_factory.create_batch(5, failed=True)
+    assert overview_queries() == before == 3
+
+
+def test_an_event_page_shows_its_attempts_and_the_error_line_first(staff, stripe_event_factory):
+    error = 'Traceback (most recent call last):\n  File "shop/receivers.py", line 9\nRuntimeError: boom\n'
+    event = stripe_event_factory(event_id="evt_dying", failed=True, attempts=20, last_error=error)
+    response = staff.get(reverse("admin:stripe_idempotency_stripeevent_change", args=[event.pk]))
+    body = response.content.decode()
+    assert "20 of 20 (dead: the reaper no longer retries it; a delivery or a replay still may)" in body
+    assert '<div class="readonly">RuntimeError: boom</div>' in body
+    assert "File &quot;shop/receivers.py&quot;, line 9" in body
+    assert [name for name, _ in response.context["adminform"].form.fields.items()] == []  # all read-only
+    listed_row = staff.get(reverse(CHANGELIST)).content.decode()
+    assert '<td class="field-error_summary">RuntimeError: boom</td>' in listed_row
