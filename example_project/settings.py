@@ -171,7 +171,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+    # The app's lines carry their fields (event_id, outcome...) in `extra`; this formatter
+    # writes them after the message as key=value. A JSON formatter would show them as keys.
+    "formatters": {
+        "plain": {
+            "()": "stripe_idempotency.log.FieldsFormatter",
+            "format": "%(levelname)s %(name)s: %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         # Each refused, failed, busy or unavailable delivery: one line with the event id.

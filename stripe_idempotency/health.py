@@ -14,7 +14,6 @@ string (the command's options: ``max_oldest_unprocessed``, ``max_dead``, ``max_f
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -26,12 +25,11 @@ from django.views import View
 from django.views.decorators.cache import never_cache
 
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.log import logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.status import Limits, parse_duration, status
 
 __all__ = ["HealthView"]
-
-logger = logging.getLogger("stripe_idempotency")
 
 DEFAULT_WINDOW = timedelta(hours=1)
 _PERMISSION = f"{StripeEvent._meta.app_label}.view_stripeevent"

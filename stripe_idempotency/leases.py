@@ -13,7 +13,6 @@ the decisions are here.
 
 from __future__ import annotations
 
-import logging
 import math
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
+from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Busy, Duplicate
 
@@ -56,8 +56,6 @@ class Claimed:
 
 
 ClaimResult = Claimed | Duplicate | Busy
-
-logger = logging.getLogger("stripe_idempotency")
 
 # A refused claim whose row looks claimable means the holder finished or
 # released between the claim and the read; try again this many times before
@@ -110,6 +108,7 @@ def _another_type(stored: StripeEvent, event: IncomingEvent, token: uuid.UUID, u
         event.id,
         stored.type,
         event.type,
+        extra=fields(event_id=event.id, event_type=event.type),
     )
     if stored.claim_token == token:
         StripeEvent.objects.using(using).filter(pk=stored.pk, claim_token=token).update(type=event.type)

@@ -17,7 +17,6 @@ Each returns an :mod:`outcome <stripe_idempotency.outcomes>`.
 
 from __future__ import annotations
 
-import logging
 import traceback
 from collections.abc import Callable
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Claimed
+from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Accepted, Busy, Duplicate, Failed, Fenced, Outcome, Processed
 from stripe_idempotency.signals import (
@@ -56,8 +56,6 @@ __all__ = [
     "receive",
     "reprocess",
 ]
-
-logger = logging.getLogger("stripe_idempotency")
 
 # Enough of a traceback to find the failing receiver, without letting one
 # runaway error message grow the row without bound.
@@ -150,10 +148,18 @@ def _process(claimed: Claimed) -> Processed | Failed | Fenced:
         logger.warning(
             "Lease on Stripe event %s was lost while its receivers ran; their work was rolled back.",
             event.event_id,
+            extra=fields(event_id=event.event_id, event_type=event.type, outcome="fenced"),
         )
         return Fenced(event=event, retry_after=leases.busy_retry_after(event.event_id, using=claimed.using))
     except Exception as exc:
-        logger.exception("A receiver failed for Stripe event %s (%s).", event.event_id, event.type)
+        logger.exception(
+            "A receiver failed for Stripe event %s (%s).",
+            event.event_id,
+            event.type,
+            extra=fields(
+                event_id=event.event_id, event_type=event.type, outcome="failed", attempts=event.attempts
+            ),
+        )
         error = _describe(exc)
         if leases.release(claimed, error):
             announce(event_failed, StripeEvent, event=event, error=error)
@@ -166,7 +172,11 @@ def _process(claimed: Claimed) -> Processed | Failed | Fenced:
         try:
             leases.release(claimed, _describe(exc))
         except Exception:
-            logger.exception("Could not release the claim on %s; its lease will expire.", event.event_id)
+            logger.exception(
+                "Could not release the claim on %s; its lease will expire.",
+                event.event_id,
+                extra=fields(event_id=event.event_id, event_type=event.type),
+            )
         raise
     if callback_failures:
         _record_callback_failures(claimed, callback_failures)
@@ -204,6 +214,7 @@ def _guard_commit_callbacks(connection: BaseDatabaseWrapper, event: StripeEvent,
                     "An on_commit callback failed after Stripe event %s was processed; "
                     "the event's work is committed and the callback is not retried.",
                     event.event_id,
+                    extra=fields(event_id=event.event_id, event_type=event.type, outcome="callback_failed"),
                 )
                 failures.append(_describe(exc))
 
@@ -225,7 +236,9 @@ def _record_callback_failures(claimed: Claimed, failures: list[str]) -> None:
         StripeEvent.objects.using(claimed.using).filter(pk=claimed.event.pk).update(last_error=text)
     except DatabaseError:
         logger.exception(
-            "Could not record the failed callback of %s; it is in the log.", claimed.event.event_id
+            "Could not record the failed callback of %s; it is in the log.",
+            claimed.event.event_id,
+            extra=fields(event_id=claimed.event.event_id, event_type=claimed.event.type),
         )
 
 

@@ -12,13 +12,12 @@ sent once its outcome is durable, outside any transaction of the app's, with
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
 from django.dispatch import Signal
 
-logger = logging.getLogger("stripe_idempotency")
+from stripe_idempotency.log import logger
 
 #: Sent for every event. Keyword arguments: ``event`` (the ``StripeEvent`` row;
 #: ``event.payload`` is the decoded event dict).

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -25,11 +24,10 @@ from django.utils.module_loading import import_string
 
 from stripe_idempotency import outcomes, processing
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
 
 __all__ = ["enqueue", "enqueue_django_task", "process", "process_stripe_event", "tasks_framework"]
-
-logger = logging.getLogger("stripe_idempotency")
 
 #: The signature of an ``ENQUEUE`` callable: queue the processing of one stored event.
 Enqueue = Callable[[str, str], object]
@@ -90,6 +88,10 @@ def enqueue(event_id: str, database: str) -> bool:
     try:
         _enqueue_callable(app_settings.ENQUEUE)(event_id, database)
     except Exception:
-        logger.exception("Could not queue Stripe event %s for processing; the reaper will take it.", event_id)
+        logger.exception(
+            "Could not queue Stripe event %s for processing; the reaper will take it.",
+            event_id,
+            extra=fields(event_id=event_id, outcome="not_queued"),
+        )
         return False
     return True

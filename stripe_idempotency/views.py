@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +14,11 @@ from django.views.decorators.csrf import csrf_exempt
 from stripe_idempotency import outcomes, processing, telemetry
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
+from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Busy, Outcome
 from stripe_idempotency.signals import announce, event_rejected
 from stripe_idempotency.verification import verify
-
-logger = logging.getLogger("stripe_idempotency")
 
 
 class WebhookView(View):
@@ -59,33 +57,46 @@ class WebhookView(View):
                 body = _read_body(request, app_settings.MAX_BODY_BYTES)
                 verified = verify(body, request.headers.get("Stripe-Signature"))
         except WebhookRejected as rejection:
+            logged = fields(event_id=rejection.event_id, outcome="rejected", code=rejection.code)
             if rejection.event_id is not None:
                 # Authentic, and refused: Stripe will retry it for days, then drop
                 # it. Someone must look (and can fetch it from Stripe's API).
                 logger.error(
-                    "Refused Stripe event %s: %s (%s)", rejection.event_id, rejection.code, rejection
+                    "Refused Stripe event %s: %s (%s)",
+                    rejection.event_id,
+                    rejection.code,
+                    rejection,
+                    extra=logged,
                 )
             else:
-                logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection)
+                logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection, extra=logged)
             return rejected(rejection.code, status=rejection.status)
         delivery.set_attribute(telemetry.EVENT_ID, verified.id)
         delivery.set_attribute(telemetry.EVENT_TYPE, verified.type)
+        unavailable = fields(event_id=verified.id, event_type=verified.type, outcome="unavailable")
         try:
             outcome = processing.receive(verified)
         except (OperationalError, InterfaceError) as error:
             # One line, no traceback: during an outage every delivery lands here.
-            logger.error("Database unavailable while receiving Stripe event %s: %s", verified.id, error)
+            logger.error(
+                "Database unavailable while receiving Stripe event %s: %s",
+                verified.id,
+                error,
+                extra=unavailable,
+            )
             return _unavailable(verified.id)
         except DatabaseError:
             # Any other refusal of the database's (a read-only standby after a
             # failover, a broken connection state): the event is not stored as
             # processed, so Stripe must come back. With the traceback: it may be a bug.
-            logger.exception("The database refused Stripe event %s; answered unavailable.", verified.id)
+            logger.exception(
+                "The database refused Stripe event %s; answered unavailable.", verified.id, extra=unavailable
+            )
             return _unavailable(verified.id)
         except UnsupportedDatabase as error:
             # A deployment mistake (system check E010 says so first): keep the
             # event at Stripe, which retries, until it is fixed.
-            logger.error("Cannot receive Stripe event %s: %s", verified.id, error)
+            logger.error("Cannot receive Stripe event %s: %s", verified.id, error, extra=unavailable)
             return _unavailable(verified.id)
         return answer(outcome)
 
@@ -144,7 +155,11 @@ def answer(outcome: Outcome) -> Answer:
     """The HTTP answer for a processing outcome (:data:`stripe_idempotency.outcomes.REPORTS`)."""
     report = outcomes.report(outcome)
     if isinstance(outcome, Busy):
-        logger.info("Stripe event %s is held by another instance; answered busy.", outcome.event_id)
+        logger.info(
+            "Stripe event %s is held by another instance; answered busy.",
+            outcome.event_id,
+            extra=fields(event_id=outcome.event_id, outcome="busy"),
+        )
     return Answer(
         {"status": report.status, "event_id": outcomes.event_id(outcome)},
         status=report.http_status,

@@ -25,6 +25,7 @@ from django.urls import reverse
 from stripe_idempotency.asgi import WebhookBodyLimit
 from stripe_idempotency.checks import check_settings
 from stripe_idempotency.factories import StripeEventFactory
+from stripe_idempotency.log import fields
 from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.pytest_plugin import StripeWebhook
 from stripe_idempotency.signals import event_dead, event_failed, event_rejected, signal_for
@@ -289,6 +290,11 @@ def logging_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     try:
         logging.config.dictConfig(shop.run(code)["LOGGING"])
         assert logging.getLogger("django.request").propagate is False
+        [handler] = logging.getLogger("stripe_idempotency").handlers
+        record = logging.LogRecord("stripe_idempotency", logging.ERROR, "", 1, "A receiver failed", (), None)
+        record.__dict__.update(fields(event_id="evt_1", outcome="failed"))
+        formatted = handler.format(record)
+        assert formatted == "ERROR stripe_idempotency: A receiver failed event_id=evt_1 outcome=failed"
     finally:
         for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
             logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
