@@ -25,7 +25,9 @@ __all__ = [
     "format_duration",
     "oldest_unprocessed",
     "parse_duration",
+    "processed_since",
     "status",
+    "unprocessed_counts",
 ]
 
 PERCENTILES = (50, 95, 99)
@@ -98,15 +100,27 @@ def status(*, using: str, window: timedelta) -> Status:
 
 
 def counts(*, using: str) -> dict[str, int]:
-    """Events by state, every state included (two queries)."""
-    events = StripeEvent.objects.using(using)
-    found = {state.value: 0 for state in EventState}
+    """Events by state, every state included (two queries). The processed count reads every
+    processed row (the index's, or the table's): the one figure that grows with the table."""
+    found = unprocessed_counts(using=using)
+    found[EventState.PROCESSED] = StripeEvent.objects.using(using).filter(processed_at__isnull=False).count()
+    return found
+
+
+def unprocessed_counts(*, using: str) -> dict[str, int]:
+    """The unprocessed events by state, every unprocessed state included; one query over the
+    unprocessed rows only, through the index, whatever the size of the table."""
+    found = {state.value: 0 for state in EventState if state is not EventState.PROCESSED}
     # "state" is with_state()'s annotation, which the type checker's plugin cannot see.
-    unprocessed = events.filter(processed_at__isnull=True).with_state()
+    unprocessed = StripeEvent.objects.using(using).filter(processed_at__isnull=True).with_state()
     for row in unprocessed.values("state").annotate(n=Count("pk")).order_by():  # type: ignore[misc]
         found[row["state"]] = row["n"]
-    found[EventState.PROCESSED] = events.filter(processed_at__isnull=False).count()
     return found
+
+
+def processed_since(*, using: str, since: timedelta) -> int:
+    """How many events were processed in the last ``since``: a range of the index."""
+    return StripeEvent.objects.using(using).filter(processed_at__gte=Now() - since).count()
 
 
 def oldest_unprocessed(*, using: str) -> tuple[str, timedelta] | None:

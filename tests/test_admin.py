@@ -182,8 +182,12 @@ def test_reprocess_action_needs_the_change_permission(client, one_of_each):
     ]
 
 
-def test_the_changelist_opens_with_the_counts_by_state_and_the_oldest_unprocessed(staff, one_of_each):
+def test_the_changelist_opens_with_the_counts_by_state_and_the_oldest_unprocessed(
+    staff, one_of_each, stripe_event_factory
+):
     StripeEvent.objects.filter(event_id="evt_expired").update(received_at=Now() - dt.timedelta(hours=3))
+    stripe_event_factory(processed=True, processed_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    stripe_event_factory(processed=True, processed_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=59))
     response = staff.get(reverse(CHANGELIST), {"state": "processed"})
     overview = response.context["overview"]
     assert {state["name"]: state["count"] for state in overview["states"]} == {
@@ -192,7 +196,7 @@ def test_the_changelist_opens_with_the_counts_by_state_and_the_oldest_unprocesse
         "stale": 1,
         "failed": 1,
         "dead": 0,
-        "processed": 1,
+        "processed": 2,  # in the last hour: not evt_processed, a day ago
     }  # the whole table, whatever the filter
     assert [state["name"] for state in overview["states"] if state["alarming"]] == ["stale", "failed"]
     assert overview["oldest"]["event_id"] == "evt_expired"
@@ -200,6 +204,7 @@ def test_the_changelist_opens_with_the_counts_by_state_and_the_oldest_unprocesse
     body = response.content.decode()
     assert '<a href="/admin/stripe_idempotency/stripeevent/?state=dead" title="dead' in body
     assert '<td class="state-failed"><strong style="color: var(--error-fg)">1</strong></td>' in body
+    assert "Unprocessed events by state, and those processed in the last hour" in body
     assert "Oldest unprocessed: received 3h00m ago," in body
     assert '<a href="/admin/stripe_idempotency/stripeevent/?q=evt_expired">evt_expired</a>' in body
 
