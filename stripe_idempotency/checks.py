@@ -16,6 +16,7 @@ from django.db import connections, router
 from django.utils.module_loading import import_string
 
 from stripe_idempotency.conf import DEFAULTS, PROCESSING_MODES, SETTINGS_NAME
+from stripe_idempotency.endpoints import ENDPOINT_KEYS, ENDPOINT_NAME, PAYLOAD_FAMILIES
 
 _ID = "stripe_idempotency.{}"
 
@@ -32,16 +33,13 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
             )
         ]
     messages: list[CheckMessage] = []
-    messages += _check_secrets(raw)
+    named = raw.get("ENDPOINTS", {})
+    # With named endpoints, the default one may go unused: no secrets then switch it off.
+    if raw.get("WEBHOOK_SECRETS") or not named:
+        messages += _check_secrets(raw.get("WEBHOOK_SECRETS", []), SETTINGS_NAME)
     messages += _check_numbers(raw)
-    if raw.get("LIVEMODE") not in (None, True, False):
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME}['LIVEMODE'] must be None, True or False.",
-                hint="None accepts both live and test events.",
-                id=_ID.format("E007"),
-            )
-        )
+    messages += _check_endpoint_values(raw, SETTINGS_NAME)
+    messages += _check_endpoints(named, raw)
     messages += _check_processing(raw)
     messages += _check_health_tokens(raw)
     instance_id = raw.get("INSTANCE_ID")
@@ -65,12 +63,12 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     return messages
 
 
-def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
-    secrets = raw.get("WEBHOOK_SECRETS", [])
+def _check_secrets(secrets: Any, where: str) -> list[CheckMessage]:
+    """``where`` is the dict holding them: the settings, or one endpoint's."""
     if isinstance(secrets, str) or not isinstance(secrets, (list, tuple)):
         return [
             Error(
-                f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] must be a list of strings.",
+                f"{where}['WEBHOOK_SECRETS'] must be a list of strings.",
                 hint='Write ["whsec_..."], even for a single secret.',
                 id=_ID.format("E011"),
             )
@@ -78,7 +76,7 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
     if not secrets:
         return [
             Error(
-                f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] is empty: every webhook would be rejected.",
+                f"{where}['WEBHOOK_SECRETS'] is empty: every webhook would be rejected.",
                 hint="Add the endpoint's signing secret (whsec_...) from the Stripe dashboard "
                 "or from `stripe listen`.",
                 id=_ID.format("E001"),
@@ -89,7 +87,7 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
         if not isinstance(secret, str) or not secret.strip():
             messages.append(
                 Error(
-                    f"{SETTINGS_NAME}['WEBHOOK_SECRETS'] contains an empty or non-string value.",
+                    f"{where}['WEBHOOK_SECRETS'] contains an empty or non-string value.",
                     hint="Each secret is a string such as 'whsec_...'.",
                     id=_ID.format("E012"),
                 )
@@ -97,10 +95,98 @@ def _check_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
         elif not secret.startswith("whsec_"):
             messages.append(
                 Warning(
-                    f"A value in {SETTINGS_NAME}['WEBHOOK_SECRETS'] does not start with 'whsec_'.",
+                    f"A value in {where}['WEBHOOK_SECRETS'] does not start with 'whsec_'.",
                     hint="Webhook signing secrets start with 'whsec_'; an API key "
                     "(sk_...) is not a signing secret.",
                     id=_ID.format("W001"),
+                )
+            )
+    return messages
+
+
+def _check_endpoint_values(config: dict[str, Any], where: str) -> list[CheckMessage]:
+    """The values every endpoint has: the settings' own (the default endpoint's) or a named one's."""
+    messages: list[CheckMessage] = []
+    if config.get("LIVEMODE") not in (None, True, False):
+        messages.append(
+            Error(
+                f"{where}['LIVEMODE'] must be None, True or False.",
+                hint="None accepts both live and test events.",
+                id=_ID.format("E007"),
+            )
+        )
+    payload = config.get("PAYLOAD", DEFAULTS["PAYLOAD"])
+    if payload not in PAYLOAD_FAMILIES:
+        messages.append(
+            Error(
+                f"{where}['PAYLOAD'] must be 'snapshot', 'thin' or 'any'; it is {payload!r}.",
+                hint="'snapshot': events with data.object (\"object\": \"event\"); 'thin': event "
+                'notifications ("object": "v2.core.event"); \'any\' (the default): both.',
+                id=_ID.format("E021"),
+            )
+        )
+    return messages
+
+
+def _check_endpoints(named: Any, raw: dict[str, Any]) -> list[CheckMessage]:
+    if not isinstance(named, dict) or not all(isinstance(config, dict) for config in named.values()):
+        return [
+            Error(
+                f"{SETTINGS_NAME}['ENDPOINTS'] must be a dict: endpoint name -> a dict of its settings.",
+                hint='{"connect": {"WEBHOOK_SECRETS": ["whsec_..."]}}',
+                id=_ID.format("E019"),
+            )
+        ]
+    messages: list[CheckMessage] = []
+    owners: dict[str, list[str]] = {}
+    for secret in raw.get("WEBHOOK_SECRETS", []) if isinstance(raw.get("WEBHOOK_SECRETS"), list) else []:
+        owners.setdefault(secret, []).append("the default endpoint")
+    for name, config in named.items():
+        where = f"{SETTINGS_NAME}['ENDPOINTS'][{name!r}]"
+        if not isinstance(name, str) or not ENDPOINT_NAME.fullmatch(name):
+            messages.append(
+                Error(
+                    f"{SETTINGS_NAME}['ENDPOINTS'] has the name {name!r}: a name is 1 to 64 letters, "
+                    "digits, '-' or '_' (it is a URL segment).",
+                    hint="For example 'connect' or 'thin-events'.",
+                    id=_ID.format("E019"),
+                )
+            )
+            continue
+        messages += _check_secrets(config.get("WEBHOOK_SECRETS", []), where)
+        messages += _check_endpoint_values(config, where)
+        mode = config.get("PROCESSING", raw.get("PROCESSING", DEFAULTS["PROCESSING"]))
+        if mode not in PROCESSING_MODES:
+            messages.append(
+                Error(
+                    f"{where}['PROCESSING'] must be 'inline' or 'deferred'; it is {mode!r}.",
+                    hint="Leave it out to use the top-level PROCESSING.",
+                    id=_ID.format("E014"),
+                )
+            )
+        elif mode == "deferred" and raw.get("PROCESSING", DEFAULTS["PROCESSING"]) != "deferred":
+            messages += _check_enqueue(raw.get("ENQUEUE", DEFAULTS["ENQUEUE"]))
+        unknown = sorted(set(config) - set(ENDPOINT_KEYS))
+        if unknown:
+            messages.append(
+                Warning(
+                    f"{where} has unknown keys: {', '.join(map(str, unknown))}.",
+                    hint=f"Known keys: {', '.join(ENDPOINT_KEYS)}.",
+                    id=_ID.format("W007"),
+                )
+            )
+        secrets = config.get("WEBHOOK_SECRETS", [])
+        for secret in secrets if isinstance(secrets, list) else []:
+            owners.setdefault(secret, []).append(f"{name!r}")
+    for secret, holders in owners.items():
+        if len(holders) > 1 and isinstance(secret, str):
+            messages.append(
+                Error(
+                    f"One signing secret is configured for {' and '.join(holders)}: an event signed for "
+                    "one endpoint would be accepted on the other.",
+                    hint="Each endpoint (each Stripe event destination) has its own secret: copy each "
+                    "from its destination in the Stripe dashboard.",
+                    id=_ID.format("E020"),
                 )
             )
     return messages

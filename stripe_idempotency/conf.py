@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "PENDING_GRACE_SECONDS": 60,
     "ENQUEUE": "stripe_idempotency.tasks.enqueue_django_task",
     "HEALTH_TOKENS": [],
+    "PAYLOAD": "any",
+    "ENDPOINTS": {},
+    "API_KEY": None,
+    "API_BASE": None,
 }
 
 #: The values of ``PROCESSING``.
@@ -120,6 +124,34 @@ class AppSettings:
         event's task: Django's Tasks framework by default, Celery through
         ``"stripe_idempotency.contrib.celery.enqueue"``."""
         return str(self.get("ENQUEUE"))
+
+    @property
+    def PAYLOAD(self) -> str:
+        """Which event payloads the default endpoint takes: ``"snapshot"`` (``"object": "event"``),
+        ``"thin"`` (``"object": "v2.core.event"``) or ``"any"``."""
+        return str(self.get("PAYLOAD"))
+
+    @property
+    def ENDPOINTS(self) -> dict[str, Any]:
+        """Named endpoints, each served at ``webhook/<name>/``: name -> a dict with its own
+        ``WEBHOOK_SECRETS`` and, defaulting to the top-level ones, ``LIVEMODE``, ``PAYLOAD`` and
+        ``PROCESSING`` (:mod:`stripe_idempotency.endpoints`)."""
+        value = self.get("ENDPOINTS")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def API_KEY(self) -> str | None:
+        """A secret or restricted API key, for fetching from Stripe only (a thin event's event
+        and object); never needed to receive events."""
+        value = self.get("API_KEY")
+        return str(value) if value else None
+
+    @property
+    def API_BASE(self) -> str | None:
+        """Where the API is, for fetching: ``None`` is Stripe's; a local fake Stripe (stripe-mock,
+        localstripe) in development and tests."""
+        value = self.get("API_BASE")
+        return str(value) if value else None
 
     @property
     def HEALTH_TOKENS(self) -> list[str]:

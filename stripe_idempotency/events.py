@@ -3,6 +3,12 @@
 It knows nothing of HTTP or of signatures: :mod:`stripe_idempotency.verification`
 makes one from an authenticated request body, :meth:`IncomingEvent.from_row` from
 a stored row.
+
+Two families of payload are events. A *snapshot* event (``"object": "event"``, the v1
+webhooks) carries the object as it was in ``data.object``. A *thin* event notification
+(``"object": "v2.core.event"``, event destinations) carries only a reference to the object
+that changed, ``related_object``, to be fetched from the API. Both are stored, claimed and
+dispatched alike, by their ``type`` (``invoice.paid``, ``v1.customer.updated``...).
 """
 
 from __future__ import annotations
@@ -24,9 +30,19 @@ _TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
 API_VERSION_MAX_LENGTH = 64
 
 
+#: ``object`` of each family of event payload.
+SNAPSHOT = "event"
+THIN = "v2.core.event"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingEvent:
-    """A well-formed Stripe event, ready to be claimed and processed."""
+    """A well-formed Stripe event, ready to be claimed and processed.
+
+    ``id`` is the id the event is stored and deduplicated under: the event's own, but for a
+    thin event that names its ``snapshot_event``, that snapshot event's id (so that the two
+    notifications of one change are processed once together).
+    """
 
     id: str
     type: str
@@ -34,23 +50,29 @@ class IncomingEvent:
     api_version: str | None
     created: datetime | None
     payload: dict[str, Any]
+    #: The endpoint that received it (``""``: the default one).
+    endpoint: str = ""
+    #: The connected account (Connect), or ``None``.
+    account: str | None = None
+    #: The id of the object the event is about, or ``None``.
+    object_id: str | None = None
+
+    @property
+    def thin(self) -> bool:
+        """Whether this is a thin event notification (``"object": "v2.core.event"``)."""
+        return self.payload.get("object") == THIN
 
     @classmethod
-    def from_payload(cls, payload: Any) -> IncomingEvent:
+    def from_payload(cls, payload: Any, *, endpoint: str = "") -> IncomingEvent:
         """Validate the decoded JSON of an event; raise :class:`WebhookRejected` if it is not one."""
-        if not isinstance(payload, dict) or payload.get("object") != "event":
-            raise WebhookRejected("not_an_event", 'The body is not a JSON object with "object": "event".')
-        event_id = payload.get("id")
-        if not isinstance(event_id, str) or not _TOKEN.fullmatch(event_id):
-            raise WebhookRejected("invalid_id", "The event has no valid string id.")
-        event_type = payload.get("type")
-        if not isinstance(event_type, str) or not _TOKEN.fullmatch(event_type):
-            raise WebhookRejected("invalid_type", "The event has no valid string type.", event_id=event_id)
-        livemode = payload.get("livemode", False)
-        if not isinstance(livemode, bool):
+        if isinstance(payload, dict) and payload.get("object") == THIN:
+            return cls._from_thin(payload, endpoint)
+        if not isinstance(payload, dict) or payload.get("object") != SNAPSHOT:
             raise WebhookRejected(
-                "invalid_livemode", "The event's livemode is not a boolean.", event_id=event_id
+                "not_an_event",
+                'The body is not a JSON object with "object": "event" or "object": "v2.core.event".',
             )
+        event_id, event_type, livemode = _identity(payload)
         api_version = payload.get("api_version")
         if isinstance(api_version, str) and len(api_version) > API_VERSION_MAX_LENGTH:
             raise WebhookRejected(
@@ -65,6 +87,30 @@ class IncomingEvent:
             api_version=api_version if isinstance(api_version, str) else None,
             created=_timestamp(payload.get("created")),
             payload=payload,
+            endpoint=endpoint,
+            account=_token(payload.get("account")),
+            object_id=_object_id(payload.get("data")),
+        )
+
+    @classmethod
+    def _from_thin(cls, payload: dict[str, Any], endpoint: str) -> IncomingEvent:
+        event_id, event_type, livemode = _identity(payload)
+        snapshot_event = payload.get("snapshot_event")
+        if snapshot_event is not None and not _token(snapshot_event):
+            raise WebhookRejected(
+                "invalid_id", "The event's snapshot_event is not a valid event id.", event_id=event_id
+            )
+        related = payload.get("related_object")
+        return cls(
+            id=snapshot_event or event_id,
+            type=event_type,
+            livemode=livemode,
+            api_version=None,  # thin events are unversioned
+            created=_iso_timestamp(payload.get("created")),
+            payload=payload,
+            endpoint=endpoint,
+            account=_token(payload.get("context")),
+            object_id=_token(related.get("id")) if isinstance(related, dict) else None,
         )
 
     @classmethod
@@ -77,7 +123,45 @@ class IncomingEvent:
             api_version=event.api_version or None,
             created=event.created,
             payload=event.payload,
+            endpoint=event.endpoint,
+            account=event.account,
+            object_id=event.object_id,
         )
+
+
+def _identity(payload: dict[str, Any]) -> tuple[str, str, bool]:
+    """The id, type and livemode every event has, validated."""
+    event_id = payload.get("id")
+    if not isinstance(event_id, str) or not _TOKEN.fullmatch(event_id):
+        raise WebhookRejected("invalid_id", "The event has no valid string id.")
+    event_type = payload.get("type")
+    if not isinstance(event_type, str) or not _TOKEN.fullmatch(event_type):
+        raise WebhookRejected("invalid_type", "The event has no valid string type.", event_id=event_id)
+    livemode = payload.get("livemode", False)
+    if not isinstance(livemode, bool):
+        raise WebhookRejected("invalid_livemode", "The event's livemode is not a boolean.", event_id=event_id)
+    return event_id, event_type, livemode
+
+
+def _token(value: Any) -> str | None:
+    """An id-like string (an account, an object id), or ``None`` for anything else."""
+    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else None
+
+
+def _object_id(data: Any) -> str | None:
+    obj = data.get("object") if isinstance(data, dict) else None
+    return _token(obj.get("id")) if isinstance(obj, dict) else None
+
+
+def _iso_timestamp(value: Any) -> datetime | None:
+    """A thin event's ``created``: an RFC 3339 date-time such as ``2025-01-31T12:00:00.000Z``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _timestamp(value: Any) -> datetime | None:

@@ -5,7 +5,7 @@ a JSON formatter, or :class:`FieldsFormatter`, shows them), never the payload:
 
 * ``event_id``, ``event_type``: the Stripe event, when it is known (a request rejected
   before its signature was verified has neither);
-* ``outcome``: ``rejected``, ``busy``, ``unavailable`` (the answer's ``status``),
+* ``outcome``: ``rejected``, ``busy``, ``unavailable``, ``ignored`` (the answer's ``status``),
   ``failed``, ``fenced``, ``not_queued``, ``callback_failed``;
 * ``code``: a rejection's code (``invalid_signature``...);
 * ``endpoint``: the endpoint that received the request (``""`` for the default one);

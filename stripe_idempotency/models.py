@@ -111,6 +111,30 @@ class StripeEvent(models.Model):
     )
     payload = models.JSONField(_("payload"), help_text=_("The whole event as Stripe sent it."))
     received_at = models.DateTimeField(_("first received"), db_default=Now())
+    endpoint = models.CharField(
+        _("endpoint"),
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",  # raw INSERTs (the benchmarks' baselines, a project's own) need no change
+        help_text=_("The endpoint that received it (a name of ENDPOINTS); empty for the default one."),
+    )
+    # NULL, not "": the platform's own events have no account and some events no object;
+    # NULL says "none", as Stripe's null does.
+    account = models.CharField(  # noqa: DJ001
+        _("connected account"),
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("Connect: the account the event is about (account, or a thin event's context)."),
+    )
+    object_id = models.CharField(  # noqa: DJ001
+        _("object id"),
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("The object the event is about (data.object.id, or related_object.id)."),
+    )
 
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
     claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
@@ -144,6 +168,10 @@ class StripeEvent(models.Model):
                 fields=["processed_at", "claim_expires_at"],
                 name="stripe_event_unprocessed_idx",
             ),
+            # A connected account's events (the admin's filter, a receiver's scope).
+            models.Index(fields=["account", "received_at"], name="stripe_event_account_idx"),
+            # An object's events in Stripe's order.
+            models.Index(fields=["object_id", "created"], name="stripe_event_object_idx"),
         ]
 
     def __str__(self) -> str:
@@ -152,6 +180,26 @@ class StripeEvent(models.Model):
     @property
     def is_processed(self) -> bool:
         return self.processed_at is not None
+
+    @property
+    def is_thin(self) -> bool:
+        """Whether the event is a thin event notification (``"object": "v2.core.event"``)."""
+        return isinstance(self.payload, dict) and self.payload.get("object") == "v2.core.event"
+
+    def fetch_event(self, *, api_key: str | None = None) -> Any:
+        """The event as Stripe's API has it now, through a ``stripe.StripeClient`` with the
+        ``API_KEY`` setting (or ``api_key``): a thin event's full event, with its ``data`` and
+        ``changes``; a snapshot event's ``/v1/events`` object. A request to Stripe each call."""
+        from stripe_idempotency import fetching
+
+        return fetching.fetch_event(self, api_key=api_key)
+
+    def fetch_related_object(self, *, api_key: str | None = None) -> Any:
+        """A thin event's object (``related_object``) as Stripe's API has it now; ``None`` for a
+        thin event about no object. A request to Stripe each call."""
+        from stripe_idempotency import fetching
+
+        return fetching.fetch_related_object(self, api_key=api_key)
 
 
 #: Passed to ``LedgerEntry.save()`` by the ledger's operations only: any other save is refused.

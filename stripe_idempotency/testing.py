@@ -26,13 +26,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
 from django.test import Client
 from django.urls import reverse
-
-from stripe_idempotency.conf import app_settings
 
 if TYPE_CHECKING:
     # The test client's response (``.json()``, ``.templates``...), named only in django-stubs.
@@ -71,6 +70,45 @@ def build_event(
         "type": type,
         **fields,
     }
+
+
+def build_thin_event(
+    type: str = "v1.customer.updated",
+    *,
+    related_object: Mapping[str, Any] | None = None,
+    id: str | None = None,
+    livemode: bool = False,
+    created: datetime | None = None,
+    context: str | None = None,
+    snapshot_event: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A thin event notification dict, as an event destination sends one:
+    ``{"id": "evt_...", "object": "v2.core.event", "type": ..., "related_object": {...}}``.
+
+    ``related_object`` is ``{"id", "type", "url"}`` (default: a customer, for a ``v1.customer.*``
+    type); ``context`` the connected account (Connect); ``snapshot_event`` the id of the snapshot
+    event of the same change, when Stripe sends both. ``created`` defaults to now. Extra keyword
+    arguments become top-level fields (``reason=...``).
+    """
+    when = created or datetime.now(UTC)
+    event: dict[str, Any] = {
+        "id": id if id is not None else f"evt_test_{secrets.token_hex(12)}",
+        "object": "v2.core.event",
+        "type": type,
+        "livemode": livemode,
+        # RFC 3339 with milliseconds, as Stripe writes it.
+        "created": when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "related_object": dict(related_object)
+        if related_object is not None
+        else {"id": "cus_test_1", "type": "customer", "url": "/v1/customers/cus_test_1"},
+        **fields,
+    }
+    if context is not None:
+        event["context"] = context
+    if snapshot_event is not None:
+        event["snapshot_event"] = snapshot_event
+    return event
 
 
 def encode(event: Mapping[str, Any] | str | bytes) -> bytes:
@@ -114,22 +152,26 @@ def deliver(
     timestamp: int | None = None,
     signature: str | None = None,
     url: str | None = None,
+    endpoint: str = "",
     **extra: Any,
 ) -> TestResponse:
     """POST ``event`` to the webhook view, signed, and return the response.
 
     ``signature`` replaces the computed ``Stripe-Signature`` header (pass
-    ``""`` to send none); ``url`` defaults to ``reverse("stripe_idempotency:webhook")``.
+    ``""`` to send none); ``url`` defaults to ``reverse("stripe_idempotency:webhook")``, or
+    with ``endpoint`` the named endpoint's URL (then ``secret`` defaults to its first secret).
     Extra keyword arguments go to :meth:`Client.post` (for example ``headers=``).
     """
     body = encode(event)
     headers = dict(extra.pop("headers", {}))
     if signature is None:
-        signature = sign(body, secret, timestamp=timestamp)
+        signature = sign(
+            body, secret if secret is not None else _default_secret(endpoint), timestamp=timestamp
+        )
     if signature:
         headers["Stripe-Signature"] = signature
     response = client.post(
-        url or reverse("stripe_idempotency:webhook"),
+        url or reverse("stripe_idempotency:webhook", kwargs={"endpoint": endpoint} if endpoint else None),
         data=body,
         content_type="application/json",
         headers=headers,
@@ -199,8 +241,11 @@ def deliver_concurrently(
         raise errors[0]
 
 
-def _default_secret() -> str:
-    configured = app_settings.WEBHOOK_SECRETS
+def _default_secret(endpoint: str = "") -> str:
+    from stripe_idempotency.endpoints import endpoints
+
+    configured = next((e.secrets for e in endpoints() if e.name == endpoint), ())
     if not configured:
-        raise ValueError('No secret given and STRIPE_IDEMPOTENCY["WEBHOOK_SECRETS"] is empty: pass secret=.')
+        where = f'ENDPOINTS["{endpoint}"]' if endpoint else "WEBHOOK_SECRETS"
+        raise ValueError(f'No secret given and STRIPE_IDEMPOTENCY["{where}"] has none: pass secret=.')
     return configured[0]

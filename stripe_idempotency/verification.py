@@ -15,7 +15,9 @@ from typing import Any
 
 import stripe
 
+from stripe_idempotency import endpoints, fetching
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.endpoints import Endpoint
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import WebhookRejected
 
@@ -23,15 +25,18 @@ from stripe_idempotency.exceptions import WebhookRejected
 VerifiedEvent = IncomingEvent
 
 
-def verify(body: bytes, signature_header: str | None) -> IncomingEvent:
+def verify(body: bytes, signature_header: str | None, endpoint: Endpoint | None = None) -> IncomingEvent:
     """Authenticate ``body`` with its ``Stripe-Signature`` header and validate the event.
 
-    Raises :class:`WebhookRejected` with one of the codes ``missing_signature``,
-    ``invalid_encoding``, ``invalid_signature``, ``timestamp_outside_tolerance``,
-    ``invalid_json``, ``unstorable_payload``, ``not_an_event``, ``invalid_id``,
-    ``invalid_type``, ``invalid_livemode``, ``invalid_api_version`` or
-    ``livemode_mismatch``.
+    ``endpoint`` (default: the default endpoint) gives the secrets that may have signed it
+    and the payload family it takes; its live-mode policy is the caller's to apply (a
+    mismatch is ignored, not refused). Raises :class:`WebhookRejected` with one of the
+    codes ``missing_signature``, ``invalid_encoding``, ``invalid_signature``,
+    ``timestamp_outside_tolerance``, ``invalid_json``, ``unstorable_payload``,
+    ``not_an_event``, ``invalid_id``, ``invalid_type``, ``invalid_livemode``,
+    ``invalid_api_version`` or ``payload_not_accepted``.
     """
+    endpoint = endpoint or endpoints.endpoint()
     if not signature_header:
         raise WebhookRejected("missing_signature", "The Stripe-Signature header is missing.")
     try:
@@ -40,24 +45,39 @@ def verify(body: bytes, signature_header: str | None) -> IncomingEvent:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise WebhookRejected("invalid_encoding", "The body is not UTF-8.") from None
-    _verify_signature(text, signature_header)
+    _verify_signature(text, signature_header, endpoint.secrets)
     payload = _decode(text)
-    event = IncomingEvent.from_payload(payload)
-    expected = app_settings.LIVEMODE
-    if expected is not None and event.livemode is not expected:
+    event = IncomingEvent.from_payload(payload, endpoint=endpoint.name)
+    if event.thin:
+        _parse_with_stripe(text, event.id)
+    if not endpoint.accepts_family(thin=event.thin):
         raise WebhookRejected(
-            "livemode_mismatch",
-            f"This endpoint accepts only {'live' if expected else 'test'}-mode events.",
+            "payload_not_accepted",
+            f"This endpoint takes {endpoint.payload} events only; this is a "
+            f"{'thin event notification' if event.thin else 'snapshot event'}.",
+            event_id=event.id,
         )
     return event
 
 
-def _verify_signature(text: str, header: str) -> None:
+def _parse_with_stripe(text: str, event_id: str) -> None:
+    """Read a thin event notification with the ``stripe`` library's own parser, where the
+    installed ``stripe`` has one: what it cannot read is not an event notification."""
+    try:
+        fetching.parse_notification(text)
+    except (KeyError, TypeError, ValueError) as error:
+        raise WebhookRejected(
+            "not_an_event",
+            f"The stripe library cannot read this thin event notification ({error!r}).",
+            event_id=event_id,
+        ) from None
+
+
+def _verify_signature(text: str, header: str, secrets: tuple[str, ...]) -> None:
     if not header.isascii():
         # Stripe's headers are ASCII; anything else would make the constant-time
         # comparison raise TypeError instead of answering "no match".
         raise WebhookRejected("invalid_signature", "The Stripe-Signature header is not ASCII.")
-    secrets = app_settings.WEBHOOK_SECRETS
     tolerance = app_settings.TOLERANCE_SECONDS
     if _signed_by_any(text, header, secrets, tolerance):
         # Stripe's check bounds only the past; a signature from the future is
@@ -79,7 +99,7 @@ def _verify_signature(text: str, header: str) -> None:
     raise WebhookRejected("invalid_signature", "No configured secret matches the signature.")
 
 
-def _signed_by_any(text: str, header: str, secrets: list[str], tolerance: int | None) -> bool:
+def _signed_by_any(text: str, header: str, secrets: tuple[str, ...], tolerance: int | None) -> bool:
     for secret in secrets:
         try:
             stripe.WebhookSignature.verify_header(text, header, secret, tolerance)

@@ -11,8 +11,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from stripe_idempotency import outcomes, processing, telemetry
+from stripe_idempotency import endpoints, outcomes, processing, telemetry
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
@@ -43,19 +44,27 @@ class WebhookView(View):
             view = transaction.non_atomic_requests(using=alias)(view)
         return view
 
-    def post(self, request: HttpRequest) -> HttpResponse:
-        endpoint = ""
+    def post(self, request: HttpRequest, endpoint: str = endpoints.DEFAULT) -> HttpResponse:
         with telemetry.span("delivery", **{telemetry.ENDPOINT: endpoint}) as delivery:
-            response = self._deliver(request, delivery)
+            response = self._deliver(request, endpoint, delivery)
             delivery.set_attribute(telemetry.OUTCOME, response.outcome)
         telemetry.count_delivery(response.outcome, endpoint)
         return response
 
-    def _deliver(self, request: HttpRequest, delivery: telemetry.Span) -> Answer:
+    def _deliver(self, request: HttpRequest, name: str, delivery: telemetry.Span) -> Answer:
+        try:
+            endpoint = endpoints.endpoint(name)
+        except endpoints.UnknownEndpoint:
+            logger.warning(
+                "Rejected a webhook request to an unknown endpoint %r.",
+                name,
+                extra=fields(outcome="rejected", code="unknown_endpoint"),
+            )
+            return rejected("unknown_endpoint", status=404)
         try:
             with telemetry.span("verify"):
                 body = _read_body(request, app_settings.MAX_BODY_BYTES)
-                verified = verify(body, request.headers.get("Stripe-Signature"))
+                verified = verify(body, request.headers.get("Stripe-Signature"), endpoint)
         except WebhookRejected as rejection:
             logged = fields(event_id=rejection.event_id, outcome="rejected", code=rejection.code)
             if rejection.event_id is not None:
@@ -73,9 +82,11 @@ class WebhookView(View):
             return rejected(rejection.code, status=rejection.status)
         delivery.set_attribute(telemetry.EVENT_ID, verified.id)
         delivery.set_attribute(telemetry.EVENT_TYPE, verified.type)
+        if not endpoint.accepts_livemode(verified.livemode):
+            return _ignored_livemode(verified, endpoint)
         unavailable = fields(event_id=verified.id, event_type=verified.type, outcome="unavailable")
         try:
-            outcome = processing.receive(verified)
+            outcome = processing.receive(verified, mode=endpoint.processing)
         except (OperationalError, InterfaceError) as error:
             # One line, no traceback: during an outage every delivery lands here.
             logger.error(
@@ -170,6 +181,21 @@ def answer(outcome: Outcome) -> Answer:
 def rejected(code: str, *, status: int) -> Answer:
     announce(event_rejected, StripeEvent, code=code)
     return Answer({"status": "rejected", "error": code}, status=status)
+
+
+def _ignored_livemode(event: IncomingEvent, endpoint: endpoints.Endpoint) -> Answer:
+    # Not an error Stripe should retry: a live Connect endpoint receives its accounts' test
+    # events too, and a 4xx would be retried for three days, then have the endpoint disabled.
+    logger.info(
+        "Ignored Stripe event %s: a %s-mode event on an endpoint for %s-mode events.",
+        event.id,
+        "live" if event.livemode else "test",
+        "live" if endpoint.livemode else "test",
+        extra=fields(
+            event_id=event.id, event_type=event.type, outcome="ignored", endpoint=endpoint.name or None
+        ),
+    )
+    return Answer({"status": "ignored", "reason": "livemode_mismatch"}, status=200)
 
 
 def _unavailable(event_id: str) -> Answer:

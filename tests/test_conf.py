@@ -24,6 +24,10 @@ def test_defaults():
         assert app_settings.PENDING_GRACE_SECONDS == 60
         assert app_settings.ENQUEUE == "stripe_idempotency.tasks.enqueue_django_task"
         assert app_settings.HEALTH_TOKENS == []
+        assert app_settings.PAYLOAD == "any"
+        assert app_settings.ENDPOINTS == {}
+        assert app_settings.API_KEY is None
+        assert app_settings.API_BASE is None
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -38,6 +42,10 @@ def test_defaults():
         "PROCESSING",
         "PENDING_GRACE_SECONDS",
         "HEALTH_TOKENS",
+        "PAYLOAD",
+        "ENDPOINTS",
+        "API_KEY",
+        "API_BASE",
         "ENQUEUE",
     }
 

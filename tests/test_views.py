@@ -123,17 +123,26 @@ def test_json_that_is_not_an_event(csrf_client, payload, error):
     assert_rejected(deliver(csrf_client, json.dumps(payload)), 400, error)
 
 
+IGNORED = {"status": "ignored", "reason": "livemode_mismatch"}
+
+
 @override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "LIVEMODE": True})
-def test_livemode_mismatch(csrf_client):
-    response = deliver(csrf_client, build_event(livemode=False))
-    assert_rejected(response, 400, "livemode_mismatch")
-    assert deliver(csrf_client, build_event(livemode=True)).status_code == 200
+def test_a_live_mode_endpoint_ignores_test_events_with_a_200_and_stores_nothing(csrf_client, caplog):
+    # A 4xx would have Stripe retry it for three days: a live Connect endpoint receives its
+    # accounts' test events too, and can do nothing about them.
+    caplog.set_level("INFO", logger="stripe_idempotency")
+    response = deliver(csrf_client, build_event(id="evt_test_mode", livemode=False))
+    assert (response.status_code, body_of(response)) == (200, IGNORED)
+    assert StripeEvent.objects.count() == 0
+    [line] = [r for r in caplog.records if r.name == "stripe_idempotency"]
+    assert (line.levelname, line.event_id, line.outcome) == ("INFO", "evt_test_mode", "ignored")
+    assert body_of(deliver(csrf_client, build_event(livemode=True)))["status"] == "processed"
 
 
 @override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "LIVEMODE": False})
-def test_a_test_mode_endpoint_refuses_live_events(csrf_client):
+def test_a_test_mode_endpoint_ignores_live_events(csrf_client):
     response = deliver(csrf_client, build_event(livemode=True))
-    assert_rejected(response, 400, "livemode_mismatch")
+    assert (response.status_code, body_of(response)) == (200, IGNORED)
     assert StripeEvent.objects.count() == 0
     assert deliver(csrf_client, build_event(livemode=False)).status_code == 200
 

@@ -151,6 +151,9 @@ class SQLBackend:
             "api_version": event.api_version or "",
             "created": self.prepare(StripeEvent, "created", event.created),
             "payload": self.prepare(StripeEvent, "payload", event.payload),
+            "endpoint": event.endpoint,
+            "account": event.account,
+            "object_id": event.object_id,
         }
 
     def claim_params(self, event: IncomingEvent, token: uuid.UUID, claimed_by: str) -> dict[str, Any]:
@@ -258,7 +261,7 @@ _statements: dict[tuple[Any, ...], str] = {}
 
 #: The columns a claim writes when it stores a new event, in the order of every VALUES.
 INSERTED = (
-    "event_id, type, livemode, api_version, created, payload, received_at, "
+    "event_id, type, livemode, api_version, created, payload, endpoint, account, object_id, received_at, "
     "claimed_at, claimed_by, claim_expires_at, claim_token, attempts, last_error"
 )
 
@@ -279,7 +282,7 @@ WHERE id = %(pk)s AND claim_token = %(token)s
 # A stored, never claimed event: no claim columns, no attempt.
 UNCLAIMED_VALUES = """(
     %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
-    {now}, NULL, '', NULL, NULL, 0, ''
+    %(endpoint)s, %(account)s, %(object_id)s, {now}, NULL, '', NULL, NULL, 0, ''
 )"""
 
 _INSERT_UNCLAIMED_ON_CONFLICT = (

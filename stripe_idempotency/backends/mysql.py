@@ -31,6 +31,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import NOT_PROVIDED
 
 from stripe_idempotency.backends.base import (
     CLAIMABLE,
@@ -192,6 +193,7 @@ def _refused(row: Row) -> bool:
 _UPSERT = """
 INSERT INTO {table} ({inserted}) VALUES (
     %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+    %(endpoint)s, %(account)s, %(object_id)s,
     {now}, {now}, %(claimed_by)s, {now} + INTERVAL %(ttl_us)s MICROSECOND, %(token)s, 1, ''
 )
 ON DUPLICATE KEY UPDATE
@@ -225,6 +227,9 @@ _INSERT_UNCLAIMED = "INSERT INTO {table} ({inserted}) VALUES " + UNCLAIMED_VALUE
 IDENTIFIER_COLUMNS = (
     ("StripeEvent", "event_id"),
     ("StripeEvent", "claim_token"),
+    ("StripeEvent", "endpoint"),
+    ("StripeEvent", "account"),
+    ("StripeEvent", "object_id"),
     ("LedgerBalance", "account"),
     ("LedgerBalance", "currency"),
     ("LedgerEntry", "account"),
@@ -291,8 +296,11 @@ def make_identifiers_binary(schema_editor: Any, columns: list[tuple[Any, str]]) 
         if (model._meta.db_table, field.column) not in to_fix:
             continue
         charset, _, wanted = to_fix[(model._meta.db_table, field.column)]
+        # MODIFY restates the whole column: a database default must be restated too.
+        default = getattr(field.db_default, "value", field.db_default)
+        restated = "" if default is NOT_PROVIDED else f" DEFAULT {schema_editor.quote_value(default)}"
         schema_editor.execute(
             f"ALTER TABLE {quote(model._meta.db_table)} MODIFY {quote(field.column)} "
             f"{field.db_type(connection)} CHARACTER SET {charset} COLLATE {wanted} "
-            f"{'NULL' if field.null else 'NOT NULL'}"
+            f"{'NULL' if field.null else 'NOT NULL'}{restated}"
         )

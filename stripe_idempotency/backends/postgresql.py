@@ -105,6 +105,7 @@ _CLAIM = """
 WITH claimed AS (
     INSERT INTO {table} AS e ({inserted}) VALUES (
         %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+        %(endpoint)s, %(account)s, %(object_id)s,
         {now}, {now}, %(claimed_by)s, {now} + make_interval(secs => %(ttl)s), %(token)s, 1, ''
     )
     ON CONFLICT (event_id) DO UPDATE SET

@@ -46,6 +46,7 @@ class SQLiteBackend(InsertOnConflictDoNothing):
 _CLAIM = """
 INSERT INTO {table} ({inserted}) VALUES (
     %(event_id)s, %(type)s, %(livemode)s, %(api_version)s, %(created)s, %(payload)s,
+    %(endpoint)s, %(account)s, %(object_id)s,
     {now}, {now}, %(claimed_by)s,
     STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl)s), %(token)s, 1, ''
 )
