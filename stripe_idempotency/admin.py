@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
-from stripe_idempotency import outcomes, processing, status
+from stripe_idempotency import endpoints, outcomes, processing, status
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimInsideTransaction
 from stripe_idempotency.models import EventState, LedgerBalance, LedgerEntry, StripeEvent
@@ -28,7 +28,22 @@ if TYPE_CHECKING:
 # Every field shown, all read-only, in the order an operator asks: what is it, where does it
 # stand, what went wrong, what did Stripe send.
 _EVENT_FIELDSETS: _FieldsetSpec = (
-    (None, {"fields": ("event_id", "type", "livemode", "api_version", "created", "received_at")}),
+    (
+        None,
+        {
+            "fields": (
+                "event_id",
+                "type",
+                "livemode",
+                "api_version",
+                "created",
+                "received_at",
+                "endpoint",
+                "account",
+                "object_id",
+            )
+        },
+    ),
     (
         _("Processing"),
         {
@@ -76,6 +91,22 @@ class StateFilter(admin.SimpleListFilter):
         return queryset.in_state(value)  # type: ignore[attr-defined,no-any-return]
 
 
+class EndpointFilter(admin.SimpleListFilter):
+    """The configured endpoints, from the settings: no scan of the table for its distinct values."""
+
+    title = _("endpoint")
+    parameter_name = "endpoint"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [(e.name or "-", e.name or _("default")) for e in endpoints.endpoints()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> QuerySet[StripeEvent]:
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(endpoint="" if value == "-" else value)
+
+
 _STATE_HELP = {
     EventState.PENDING: _("pending (stored, waiting for a worker)"),
     EventState.CLAIMED: _("being processed"),
@@ -109,10 +140,13 @@ class StripeEventAdmin(ReadOnlyAdmin):
         "received_at",
         "processed_at",
         "livemode",
+        "endpoint",
+        "account",
         "error_summary",
     ]
-    list_filter = [StateFilter, "livemode", "type"]
-    search_fields = ["=event_id", "type"]
+    list_filter = [StateFilter, EndpointFilter, ("account", admin.EmptyFieldListFilter), "livemode", "type"]
+    # An account or an object by its exact id: through their indexes.
+    search_fields = ["=event_id", "type", "=account", "=object_id"]
     date_hierarchy = "received_at"
     ordering = ["-received_at"]
     show_full_result_count = False  # no COUNT(*) over a large table on every page

@@ -243,3 +243,21 @@ def test_an_event_page_shows_its_attempts_and_the_error_line_first(staff, stripe
     assert [name for name, _ in response.context["adminform"].form.fields.items()] == []  # all read-only
     listed_row = staff.get(reverse(CHANGELIST)).content.decode()
     assert '<td class="field-error_summary">RuntimeError: boom</td>' in listed_row
+
+
+def test_events_are_filtered_by_endpoint_and_connected_account(staff, stripe_event_factory, settings):
+    settings.STRIPE_IDEMPOTENCY = {
+        "WEBHOOK_SECRETS": ["whsec_test_secret"],
+        "ENDPOINTS": {"connect": {"WEBHOOK_SECRETS": ["whsec_connect_secret"]}},
+    }
+    stripe_event_factory(event_id="evt_platform")
+    stripe_event_factory(event_id="evt_connect_1", endpoint="connect", account="acct_1")
+    stripe_event_factory(event_id="evt_connect_2", endpoint="connect", account="acct_2")
+    assert listed(staff, endpoint="connect") == ["evt_connect_1", "evt_connect_2"]
+    assert listed(staff, endpoint="-") == ["evt_platform"]
+    assert listed(staff, account__isempty="1") == ["evt_platform"]
+    assert listed(staff, account__isempty="0") == ["evt_connect_1", "evt_connect_2"]
+    assert listed(staff, q="acct_2") == ["evt_connect_2"]
+    body = staff.get(reverse(CHANGELIST)).content.decode()
+    assert '<td class="field-account">acct_1</td>' in body
+    assert "?endpoint=connect" in body

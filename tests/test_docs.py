@@ -29,7 +29,7 @@ from stripe_idempotency.log import fields
 from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.pytest_plugin import StripeWebhook
 from stripe_idempotency.signals import event_dead, event_failed, event_rejected, signal_for
-from stripe_idempotency.testing import build_event, deliver
+from stripe_idempotency.testing import build_event, build_thin_event, deliver
 from tests.settings import WEBHOOK_SECRET
 from tests.testapp.models import Coupon, Order, Shipment
 
@@ -198,6 +198,66 @@ def monitoring_health_urls(shop: Shop, code: str, monkeypatch: Any) -> None:
         assert (response.status_code, response.json()["status"]) == (200, "ok")
         assert Client().get("/stripe/health/").status_code == 401
         assert deliver(Client(), build_event())["Content-Type"] == "application/json"
+
+
+def endpoints_settings(shop: Shop, code: str, monkeypatch: Any) -> None:
+    secrets = {"STRIPE_WEBHOOK_SECRET": "whsec_platform", "STRIPE_CONNECT_WEBHOOK_SECRET": "whsec_connect",
+               "STRIPE_THIN_WEBHOOK_SECRET": "whsec_thin"}  # fmt: skip
+    configured = shop.run(code, env=secrets.__getitem__)["STRIPE_IDEMPOTENCY"]
+    with override_settings(STRIPE_IDEMPOTENCY=configured):
+        assert check_settings() == []
+        live = build_event(livemode=True)
+        assert deliver(Client(), live, endpoint="connect").json()["status"] == "processed"
+        assert (
+            deliver(Client(), build_event(livemode=False), endpoint="connect").json()["status"] == "ignored"
+        )
+        assert deliver(Client(), build_thin_event(), endpoint="thin").json()["status"] == "processed"
+        assert deliver(Client(), build_event(), endpoint="thin").json()["error"] == "payload_not_accepted"
+
+
+def endpoints_connect_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
+    synced: list[tuple[str, dict[str, str]]] = []
+    subscriptions = types.SimpleNamespace(
+        update_or_create=lambda stripe_id, defaults: synced.append((stripe_id, defaults))
+    )
+    namespace = shop.run(code, Subscription=types.SimpleNamespace(objects=subscriptions))
+    keep(shop, namespace, "sync_subscription", "customer.subscription.updated")
+    subscription = {"id": "sub_1", "status": "active"}
+    deliver(Client(), build_event("customer.subscription.updated", data=subscription, account="acct_1C"))
+    deliver(Client(), build_event("customer.subscription.updated", data=subscription))  # the platform's
+    assert synced == [("sub_1", {"account": "acct_1C", "status": "active"})]
+
+
+def ledger_connected_accounts(shop: Shop, code: str, monkeypatch: Any) -> None:
+    keep(shop, shop.run(code), "record_payout", "payout.paid")
+    payout = {"id": "po_1", "amount": 700, "currency": "usd"}
+    deliver(Client(), build_event("payout.paid", data=payout, account="acct_1C"))
+    deliver(Client(), build_event("payout.paid", data=payout, account="acct_2C"))
+    assert LedgerEntry.objects.balance(account="acct_1C:payouts", currency="usd") == -700
+    assert LedgerEntry.objects.balance(account="acct_2C:payouts", currency="usd") == -700
+
+
+def thin_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
+    from tests.test_thin_events import FakeStripeAPI, serving
+
+    emails: list[tuple[str, str]] = []
+    customers = types.SimpleNamespace(
+        filter=lambda stripe_id: types.SimpleNamespace(update=lambda email: emails.append((stripe_id, email)))
+    )
+    keep(shop, shop.run(code, Customer=types.SimpleNamespace(objects=customers)), "refresh_customer",
+         "v1.customer.updated")  # fmt: skip
+    with (
+        serving(FakeStripeAPI) as base,
+        override_settings(
+            STRIPE_IDEMPOTENCY={
+                "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+                "API_KEY": "rk_test_docs",
+                "API_BASE": base,
+            }
+        ),
+    ):
+        assert deliver(Client(), build_thin_event("v1.customer.updated")).json()["status"] == "processed"
+    assert emails == [("cus_test_1", "b@example.com")]
 
 
 def urls_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
@@ -371,6 +431,10 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/monitoring.md", 2): monitoring_health_urls,
     ("docs/ledger.md", 1): ledger_scoped_references,
     ("docs/ledger.md", 2): ledger_receiver,
+    ("docs/ledger.md", 3): ledger_connected_accounts,
+    ("docs/endpoints.md", 0): endpoints_settings,
+    ("docs/endpoints.md", 1): endpoints_connect_receiver,
+    ("docs/thin-events.md", 0): thin_receiver,
     ("docs/quickstart.md", 0): settings_snippet,
     ("docs/quickstart.md", 1): urls_snippet,
     ("docs/quickstart.md", 2): simple_receiver("fulfil"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -190,7 +192,7 @@ class FakeStripeAPI(BaseHTTPRequestHandler):
                 "changes": {"name": ["A", "B"]},
             }
         else:
-            body = {"id": "cus_test_1", "object": "customer", "name": "B"}
+            body = {"id": "cus_test_1", "object": "customer", "name": "B", "email": "b@example.com"}
         data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -202,15 +204,24 @@ class FakeStripeAPI(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def stripe_api():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeStripeAPI)
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` answering on a free local port; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def stripe_api():
     FakeStripeAPI.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(FakeStripeAPI) as base:
+        yield base
 
 
 def test_a_thin_event_fetches_its_event_and_its_object_with_the_api_key_and_its_context(stripe_api):
