@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -315,3 +316,65 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocalStripe:
+    """localstripe (a fake but stateful Stripe API server, not ours) on a free local port: the
+    ``stripe`` client creates objects there, and it signs and sends their events as webhooks."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / "localstripe.log"
+        # Its own entry point listens on every interface and reloads its last state from
+        # disk: this one serves on the loopback only, from an empty store.
+        script = (
+            "import sys; from aiohttp import web; from localstripe.server import app; "
+            "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None)"
+        )
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", script, str(self.port)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"localstripe exited: {self.log.read_text()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            break
+        self._config("DELETE", "/_config/data")
+
+    def _config(self, method: str, path: str, form: dict[str, str] | None = None) -> None:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, response.status
+
+    def send_webhooks_to(self, name: str, url: str, secret: str) -> None:
+        self._config("POST", f"/_config/webhooks/{name}", {"url": url, "secret": secret})
+
+    def client(self) -> Any:
+        import stripe
+
+        return stripe.StripeClient("sk_test_localstripe", base_addresses={"api": self.url})
+
+    def event_body(self, event_id: str) -> bytes:
+        """An event as localstripe's Events API returns it: the body to deliver again."""
+        request = urllib.request.Request(
+            f"{self.url}/v1/events/{event_id}", headers={"Authorization": "Bearer sk_test_localstripe"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return bytes(response.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)

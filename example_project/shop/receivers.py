@@ -66,3 +66,19 @@ def refund(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None
         reference=charge["id"],
         event=event,
     )
+
+
+@receiver(signal_for("payment_intent.succeeded"))
+def credit_payment(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
+    payment = event.payload["data"]["object"]
+    if not payment.get("customer"):
+        return  # a guest payment: no account to credit
+    # Invoices and one-off charges both succeed through a PaymentIntent: its id is the reference.
+    LedgerEntry.objects.credit(
+        account=payment["customer"],
+        amount=payment["amount_received"] if "amount_received" in payment else payment["amount"],
+        currency=payment["currency"],
+        entry_type="card_payment",
+        reference=payment["id"],
+        event=event,
+    )
