@@ -97,22 +97,29 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
 
 
 def _another_type(stored: StripeEvent, event: IncomingEvent, token: uuid.UUID, using: str) -> None:
-    """An id delivered again with another type: not something Stripe does, so say so.
+    """An id delivered again with another type: not something Stripe does, so say so, unless
+    it is the same change in the other family (``customer.updated`` and the thin
+    ``v1.customer.updated`` naming it: both destinations on, during a migration).
 
     A takeover writes the delivered body (the row holds what the receivers act
     on); the claim statement leaves ``type`` alone so that this can be seen,
     and it is written here, under the new claim, in that rare case only.
     """
-    logger.warning(
-        "Stripe event %s was delivered again with another type: stored %s, delivered %s.",
-        event.id,
-        stored.type,
-        event.type,
-        extra=fields(event_id=event.id, event_type=event.type),
-    )
+    if not _same_change(stored.type, event.type):
+        logger.warning(
+            "Stripe event %s was delivered again with another type: stored %s, delivered %s.",
+            event.id,
+            stored.type,
+            event.type,
+            extra=fields(event_id=event.id, event_type=event.type),
+        )
     if stored.claim_token == token:
         StripeEvent.objects.using(using).filter(pk=stored.pk, claim_token=token).update(type=event.type)
         stored.type = event.type
+
+
+def _same_change(one: str, other: str) -> bool:
+    return one.removeprefix("v1.") == other.removeprefix("v1.")
 
 
 def complete(claimed: Claimed) -> None:

@@ -259,3 +259,70 @@ def test_a_short_health_token_is_w006_and_a_long_one_passes():
         assert ids(check_settings()) == ["stripe_idempotency.W006"]
     with with_settings(HEALTH_TOKENS=["x" * 32]):
         assert check_settings() == []
+
+
+def endpoint_settings(**endpoints):
+    return override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_ok"], "ENDPOINTS": endpoints})
+
+
+def test_valid_endpoints_pass():
+    with endpoint_settings(
+        connect={"WEBHOOK_SECRETS": ["whsec_connect"], "LIVEMODE": True},
+        thin={"WEBHOOK_SECRETS": ["whsec_thin"], "PAYLOAD": "thin", "PROCESSING": "inline"},
+    ):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("config", "check_id", "names"),
+    [
+        ({}, "E001", "STRIPE_IDEMPOTENCY['ENDPOINTS']['connect']['WEBHOOK_SECRETS'] is empty"),
+        ({"WEBHOOK_SECRETS": "whsec_connect"}, "E011", "['connect']['WEBHOOK_SECRETS'] must be a list"),
+        ({"WEBHOOK_SECRETS": [""]}, "E012", "['connect']['WEBHOOK_SECRETS'] contains an empty"),
+        ({"WEBHOOK_SECRETS": ["whsec_c"], "LIVEMODE": "live"}, "E007", "['connect']['LIVEMODE'] must be"),
+        ({"WEBHOOK_SECRETS": ["whsec_c"], "PAYLOAD": "full"}, "E021", "['connect']['PAYLOAD'] must be"),
+        (
+            {"WEBHOOK_SECRETS": ["whsec_c"], "PROCESSING": "later"},
+            "E014",
+            "['connect']['PROCESSING'] must be",
+        ),
+        (
+            {"WEBHOOK_SECRETS": ["whsec_c"], "LIVE_MODE": True},
+            "W007",
+            "['connect'] has unknown keys: LIVE_MODE",
+        ),
+    ],
+)
+def test_each_endpoint_is_checked_and_named(config, check_id, names):
+    with endpoint_settings(connect=config):
+        [message] = check_settings()
+    assert message.id == f"stripe_idempotency.{check_id}"
+    assert names in message.msg
+
+
+def test_a_secret_on_two_endpoints_is_e020():
+    with endpoint_settings(
+        connect={"WEBHOOK_SECRETS": ["whsec_ok"]}, thin={"WEBHOOK_SECRETS": ["whsec_thin"]}
+    ):
+        [message] = check_settings()
+    assert message.id == "stripe_idempotency.E020"
+    assert "the default endpoint and 'connect'" in message.msg
+
+
+@pytest.mark.parametrize(
+    "endpoints", [["connect"], {"connect": "whsec_x"}, {"with/slash": {"WEBHOOK_SECRETS": ["whsec_x"]}}]
+)
+def test_endpoints_that_are_not_named_dicts_are_e019(endpoints):
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_ok"], "ENDPOINTS": endpoints}):
+        assert "stripe_idempotency.E019" in ids(check_settings())
+
+
+def test_with_named_endpoints_the_default_one_may_have_no_secrets():
+    with override_settings(STRIPE_IDEMPOTENCY={"ENDPOINTS": {"connect": {"WEBHOOK_SECRETS": ["whsec_c"]}}}):
+        assert check_settings() == []
+
+
+def test_a_deferred_endpoint_needs_a_queue_even_when_the_default_is_inline(monkeypatch):
+    monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
+    with endpoint_settings(later={"WEBHOOK_SECRETS": ["whsec_later"], "PROCESSING": "deferred"}):
+        assert ids(check_settings()) == ["stripe_idempotency.E016"]
