@@ -5,7 +5,7 @@ Ids are stable: ``stripe_idempotency.E001`` means the same thing in every releas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from numbers import Real
 from typing import Any
 
@@ -51,16 +51,24 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                 id=_ID.format("E008"),
             )
         )
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        messages.append(
-            Warning(
-                f"{SETTINGS_NAME} has unknown keys: {', '.join(unknown)}.",
-                hint=f"Known keys: {', '.join(DEFAULTS)}.",
-                id=_ID.format("W002"),
-            )
-        )
+    messages += _unknown_keys(raw, DEFAULTS, SETTINGS_NAME, "W002")
     return messages
+
+
+def _unknown_keys(
+    config: dict[str, Any], known: Iterable[str], where: str, check_id: str
+) -> list[CheckMessage]:
+    """A typo in a key would be a setting silently ignored."""
+    unknown = sorted(map(str, set(config) - set(known)))
+    if not unknown:
+        return []
+    return [
+        Warning(
+            f"{where} has unknown keys: {', '.join(unknown)}.",
+            hint=f"Known keys: {', '.join(known)}.",
+            id=_ID.format(check_id),
+        )
+    ]
 
 
 def _check_secrets(secrets: Any, where: str) -> list[CheckMessage]:
@@ -166,15 +174,7 @@ def _check_endpoints(named: Any, raw: dict[str, Any]) -> list[CheckMessage]:
             )
         elif mode == "deferred" and raw.get("PROCESSING", DEFAULTS["PROCESSING"]) != "deferred":
             messages += _check_enqueue(raw.get("ENQUEUE", DEFAULTS["ENQUEUE"]))
-        unknown = sorted(set(config) - set(ENDPOINT_KEYS))
-        if unknown:
-            messages.append(
-                Warning(
-                    f"{where} has unknown keys: {', '.join(map(str, unknown))}.",
-                    hint=f"Known keys: {', '.join(ENDPOINT_KEYS)}.",
-                    id=_ID.format("W007"),
-                )
-            )
+        messages += _unknown_keys(config, ENDPOINT_KEYS, where, "W007")
         secrets = config.get("WEBHOOK_SECRETS", [])
         for secret in secrets if isinstance(secrets, list) else []:
             owners.setdefault(secret, []).append(f"{name!r}")
