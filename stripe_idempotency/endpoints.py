@@ -41,7 +41,11 @@ __all__ = [
 DEFAULT = ""
 
 #: What an endpoint's name may be: it is a URL segment and a stored column (64 characters).
-ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NAME_MAX_LENGTH = 64
+ENDPOINT_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{NAME_MAX_LENGTH}}}")
+
+#: What traces and metrics call an endpoint that is not configured (no name can be this).
+UNKNOWN = "(unknown)"
 
 #: The values of ``PAYLOAD``: snapshot events only, thin event notifications only, or both.
 PAYLOAD_FAMILIES = ("snapshot", "thin", "any")
@@ -86,6 +90,11 @@ def endpoint(name: str = DEFAULT) -> Endpoint:
     if not isinstance(named, dict):
         raise UnknownEndpoint(name)
     return _named(name, named)
+
+
+def is_configured(name: str) -> bool:
+    """Whether ``name`` is the default endpoint or one of ``ENDPOINTS``."""
+    return name == DEFAULT or name in app_settings.ENDPOINTS
 
 
 def endpoints() -> list[Endpoint]:

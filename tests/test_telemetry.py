@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -21,6 +21,7 @@ from stripe_idempotency import telemetry
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event, deliver
+from tests.settings import WEBHOOK_SECRET
 from tests.test_deferred import DEFERRED, queued, run_queued  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -218,3 +219,26 @@ def test_spans_carry_each_delivery_s_own_event(spans):
         deliver(Client(), build_event(id=f"evt_many_{n}"))
     ids = Counter(s.attributes.get("stripe.event.id") for s in spans() if s.name.endswith(".delivery"))
     assert ids == Counter({"evt_many_0": 1, "evt_many_1": 1, "evt_many_2": 1})
+
+
+@override_settings(
+    STRIPE_IDEMPOTENCY={
+        "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+        "ENDPOINTS": {"connect": {"WEBHOOK_SECRETS": ["whsec_c"]}},
+    }
+)
+def test_the_endpoint_is_an_attribute_and_an_invented_name_is_not(spans, measured):
+    deliver(Client(), build_event(id="evt_connect"), endpoint="connect")
+    for n in range(3):  # anyone can make up a URL: no time series of its own for each
+        deliver(Client(), build_event(), url=f"/stripe/webhook/made-up-{n}/")
+    assert [s.attributes["stripe_idempotency.endpoint"] for s in spans() if s.name.endswith(".delivery")] == [
+        "connect",
+        "(unknown)",
+        "(unknown)",
+        "(unknown)",
+    ]
+    counted = {
+        (dict(key)["stripe_idempotency.endpoint"], dict(key)["outcome"]): value
+        for key, (value,) in measured("stripe_idempotency.deliveries").items()
+    }
+    assert counted == {("connect", "processed"): 1, ("(unknown)", "rejected"): 3}
