@@ -640,6 +640,19 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE, POSTGRES),
     ),
     Break(
+        "prune-inside-stripe-s-retries",
+        "Pruning refuses a horizon shorter than Stripe's three days of retries.",
+        (
+            Edit(
+                "stripe_idempotency/retention.py",
+                "STRIPE_RETRY_WINDOW = timedelta(days=3)",
+                "STRIPE_RETRY_WINDOW = timedelta(0)",
+            ),
+        ),
+        ("tests/test_prune_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
         "viewers-can-reprocess",
         "Only users who may change events can reprocess them from the admin.",
         (

@@ -1,0 +1,96 @@
+"""``manage.py prune_stripe_events``: processed events past the horizon deleted in batches; nothing
+unprocessed, nothing the ledger refers to, never inside Stripe's retry window."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from stripe_idempotency.factories import LedgerEntryFactory, StripeEventFactory
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.testing import build_event, deliver
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("prune_stripe_events", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def history():
+    """Five events processed 40 days ago, one processed yesterday, one of each unprocessed state
+    received 40 days ago, and one old processed event a ledger entry refers to."""
+    old = timezone.now() - timedelta(days=40)
+    for n in range(5):
+        StripeEventFactory(event_id=f"evt_old_{n}", processed=True, received_at=old, processed_at=old)
+    StripeEventFactory(event_id="evt_recent", processed=True, processed_at=timezone.now() - timedelta(days=1))
+    StripeEventFactory(event_id="evt_pending", received_at=old)
+    StripeEventFactory(event_id="evt_claimed", claimed=True, received_at=old)
+    StripeEventFactory(event_id="evt_stale", stale=True, received_at=old)
+    StripeEventFactory(event_id="evt_failed", failed=True, received_at=old)
+    StripeEventFactory(event_id="evt_dead", dead=True, received_at=old)
+    paid = StripeEventFactory(event_id="evt_paid", processed=True, received_at=old, processed_at=old)
+    LedgerEntryFactory(event=paid)
+
+
+def remaining() -> list[str]:
+    return sorted(StripeEvent.objects.values_list("event_id", flat=True))
+
+
+KEPT = ["evt_claimed", "evt_dead", "evt_failed", "evt_paid", "evt_pending", "evt_recent", "evt_stale"]
+
+
+def test_processed_events_past_the_horizon_go_and_nothing_else(history):
+    out = run("--older-than", "30d")
+    assert remaining() == KEPT
+    assert "Deleted 5 events processed before " in out
+    assert "(older than 30d00h), in 1 batches." in out
+    assert "Kept 1 of them that ledger entries refer to." in out
+
+
+def test_a_dry_run_counts_and_deletes_nothing(history):
+    out = run("--older-than", "30d", "--dry-run")
+    assert "Would delete 5 events processed before " in out
+    assert "nothing deleted (dry run)" in out
+    assert len(remaining()) == 12
+
+
+def test_each_batch_is_one_delete_in_its_own_transaction(history):
+    with CaptureQueriesContext(connection) as queries:
+        out = run("--older-than", "30d", "--batch-size", "2")
+    deletes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("DELETE")]
+    assert len(deletes) == 3  # 2 + 2 + 1
+    assert "in 3 batches." in out
+    # No payload is read to delete a row.
+    assert not any('"payload"' in q["sql"] or "`payload`" in q["sql"] for q in queries)
+    assert remaining() == KEPT
+
+
+@pytest.mark.parametrize("horizon", ["2d", "71h", "60"])
+def test_a_horizon_inside_stripe_s_retries_is_refused(horizon, history):
+    with pytest.raises(CommandError, match="shorter than Stripe's 3 days of retries"):
+        run("--older-than", horizon)
+    assert len(remaining()) == 12
+
+
+def test_a_horizon_that_is_not_a_duration_is_refused():
+    with pytest.raises(CommandError, match="'a month' is not a duration"):
+        run("--older-than", "a month")
+
+
+def test_a_pruned_event_delivered_again_is_processed_again(history):
+    # Why the horizon has a floor: past it, an event's id is forgotten.
+    event = build_event(id="evt_old_0")
+    run("--older-than", "30d")
+    assert deliver(Client(), event).json()["status"] == "processed"
