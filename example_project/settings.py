@@ -89,7 +89,15 @@ STRIPE_IDEMPOTENCY = {
     "PENDING_GRACE_SECONDS": env.float("STRIPE_PENDING_GRACE_SECONDS", default=60),
     # Monitors read /stripe/health/ with this bearer token (none: staff logged in only).
     "HEALTH_TOKENS": env.list("STRIPE_HEALTH_TOKEN", default=[]),
+    # Only for fetching from Stripe (a thin event's object); receiving never needs it.
+    "API_KEY": env("STRIPE_API_KEY", default=None),
+    "API_BASE": env("STRIPE_API_BASE", default=None),
 }
+# A second endpoint, /stripe/webhook/connect/, for a Connect destination: its own secret.
+if env("STRIPE_CONNECT_WEBHOOK_SECRET", default=""):
+    STRIPE_IDEMPOTENCY["ENDPOINTS"] = {
+        "connect": {"WEBHOOK_SECRETS": env.list("STRIPE_CONNECT_WEBHOOK_SECRET")},
+    }
 
 # Deferred processing: Django's Tasks framework (django.tasks on Django 6, the
 # django-tasks backport on 5.2), or Celery.

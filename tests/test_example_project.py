@@ -96,3 +96,22 @@ def test_the_example_project_bounds_every_wait_on_the_database():
         "SET SESSION max_statement_time=12, lock_wait_timeout=12, innodb_lock_wait_timeout=12"
     )
     assert options["sqlite"] == {"transaction_mode": "IMMEDIATE", "timeout": 12}
+
+
+def test_the_example_project_serves_a_connect_endpoint_when_given_its_secret(tmp_path):
+    script = (
+        "import django; django.setup(); "
+        "from django.core.checks import run_checks; from django.urls import reverse; "
+        "print([m.id for m in run_checks() if m.id.startswith('stripe_idempotency')], "
+        "reverse('stripe_idempotency:webhook', kwargs={'endpoint': 'connect'}))"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'example.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "STRIPE_CONNECT_WEBHOOK_SECRET": "whsec_connect_example",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "[] /stripe/webhook/connect/\n"), result.stderr
