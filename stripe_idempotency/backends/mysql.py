@@ -26,6 +26,8 @@ What both share, and why the statements look as they do:
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from contextlib import nullcontext
 from typing import Any
@@ -49,8 +51,10 @@ LOCK_WAIT_TIMEOUT = 1205
 DEADLOCK = 1213
 _DUPLICATE_KEY = 1062
 # Two concurrent upserts of a new key can both be picked as deadlock victims;
-# the claim is safe to repeat.
-_CLAIM_ATTEMPTS = 3
+# the claim is safe to repeat. Each retry waits a random moment first, growing,
+# so that the victims do not meet again at once.
+_CLAIM_ATTEMPTS = 5
+_CLAIM_RETRY_BASE_SECONDS = 0.005
 
 
 class MySQLBackend(SQLBackend):
@@ -108,6 +112,7 @@ class MySQLBackend(SQLBackend):
                     return existing  # held by a transaction: not ours, so the claim is answered busy
                 if not (locked or exc.args[0] == DEADLOCK) or attempt == _CLAIM_ATTEMPTS - 1:
                     raise
+                time.sleep(random.uniform(0, _CLAIM_RETRY_BASE_SECONDS * 2**attempt))
         raise AssertionError("unreachable")
 
     def upsert_statement(self) -> str:
