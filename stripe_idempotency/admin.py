@@ -50,6 +50,7 @@ _EVENT_FIELDSETS: _FieldsetSpec = (
             "fields": (
                 "state",
                 "processed_at",
+                "superseded_by",
                 "attempts_display",
                 "next_attempt_at",
                 "claimed_by",
@@ -144,7 +145,14 @@ class StripeEventAdmin(ReadOnlyAdmin):
         "account",
         "error_summary",
     ]
-    list_filter = [StateFilter, EndpointFilter, ("account", admin.EmptyFieldListFilter), "livemode", "type"]
+    list_filter = [
+        StateFilter,
+        EndpointFilter,
+        ("account", admin.EmptyFieldListFilter),
+        ("superseded_by", admin.EmptyFieldListFilter),
+        "livemode",
+        "type",
+    ]
     # An account or an object by its exact id: through their indexes.
     search_fields = ["=event_id", "type", "=account", "=object_id"]
     date_hierarchy = "received_at"
@@ -194,6 +202,8 @@ class StripeEventAdmin(ReadOnlyAdmin):
         state = EventState(event.state)  # type: ignore[attr-defined]
         if state is EventState.CLAIMED:
             return str(_("claimed by %(holder)s") % {"holder": event.claimed_by})
+        if state is EventState.PROCESSED and event.superseded_by:
+            return str(_("superseded by %(later)s (receivers not run)") % {"later": event.superseded_by})
         return str(state.label)
 
     @admin.display(description=_("attempts"))

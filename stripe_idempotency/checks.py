@@ -42,6 +42,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     messages += _check_endpoints(named, raw)
     messages += _check_processing(raw)
     messages += _check_health_tokens(raw)
+    messages += _check_ordering(raw.get("ORDERING", {}))
     instance_id = raw.get("INSTANCE_ID")
     if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
         messages.append(
@@ -218,6 +219,25 @@ def _check_health_tokens(raw: dict[str, Any]) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_ordering(rules: Any) -> list[CheckMessage]:
+    from stripe_idempotency.ordering import MODES
+
+    valid = isinstance(rules, dict) and all(
+        isinstance(pattern, str) and pattern and mode in MODES for pattern, mode in rules.items()
+    )
+    if valid:
+        return []
+    return [
+        Error(
+            f"{SETTINGS_NAME}['ORDERING'] must map event types (or patterns such as "
+            f"'customer.subscription.*') to one of {', '.join(map(repr, MODES))}; it is {rules!r}.",
+            hint="'serialize' runs one event of an object at a time; 'skip_superseded' also completes "
+            "an event without its receivers once a later event of its object is processed.",
+            id=_ID.format("E022"),
+        )
+    ]
 
 
 def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:

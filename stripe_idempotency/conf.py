@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "ENDPOINTS": {},
     "API_KEY": None,
     "API_BASE": None,
+    "ORDERING": {},
 }
 
 #: The values of ``PROCESSING``.
@@ -152,6 +153,14 @@ class AppSettings:
         localstripe) in development and tests."""
         value = self.get("API_BASE")
         return str(value) if value else None
+
+    @property
+    def ORDERING(self) -> dict[str, Any]:
+        """Event type (or ``fnmatch`` pattern such as ``"customer.subscription.*"``) ->
+        ``"serialize"`` or ``"skip_superseded"``: per-object ordering
+        (:mod:`stripe_idempotency.ordering`)."""
+        value = self.get("ORDERING")
+        return value if isinstance(value, dict) else {}
 
     @property
     def HEALTH_TOKENS(self) -> list[str]:

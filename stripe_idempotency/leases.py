@@ -22,13 +22,13 @@ from django.db import connections, router
 from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
 from django.db.models.functions import Now
 
-from stripe_idempotency import telemetry
+from stripe_idempotency import ordering, telemetry
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.log import fields, logger
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Busy, Duplicate
 
 __all__ = [
@@ -88,12 +88,50 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
         if row.event.type != event.type:
             _another_type(row.event, event, token, using)
         if row.event.claim_token == token:
-            return Claimed(event=row.event, token=token, using=using)
+            claimed = Claimed(event=row.event, token=token, using=using)
+            return _give_way(claimed) or claimed
         if row.event.processed_at is not None:
             return Duplicate(event_id=event.id)
         if row.lease_left is not None and row.lease_left > 0:
             return Busy(event_id=event.id, retry_after=retry_after(row.lease_left))
     return Busy(event_id=event.id, retry_after=1)
+
+
+def _give_way(claimed: Claimed) -> Busy | None:
+    """For an event type ``ORDERING`` serialises: if another event about the same object holds a
+    live lease, give this claim back as if it had never been made, and answer busy.
+
+    The check runs after the claim has committed, so of two claims on one object the later to
+    commit always sees the earlier: they never both run. Both may see each other and both
+    give way; each is then retried (Stripe's next delivery, a task, the reaper).
+    """
+    event = claimed.event
+    if event.object_id is None or ordering.mode_for(event.type) is None:
+        return None
+    lease_left = ExpressionWrapper(F("claim_expires_at") - Now(), output_field=DurationField())
+    holder = (
+        ordering.same_object(event)
+        .in_state(EventState.CLAIMED)
+        .order_by("claim_expires_at")
+        .values_list(lease_left, flat=True)
+        .first()
+    )
+    if holder is None:
+        return None
+    first_claim = event.attempts == 1  # the claim counted an attempt that never started
+    StripeEvent.objects.using(claimed.using).filter(pk=event.pk, claim_token=claimed.token).update(
+        claim_token=None,
+        claim_expires_at=None,
+        attempts=F("attempts") - 1,
+        **({"claimed_at": None, "claimed_by": ""} if first_claim else {}),
+    )
+    logger.info(
+        "Stripe event %s waits: another event about %s is being processed (ORDERING).",
+        event.event_id,
+        event.object_id,
+        extra=fields(event_id=event.event_id, event_type=event.type, outcome="busy"),
+    )
+    return Busy(event_id=event.event_id, retry_after=retry_after(holder.total_seconds()))
 
 
 def _another_type(stored: StripeEvent, event: IncomingEvent, token: uuid.UUID, using: str) -> None:

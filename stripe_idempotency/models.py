@@ -152,6 +152,16 @@ class StripeEvent(models.Model):
         _("attempts"), default=0, help_text=_("Dispatches started, successful or not.")
     )
     last_error = models.TextField(_("last error"), blank=True, default="")
+    superseded_by = models.CharField(  # noqa: DJ001
+        _("superseded by"),
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_(
+            "Completed without running its receivers: this later event about the same object "
+            "was processed first (ORDERING 'skip_superseded')."
+        ),
+    )
 
     objects = StripeEventQuerySet.as_manager()
 
@@ -185,6 +195,29 @@ class StripeEvent(models.Model):
     def is_thin(self) -> bool:
         """Whether the event is a thin event notification (``"object": "v2.core.event"``)."""
         return isinstance(self.payload, dict) and self.payload.get("object") == "v2.core.event"
+
+    def latest_processed(self) -> StripeEvent | None:
+        """The processed event about the same object (``object_id``) that Stripe created last,
+        other than this one; ``None`` if there is none, or if this event is about no object.
+        Ties in ``created`` go to the one processed last. Inside a receiver, this reads what
+        is committed (and this transaction's own work)."""
+        from stripe_idempotency.ordering import same_object
+
+        return (
+            same_object(self)
+            .filter(processed_at__isnull=False)
+            .order_by(models.F("created").desc(nulls_last=True), models.F("processed_at").desc())
+            .first()
+        )
+
+    def superseded(self) -> bool:
+        """Whether an event about the same object, created in a later second than this one, is
+        processed already: the object's state in this event's payload is older than what the
+        receivers saw last. Events of one second supersede neither one another (Stripe's
+        ``created`` has one-second resolution). ``False`` for an event about no object."""
+        from stripe_idempotency.ordering import later_processed
+
+        return later_processed(self).exists()
 
     def fetch_event(self, *, api_key: str | None = None) -> Any:
         """The event as Stripe's API has it now, through a ``stripe.StripeClient`` with the

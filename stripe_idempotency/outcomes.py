@@ -25,6 +25,15 @@ class Processed:
 
 
 @dataclass(frozen=True, slots=True)
+class Superseded:
+    """Completed without running the receivers: ``by``, a later event about the same object,
+    was processed first (``ORDERING``'s ``"skip_superseded"``)."""
+
+    event: StripeEvent
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """A receiver raised: all receivers' work rolled back, the claim was released."""
 
@@ -62,7 +71,7 @@ class Accepted:
     event_id: str
 
 
-Outcome = Processed | Failed | Fenced | Duplicate | Busy | Accepted
+Outcome = Processed | Superseded | Failed | Fenced | Duplicate | Busy | Accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,16 @@ REPORTS: dict[type[Outcome], Report] = {
         reaper_verb="Reprocessed",
         reaper_result="processed",
         admin_message="Processed: %(ids)s.",
+        admin_level=levels.SUCCESS,
+    ),
+    Superseded: Report(
+        status="superseded",
+        http_status=200,
+        retry=False,
+        tally="processed",
+        reaper_verb="Reprocessed",
+        reaper_result="superseded by a later event, receivers not run",
+        admin_message="Completed without running receivers, a later event was processed first: %(ids)s.",
         admin_level=levels.SUCCESS,
     ),
     # No error text to the caller: it lands in Stripe's dashboard. It is in the

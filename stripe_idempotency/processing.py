@@ -24,7 +24,7 @@ from typing import Any, Literal
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from stripe_idempotency import leases, outcomes, telemetry
+from stripe_idempotency import leases, ordering, outcomes, telemetry
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
@@ -32,7 +32,16 @@ from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Claimed
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.outcomes import Accepted, Busy, Duplicate, Failed, Fenced, Outcome, Processed
+from stripe_idempotency.outcomes import (
+    Accepted,
+    Busy,
+    Duplicate,
+    Failed,
+    Fenced,
+    Outcome,
+    Processed,
+    Superseded,
+)
 from stripe_idempotency.signals import (
     announce,
     event_dead,
@@ -50,6 +59,7 @@ __all__ = [
     "Fenced",
     "Outcome",
     "Processed",
+    "Superseded",
     "accept",
     "dispatch",
     "process",
@@ -118,7 +128,7 @@ def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
     return outcome
 
 
-def process(claimed: Claimed) -> Processed | Failed | Fenced:
+def process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:
     """Dispatch the claimed event's receivers in one transaction, fenced by the claim.
 
     ``event_received`` receivers run first, then those of the event's type.
@@ -131,18 +141,22 @@ def process(claimed: Claimed) -> Processed | Failed | Fenced:
     with telemetry.processing_timer(event) as timing:
         outcome = _process(claimed)
         timing["result"] = type(outcome).__name__.lower()
-    if isinstance(outcome, Processed):
+    if isinstance(outcome, Processed | Superseded):
         telemetry.record_lag(event)
     return outcome
 
 
-def _process(claimed: Claimed) -> Processed | Failed | Fenced:
+def _process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:
     event = claimed.event
     callback_failures: list[str] = []
     try:
         with transaction.atomic(using=claimed.using):
-            dispatch(event)
+            later = _superseding(event)
+            if later is None:
+                dispatch(event)
             leases.complete(claimed)
+            if later != event.superseded_by:  # a forced replay that ran the receivers clears it
+                _record_superseded(claimed, later)
             _guard_commit_callbacks(connections[claimed.using], event, callback_failures)
     except LeaseLost:
         logger.warning(
@@ -181,7 +195,33 @@ def _process(claimed: Claimed) -> Processed | Failed | Fenced:
     if callback_failures:
         _record_callback_failures(claimed, callback_failures)
     announce(event_processed, StripeEvent, event=event)
+    if later is not None:
+        return Superseded(event=event, by=later)
     return Processed(event=event)
+
+
+def _superseding(event: StripeEvent) -> str | None:
+    """For a type ``ORDERING`` says ``"skip_superseded"``: the id of a later event about the same
+    object that is processed already, if any (its receivers saw a newer state than this one
+    carries). Asked under the claim, inside the transaction that completes it."""
+    if ordering.mode_for(event.type) != "skip_superseded":
+        return None
+    return ordering.later_processed(event).values_list("event_id", flat=True).first()
+
+
+def _record_superseded(claimed: Claimed, later: str | None) -> None:
+    StripeEvent.objects.using(claimed.using).filter(pk=claimed.event.pk).update(superseded_by=later)
+    claimed.event.superseded_by = later
+    if later is None:
+        return
+    logger.info(
+        "Stripe event %s was completed without running its receivers: %s, a later event about %s, "
+        "was processed first.",
+        claimed.event.event_id,
+        later,
+        claimed.event.object_id,
+        extra=fields(event_id=claimed.event.event_id, event_type=claimed.event.type, outcome="superseded"),
+    )
 
 
 def dispatch(event: StripeEvent) -> None:

@@ -261,6 +261,22 @@ def test_a_short_health_token_is_w006_and_a_long_one_passes():
         assert check_settings() == []
 
 
+@pytest.mark.parametrize(
+    "rules",
+    [["customer.subscription.*"], {"invoice.*": "sorted"}, {"": "serialize"}, {3: "serialize"}, "serialize"],
+)
+def test_ordering_that_is_not_types_to_a_mode_is_e022(rules):
+    with with_settings(ORDERING=rules):
+        assert ids(check_settings()) == ["stripe_idempotency.E022"]
+
+
+def test_valid_ordering_passes():
+    with with_settings(
+        ORDERING={"customer.subscription.*": "skip_superseded", "charge.refunded": "serialize"}
+    ):
+        assert check_settings() == []
+
+
 def endpoint_settings(**endpoints):
     return override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_ok"], "ENDPOINTS": endpoints})
 

@@ -28,6 +28,7 @@ def test_defaults():
         assert app_settings.ENDPOINTS == {}
         assert app_settings.API_KEY is None
         assert app_settings.API_BASE is None
+        assert app_settings.ORDERING == {}
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -47,6 +48,7 @@ def test_defaults():
         "API_KEY",
         "API_BASE",
         "ENQUEUE",
+        "ORDERING",
     }
 
 

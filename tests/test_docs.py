@@ -31,7 +31,7 @@ from stripe_idempotency.pytest_plugin import StripeWebhook
 from stripe_idempotency.signals import event_dead, event_failed, event_rejected, signal_for
 from stripe_idempotency.testing import build_event, build_thin_event, deliver
 from tests.settings import WEBHOOK_SECRET
-from tests.testapp.models import Coupon, Order, Shipment
+from tests.testapp.models import Coupon, Order, Shipment, Subscription
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -314,6 +314,43 @@ def ledger_scoped_references(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert LedgerEntry.objects.filter(reference="batch_7").count() == 2
 
 
+def subscription_update(status: str, created: int) -> dict[str, Any]:
+    subscription = {"id": "sub_1", "object": "subscription", "status": status}
+    return build_event("customer.subscription.updated", data=subscription, created=created)
+
+
+def ordering_check_in_the_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code, Subscription=Subscription)
+    keep(shop, namespace, "sync_subscription", "customer.subscription.updated")
+    assert deliver(Client(), subscription_update("active", 1_790_000_100)).json()["status"] == "processed"
+    assert deliver(Client(), subscription_update("incomplete", 1_790_000_000)).json()["status"] == "processed"
+    assert Subscription.objects.get(stripe_id="sub_1").status == "active"
+
+
+def ordering_settings(shop: Shop, code: str, monkeypatch: Any) -> None:
+    configured = shop.run(code, env={"STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}.__getitem__)[
+        "STRIPE_IDEMPOTENCY"
+    ]
+    with override_settings(STRIPE_IDEMPOTENCY=configured):
+        assert check_settings() == []
+        assert deliver(Client(), subscription_update("active", 1_790_000_100)).json()["status"] == "processed"
+        late = deliver(Client(), subscription_update("incomplete", 1_790_000_000)).json()
+        assert late["status"] == "superseded"
+
+
+def ordering_refund_waits(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code)
+    keep(shop, namespace, "record_refund", "charge.refunded")
+    charge = {"id": "ch_1", "customer": "cus_r", "amount": 900, "amount_refunded": 900, "currency": "usd"}
+    refunded = build_event("charge.refunded", data=charge)
+    assert deliver(Client(), refunded).status_code == 500  # before its payment: retried later
+    LedgerEntry.objects.credit(
+        account="cus_r", amount=900, currency="usd", entry_type="charge", reference="ch_1"
+    )
+    assert deliver(Client(), refunded).json()["status"] == "processed"
+    assert LedgerEntry.objects.balance(account="cus_r", currency="usd") == 0
+
+
 def ledger_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code)
     keep(shop, namespace, "credit_store", "checkout.session.completed")
@@ -435,6 +472,9 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/endpoints.md", 0): endpoints_settings,
     ("docs/endpoints.md", 1): endpoints_connect_receiver,
     ("docs/thin-events.md", 0): thin_receiver,
+    ("docs/ordering.md", 0): ordering_check_in_the_receiver,
+    ("docs/ordering.md", 1): ordering_settings,
+    ("docs/ordering.md", 2): ordering_refund_waits,
     ("docs/quickstart.md", 0): settings_snippet,
     ("docs/quickstart.md", 1): urls_snippet,
     ("docs/quickstart.md", 2): simple_receiver("fulfil"),

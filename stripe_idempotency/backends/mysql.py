@@ -235,6 +235,7 @@ IDENTIFIER_COLUMNS = (
     ("StripeEvent", "endpoint"),
     ("StripeEvent", "account"),
     ("StripeEvent", "object_id"),
+    ("StripeEvent", "superseded_by"),
     ("LedgerBalance", "account"),
     ("LedgerBalance", "currency"),
     ("LedgerEntry", "account"),

@@ -70,11 +70,15 @@ BREAKS: tuple[Break, ...] = (
             Edit(
                 PROCESSING,
                 "        with transaction.atomic(using=claimed.using):\n"
-                "            dispatch(event)\n"
+                "            later = _superseding(event)\n"
+                "            if later is None:\n"
+                "                dispatch(event)\n"
                 "            leases.complete(claimed)\n",
                 "        leases.complete(claimed)\n"
                 "        with transaction.atomic(using=claimed.using):\n"
-                "            dispatch(event)\n",
+                "            later = _superseding(event)\n"
+                "            if later is None:\n"
+                "                dispatch(event)\n",
             ),
         ),
         ("tests/test_processing.py", "tests/test_views.py"),
@@ -87,8 +91,9 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 PROCESSING,
-                "        with transaction.atomic(using=claimed.using):\n            dispatch(event)\n",
-                "        if True:\n            dispatch(event)\n",
+                "        with transaction.atomic(using=claimed.using):\n"
+                "            later = _superseding(event)\n",
+                "        if True:\n            later = _superseding(event)\n",
             ),
         ),
         ("tests/test_processing.py", "tests/test_concurrency.py"),
@@ -651,6 +656,34 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_prune_stripe_events.py",),
         (SQLITE,),
+    ),
+    # -- ordering ---------------------------------------------------------------------------
+    Break(
+        "ordered-events-of-one-object-run-at-once",
+        "Two events of an ORDERING type about one object never run at once.",
+        (
+            Edit(
+                "stripe_idempotency/leases.py",
+                "            return _give_way(claimed) or claimed\n",
+                "            return claimed\n",
+            ),
+        ),
+        ("tests/test_ordering.py",),
+        (POSTGRES, MARIADB),
+    ),
+    Break(
+        "superseded-events-run-their-receivers",
+        "An event a later processed event of its object supersedes is completed without its receivers.",
+        (
+            Edit(
+                PROCESSING,
+                '    if ordering.mode_for(event.type) != "skip_superseded":\n',
+                "    if True:\n",
+            ),
+        ),
+        ("tests/test_ordering.py",),
+        (SQLITE,),
+        quick=(SQLITE,),
     ),
     Break(
         "viewers-can-reprocess",

@@ -35,3 +35,13 @@ class Coupon(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+
+class Subscription(models.Model):
+    """A Stripe subscription's status as the receivers last set it (the ordering docs and tests)."""
+
+    stripe_id = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=50)
+
+    def __str__(self) -> str:
+        return f"{self.stripe_id}: {self.status}"

@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from stripe_idempotency import leases, outcomes, processing
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.models import EventState, StripeEvent
-from stripe_idempotency.outcomes import Failed
+from stripe_idempotency.outcomes import Failed, Superseded
 from stripe_idempotency.status import format_duration
 
 
@@ -125,6 +125,8 @@ class Command(BaseCommand):
         report = outcomes.report(outcome)
         tally[report.tally] += 1
         text = f"{report.reaper_verb} {line}: {report.reaper_result}"
+        if isinstance(outcome, Superseded):
+            text += f" ({outcome.by})"
         if isinstance(outcome, Failed):
             self.stdout.write(self.style.ERROR(f"{text}: {_last_line(outcome.error)}"))
         elif verbosity >= 1:

@@ -9,7 +9,7 @@ from django.db import router
 
 from stripe_idempotency import leases, processing
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.outcomes import Busy, Duplicate, Failed, Fenced, Outcome, Processed
+from stripe_idempotency.outcomes import Busy, Duplicate, Failed, Fenced, Outcome, Processed, Superseded
 
 
 class Command(BaseCommand):
@@ -61,6 +61,13 @@ class Command(BaseCommand):
         match outcome:
             case Processed():
                 self.stdout.write(self.style.SUCCESS(f"Processed {event_id} ({event.type})."))
+            case Superseded(by=later):
+                self.stdout.write(
+                    self.style.SUCCESS(
+                        f"Completed {event_id} ({event.type}) without running its receivers: "
+                        f"{later}, a later event about the same object, was processed first."
+                    )
+                )
             case Failed(error=error):
                 raise CommandError(f"{event_id} failed again: {error.strip().splitlines()[-1]}", returncode=1)
             case Busy(retry_after=retry_after):

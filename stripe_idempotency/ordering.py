@@ -1,0 +1,88 @@
+"""Events of one Stripe object, in Stripe's order.
+
+Stripe does not deliver in order: ``customer.subscription.updated`` can arrive before
+``.created``, a refund before its payment. Each row records the object its event is about
+(``object_id``: ``data.object.id``, or a thin event's ``related_object.id``) and Stripe's
+``created``, indexed together, so a receiver can ask what is known about its object
+(:meth:`StripeEvent.superseded() <stripe_idempotency.models.StripeEvent.superseded>`,
+:meth:`StripeEvent.latest_processed() <stripe_idempotency.models.StripeEvent.latest_processed>`),
+and the ``ORDERING`` setting can opt event types into two rules::
+
+    STRIPE_IDEMPOTENCY = {
+        "ORDERING": {
+            "customer.subscription.*": "skip_superseded",
+            "charge.*": "serialize",
+        },
+    }
+
+``"serialize"``
+    Two events of these types about one object never run at once: a claim that finds another
+    event of the object under a live lease gives its claim back and is answered busy.
+``"skip_superseded"``
+    The same, and an event whose object already has a processed event created later (in whole
+    seconds) is completed without running its receivers, recorded in ``superseded_by``. Only
+    for receivers that copy an object's latest state: an event that *adds* something (a
+    payment, a refund) is never superseded by a later one.
+
+Ties: Stripe's ``created`` has one-second resolution on snapshot events, so ``created`` is
+compared in whole seconds, and two events of the same second supersede neither one another.
+Both run; skipping is reserved for an order that is certain.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Literal
+
+from django.db.models import F
+
+from stripe_idempotency.conf import app_settings
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import StripeEvent, StripeEventQuerySet
+
+__all__ = ["MODES", "OrderingMode", "later_processed", "mode_for", "same_object"]
+
+OrderingMode = Literal["serialize", "skip_superseded"]
+
+#: The values of ``ORDERING``.
+MODES: tuple[OrderingMode, ...] = ("serialize", "skip_superseded")
+
+
+def mode_for(event_type: str) -> OrderingMode | None:
+    """The ``ORDERING`` rule for ``event_type``: its exact entry, else the longest pattern
+    (``fnmatch``-style, as ``customer.subscription.*``) that matches it, else ``None``."""
+    rules: dict[str, OrderingMode] = app_settings.ORDERING
+    if not rules:
+        return None
+    if event_type in rules:
+        return rules[event_type]
+    matching = [pattern for pattern in rules if fnmatchcase(event_type, pattern)]
+    return rules[max(matching, key=len)] if matching else None
+
+
+def same_object(event: StripeEvent) -> StripeEventQuerySet:
+    """The other events about ``event``'s object (none for an event about no object)."""
+    from stripe_idempotency.models import StripeEvent
+
+    events = StripeEvent.objects.using(event._state.db)
+    if event.object_id is None:
+        return events.none()
+    return events.filter(object_id=event.object_id).exclude(pk=event.pk)
+
+
+def later_processed(event: StripeEvent) -> StripeEventQuerySet:
+    """The processed events about ``event``'s object created in a later second than it, latest
+    first (see the tie rule above); none for an event with no ``created``."""
+    if event.created is None:
+        return same_object(event).none()
+    return (
+        same_object(event)
+        .filter(created__gte=_next_second(event.created), processed_at__isnull=False)
+        .order_by(F("created").desc(), F("processed_at").desc())
+    )
+
+
+def _next_second(when: datetime) -> datetime:
+    return when.replace(microsecond=0) + timedelta(seconds=1)
