@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy as _
 from stripe_idempotency import endpoints, outcomes, processing, status
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimInsideTransaction
-from stripe_idempotency.models import EventState, LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.models import EventState, EventSyncWatermark, LedgerBalance, LedgerEntry, StripeEvent
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -297,3 +297,15 @@ class LedgerBalanceAdmin(ReadOnlyAdmin):
     search_fields = ["=account"]
     ordering = ["account", "currency"]
     readonly_fields = ["account", "currency", "balance", "updated_at"]
+
+
+@admin.register(EventSyncWatermark)
+class EventSyncWatermarkAdmin(ReadOnlyAdmin):
+    """Where ``sync_stripe_events`` resumes, per endpoint: written by the command only."""
+
+    list_display = ["endpoint_name", "synced_until", "updated_at"]
+    fields = readonly_fields = ("endpoint", "synced_until", "updated_at")
+
+    @admin.display(description=_("endpoint"), ordering="endpoint")
+    def endpoint_name(self, mark: EventSyncWatermark) -> str:
+        return mark.endpoint or str(_("default"))

@@ -435,3 +435,26 @@ class LedgerEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise LedgerEntryImmutable("Ledger entries are never deleted; record a reversing entry.")
+
+
+class EventSyncWatermark(models.Model):
+    """How far ``sync_stripe_events`` has caught up with Stripe's Events API, per endpoint: every
+    event Stripe created before ``synced_until`` was listed and is stored (processed, or left to
+    the reaper). A scheduled run without ``--since`` starts here."""
+
+    endpoint = models.CharField(
+        _("endpoint"),
+        max_length=64,
+        unique=True,
+        blank=True,
+        help_text=_("The endpoint the events were fed to (a name of ENDPOINTS); empty for the default one."),
+    )
+    synced_until = models.DateTimeField(_("synced until"))
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("events sync watermark")
+        verbose_name_plural = _("events sync watermarks")
+
+    def __str__(self) -> str:
+        return f"{self.endpoint or 'default'}: {self.synced_until:%Y-%m-%d %H:%M:%S}"

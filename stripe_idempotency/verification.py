@@ -46,6 +46,12 @@ def verify(body: bytes, signature_header: str | None, endpoint: Endpoint | None 
     except UnicodeDecodeError:
         raise WebhookRejected("invalid_encoding", "The body is not UTF-8.") from None
     _verify_signature(text, signature_header, endpoint.secrets)
+    return validate(text, endpoint)
+
+
+def validate(text: str, endpoint: Endpoint) -> IncomingEvent:
+    """Validate an authentic event's JSON ``text`` for ``endpoint``: every check of :func:`verify`
+    after the signature's (an event read from Stripe's API is authentic by its transport)."""
     payload = _decode(text)
     event = IncomingEvent.from_payload(payload, endpoint=endpoint.name)
     if event.thin:

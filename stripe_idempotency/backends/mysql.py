@@ -236,6 +236,7 @@ IDENTIFIER_COLUMNS = (
     ("StripeEvent", "account"),
     ("StripeEvent", "object_id"),
     ("StripeEvent", "superseded_by"),
+    ("EventSyncWatermark", "endpoint"),
     ("LedgerBalance", "account"),
     ("LedgerBalance", "currency"),
     ("LedgerEntry", "account"),

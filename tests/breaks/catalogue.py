@@ -685,6 +685,27 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
         quick=(SQLITE,),
     ),
+    # -- catching up from the Events API ------------------------------------------------------
+    Break(
+        "sync-runs-without-a-claim",
+        "A sync feeds events through the delivery's claim: a sync and a delivery never both run one.",
+        (
+            Edit(
+                "stripe_idempotency/sync.py",
+                "    outcome = processing.receive(event, using=using, mode=endpoint.processing)\n",
+                "    row, _ = StripeEvent.objects.using(using).get_or_create(\n"
+                "        event_id=event.id,\n"
+                "        defaults={'type': event.type, 'payload': event.payload, 'created': event.created},\n"
+                "    )\n"
+                "    processing.dispatch(row)\n"
+                "    done = StripeEvent.objects.using(using).filter(pk=row.pk)\n"
+                "    done.update(processed_at=timezone.now(), attempts=1)\n"
+                "    outcome = outcomes.Processed(event=row)\n",
+            ),
+        ),
+        ("tests/test_sync_stripe_events.py",),
+        (SQLITE, POSTGRES),
+    ),
     Break(
         "viewers-can-reprocess",
         "Only users who may change events can reprocess them from the admin.",

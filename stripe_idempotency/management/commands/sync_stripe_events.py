@@ -1,0 +1,171 @@
+"""Catch up from Stripe's Events API: process every event Stripe created since a date (or since
+the last run) that is missing here or not processed, through the delivery's own claim.
+
+Schedule it (hourly, say) beside the reaper: the reaper finishes what was received; this
+finds what never was (an endpoint down past Stripe's three days of retries, or disabled).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import router
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from stripe_idempotency import endpoints, sync
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.status import format_duration, parse_duration
+
+# A progress line at most this often.
+PROGRESS_SECONDS = 5.0
+
+
+class Command(BaseCommand):
+    help = (
+        "Process the events Stripe's Events API lists since --since (or since the last run) that "
+        "are missing here or not processed, through the same claim as a delivery."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--since",
+            help="A date or time (2026-12-01, 2026-12-01T08:00Z) or a duration back from now (3d, 12h). "
+            "Default: where the last run for the endpoint ended. Stripe keeps 30 days.",
+        )
+        parser.add_argument(
+            "--type",
+            action="append",
+            default=[],
+            dest="types",
+            help="Only events of this type (Stripe's patterns, such as invoice.*, allowed); repeatable.",
+        )
+        parser.add_argument(
+            "--endpoint",
+            default=endpoints.DEFAULT,
+            help="Feed the events to this endpoint of ENDPOINTS (its LIVEMODE and PROCESSING apply, "
+            "and its rows name it). Default: the default endpoint.",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="List what would be processed; process nothing."
+        )
+        parser.add_argument(
+            "--database", default=None, help="The database alias (default: where the routers write events)."
+        )
+
+    def handle(
+        self,
+        *,
+        since: str | None,
+        types: list[str],
+        endpoint: str,
+        dry_run: bool,
+        database: str | None,
+        verbosity: int,
+        **options: Any,
+    ) -> None:
+        using = database or router.db_for_write(StripeEvent)
+        try:
+            target = endpoints.endpoint(endpoint)
+        except endpoints.UnknownEndpoint:
+            raise CommandError(f"--endpoint {endpoint!r}: no such endpoint in ENDPOINTS.") from None
+        if not target.accepts_family(thin=False):
+            raise CommandError(
+                f"--endpoint {endpoint!r} takes thin events only; the Events API lists snapshot events."
+            )
+        start = self._start(since, endpoint, using)
+        now = timezone.now()
+        if start >= now:
+            raise CommandError(f"--since {since}: that is not in the past.")
+        if now - start > sync.RETENTION:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Stripe keeps events for {sync.RETENTION.days} days: nothing older than "
+                    f"{now - sync.RETENTION:%Y-%m-%d %H:%M} UTC will be listed."
+                )
+            )
+        span = f"created {start:%Y-%m-%d %H:%M:%S} to {now:%Y-%m-%d %H:%M:%S} UTC"
+        if verbosity >= 1:
+            kinds = f" of type {', '.join(types)}" if types else ""
+            self.stdout.write(f"Listing Stripe events{kinds} {span} ({format_duration(now - start)}).")
+        last_report = time.monotonic()
+
+        def progress(report: sync.SyncReport, window_end: datetime) -> None:
+            nonlocal last_report
+            if verbosity >= 1 and time.monotonic() - last_report >= PROGRESS_SECONDS:
+                self.stdout.write(
+                    f"  up to {window_end:%Y-%m-%d %H:%M} UTC: {report.listed:,} listed, "
+                    f"{sum(report.fed.values()):,} fed"
+                )
+                last_report = time.monotonic()
+
+        def fed(feed: sync.Feed, status: str) -> None:
+            line = f"{feed.id} {feed.type} created {feed.created:%Y-%m-%d %H:%M:%S} ({feed.standing})"
+            if dry_run:
+                self.stdout.write(f"Would process {line}")
+            elif status == "error":
+                self.stdout.write(
+                    self.style.ERROR(f"{line}: failed (left to the reaper; see its last error)")
+                )
+            elif verbosity >= 1:
+                self.stdout.write(f"{line}: {status}")
+
+        try:
+            report = sync.sync(
+                target,
+                since=start,
+                until=now,
+                types=types,
+                dry_run=dry_run,
+                using=using,
+                progress=progress,
+                fed=fed,
+            )
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from error
+        summary = self._summary(report, span, dry_run)
+        if report.failed:
+            raise CommandError(summary, returncode=1)
+        if verbosity >= 1:
+            self.stdout.write(summary)
+
+    def _start(self, since: str | None, endpoint: str, using: str) -> datetime:
+        if since is None:
+            resumed = sync.resume_from(endpoint, using=using)
+            if resumed is None:
+                raise CommandError(
+                    f"No earlier run for the {endpoint or 'default'} endpoint to resume from: "
+                    "give --since for the first one (e.g. --since 3d)."
+                )
+            return resumed
+        return parse_since(since)
+
+    def _summary(self, report: sync.SyncReport, span: str, dry_run: bool) -> str:
+        head = f"{report.listed:,} events listed ({span}): {report.already_processed:,} processed already"
+        if dry_run:
+            would = report.listed - report.already_processed
+            return f"{head}, {would:,} would be processed; nothing changed (dry run)."
+        outcomes = ", ".join(f"{count:,} {status}" for status, count in sorted(report.fed.items()))
+        return f"{head}; fed {sum(report.fed.values()):,}: {outcomes or 'none'}."
+
+
+def parse_since(text: str) -> datetime:
+    """A date, a date and time (UTC unless it says otherwise) or a duration back from now."""
+    try:
+        return timezone.now() - parse_duration(text)
+    except ValueError:
+        pass
+    moment = parse_datetime(text)
+    if moment is None:
+        day = parse_date(text)
+        if day is None:
+            raise CommandError(
+                f"--since {text!r}: give a date (2026-12-01), a time (2026-12-01T08:00Z) "
+                "or a duration (3d, 12h)."
+            )
+        moment = datetime(day.year, day.month, day.day)
+    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)

@@ -1,0 +1,279 @@
+"""Catching up from Stripe's Events API, against localstripe (a stateful fake Stripe from PyPI,
+not ours): events created while the endpoint was down are processed once by the sync, through the
+delivery's claim; again-delivered ones are duplicates; a scheduled run resumes at the watermark;
+a sync and live deliveries at the same moment run each event once."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client, override_settings
+from django.urls import reverse
+
+from stripe_idempotency import sync
+from stripe_idempotency.models import EventState, EventSyncWatermark, StripeEvent
+from stripe_idempotency.signals import event_received, signal_for
+from stripe_idempotency.testing import deliver, deliver_concurrently, sign
+from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, post
+from tests.settings import WEBHOOK_SECRET
+from tests.test_chaos import show
+from tests.test_localstripe import SECRET, shop_at
+from tests.testapp.models import Effect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+API_KEY = "sk_test_localstripe"
+EVENTS, ENTRIES = "stripe_idempotency_stripeevent", "stripe_idempotency_ledgerentry"
+
+
+@pytest.fixture
+def localstripe(tmp_path: Path, settings):
+    """localstripe with no webhook registered: our endpoint is down as far as it knows."""
+    server = LocalStripe(tmp_path)
+    settings.STRIPE_IDEMPOTENCY = {
+        "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+        "API_KEY": API_KEY,
+        "API_BASE": server.url,
+    }
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def effects(connect):
+    connect(event_received, lambda sender, event, **kwargs: Effect.objects.create(event_id=event.event_id))
+
+
+def listed(localstripe: LocalStripe) -> list[str]:
+    stripe = localstripe.client()
+    return [event.id for event in stripe.v1.events.list(params={"limit": 100}).auto_paging_iter()]
+
+
+def test_events_created_while_the_endpoint_was_down_are_processed_once(localstripe, effects, capsys):
+    shop_at(localstripe.client())
+    sent = listed(localstripe)
+    call_command("sync_stripe_events", "--since", "1h")
+    out = capsys.readouterr().out
+    assert f"{len(sent)} events listed" in out
+    assert f"0 processed already; fed {len(sent)}: {len(sent)} processed." in out, out
+    rows = StripeEvent.objects.with_state()
+    assert sorted(rows.values_list("event_id", flat=True)) == sorted(sent)
+    assert {(row.state, row.attempts) for row in rows} == {(EventState.PROCESSED, 1)}
+    assert collections.Counter(Effect.objects.values_list("event_id", flat=True)) == dict.fromkeys(sent, 1)
+    # Fed oldest first (Stripe lists newest first).
+    created = list(StripeEvent.objects.order_by("processed_at").values_list("created", flat=True))
+    assert created == sorted(created)
+
+    # Delivered now, late: duplicates. A second run resumes at the watermark and finds nothing new.
+    for event_id in sent:
+        assert deliver(Client(), localstripe.event_body(event_id)).json()["status"] == "duplicate"
+    mark = EventSyncWatermark.objects.get(endpoint="")
+    # The run's last second included: the watermark may lie up to a second past its start.
+    assert timedelta(seconds=-1) <= datetime.now(UTC) - mark.synced_until < timedelta(minutes=1)
+    call_command("sync_stripe_events")
+    out = capsys.readouterr().out
+    assert f"{len(sent)} processed already; fed 0: none." in out, out
+    assert Effect.objects.count() == len(sent)
+
+
+def test_only_what_is_missing_or_unprocessed_is_fed(localstripe, effects, capsys, connect):
+    stripe = localstripe.client()
+    delivered = stripe.v1.customers.create(params={"email": "one@example.com"})
+    failing = stripe.v1.customers.create(params={"email": "two@example.com"})
+    missing = stripe.v1.customers.create(params={"email": "three@example.com"})
+    by_customer = {}
+    for event in stripe.v1.events.list(params={"limit": 100}).auto_paging_iter():
+        by_customer[event.data.object.id] = event.id
+
+    def fail_once(sender, event, **kwargs):
+        if event.object_id == failing.id and event.attempts == 1:
+            raise RuntimeError("the CRM timed out")
+
+    connect(signal_for("customer.created"), fail_once)
+    deliver(Client(), localstripe.event_body(by_customer[delivered.id]))
+    assert deliver(Client(), localstripe.event_body(by_customer[failing.id])).status_code == 500
+
+    call_command("sync_stripe_events", "--since", "10m", "--dry-run")
+    out = capsys.readouterr().out
+    assert f"Would process {by_customer[failing.id]} customer.created" in out
+    assert "(failed)" in out
+    assert f"Would process {by_customer[missing.id]} customer.created" in out
+    assert "(missing)" in out
+    assert by_customer[delivered.id] not in out
+    assert "3 events listed" in out
+    assert "1 processed already, 2 would be processed; nothing changed (dry run)." in out
+    assert StripeEvent.objects.count() == 2
+    assert not EventSyncWatermark.objects.exists()
+
+    call_command("sync_stripe_events", "--since", "10m", "--type", "customer.created")
+    out = capsys.readouterr().out
+    assert "1 processed already; fed 2: 2 processed." in out, out
+    assert set(StripeEvent.objects.values_list("attempts", flat=True)) == {1, 2}  # the failed one retried
+    assert StripeEvent.objects.processed().count() == 3
+
+
+def test_a_failure_during_the_sync_exits_1_and_leaves_the_event_to_the_reaper(localstripe, connect, capsys):
+    stripe = localstripe.client()
+    stripe.v1.customers.create(params={"email": "one@example.com"})
+
+    def fail(sender, event, **kwargs):
+        raise RuntimeError("the CRM is down")
+
+    connect(signal_for("customer.created"), fail)
+    with pytest.raises(CommandError) as raised:
+        call_command("sync_stripe_events", "--since", "10m")
+    assert raised.value.returncode == 1
+    assert "fed 1: 1 error." in str(raised.value)
+    assert "failed (left to the reaper; see its last error)" in capsys.readouterr().out
+    assert StripeEvent.objects.failed().count() == 1
+    assert EventSyncWatermark.objects.exists()  # stored, so the reaper owns it: the sync moves on
+
+
+def test_an_endpoint_s_live_mode_and_name_apply(localstripe, settings, capsys):
+    localstripe.client().v1.customers.create(params={"email": "one@example.com"})
+    live = {
+        **settings.STRIPE_IDEMPOTENCY,
+        "ENDPOINTS": {"live": {"WEBHOOK_SECRETS": ["whsec_l"], "LIVEMODE": True}},
+    }
+    with override_settings(STRIPE_IDEMPOTENCY=live):
+        call_command("sync_stripe_events", "--since", "10m", "--endpoint", "live")
+    assert "fed 1: 1 ignored." in capsys.readouterr().out  # localstripe's events are test events
+    assert not StripeEvent.objects.exists()
+    named = {**settings.STRIPE_IDEMPOTENCY, "ENDPOINTS": {"platform": {"WEBHOOK_SECRETS": ["whsec_p"]}}}
+    with override_settings(STRIPE_IDEMPOTENCY=named):
+        call_command("sync_stripe_events", "--since", "10m", "--endpoint", "platform")
+    assert StripeEvent.objects.get().endpoint == "platform"
+    assert EventSyncWatermark.objects.filter(endpoint="platform").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((), "No earlier run for the default endpoint to resume from: give --since"),
+        (("--since", "yesterday"), "--since 'yesterday': give a date"),
+        (("--since", "2999-01-01"), "that is not in the past"),
+        (("--since", "1h", "--endpoint", "nope"), "--endpoint 'nope': no such endpoint"),
+    ],
+)
+def test_bad_arguments_are_clear_errors_and_change_nothing(localstripe, arguments, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("sync_stripe_events", *arguments)
+    assert not EventSyncWatermark.objects.exists()
+
+
+def test_without_an_api_key_the_error_says_which_setting(settings):
+    settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": [WEBHOOK_SECRET]}
+    with pytest.raises(CommandError, match=r"set STRIPE_IDEMPOTENCY\['API_KEY'\]"):
+        call_command("sync_stripe_events", "--since", "1h")
+
+
+def test_a_thin_only_endpoint_is_refused(localstripe, settings):
+    thin = {
+        **settings.STRIPE_IDEMPOTENCY,
+        "ENDPOINTS": {"thin": {"WEBHOOK_SECRETS": ["whsec_t"], "PAYLOAD": "thin"}},
+    }
+    with override_settings(STRIPE_IDEMPOTENCY=thin), pytest.raises(CommandError, match="thin events only"):
+        call_command("sync_stripe_events", "--since", "1h", "--endpoint", "thin")
+
+
+def test_the_listing_goes_window_by_window_oldest_first(localstripe):
+    """Stripe lists newest first; within a window the feed is oldest first, and the windows follow
+    each other without a gap or an overlap."""
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    windows = list(sync._windows(now - timedelta(hours=2, minutes=30), now))
+    assert windows[0][0] == now - timedelta(hours=2, minutes=30)
+    assert windows[-1][1] == now + timedelta(seconds=1)  # the second of `until` included
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    assert len(windows) == 3
+
+
+@pytest.mark.servers
+@pytest.mark.only_on(
+    "postgresql",
+    "mariadb",
+    "mysql",
+    reason="SQLite's single writer would serialise the app server's workers.",
+)
+def test_a_sync_running_beside_deliveries_runs_each_event_once(server_database, tmp_path: Path, capsys):
+    """Stripe delivers again (8 senders, every event twice, over 5 s) to the example project under
+    gunicorn while two syncs run (each ``manage.py sync_stripe_events`` in a process of its own,
+    as two cron hosts would start them): every event is processed once, by whichever claimed it
+    first, and both ways in did some of the work."""
+    db = server_database
+    localstripe = LocalStripe(tmp_path)  # no webhook registered: nothing delivered yet
+    server = Gunicorn(db.url, "sync-instance", workers=3, log_dir=tmp_path)
+    environment = app_environment(db.url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=localstripe.url)
+    try:
+        shop_at(localstripe.client())
+        sent = listed(localstripe)
+        bodies = {event_id: localstripe.event_body(event_id) for event_id in sent}
+        syncs = [
+            subprocess.Popen(
+                [sys.executable, "manage.py", "sync_stripe_events", "--since", "1h"],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        answers: collections.Counter[str] = collections.Counter()
+        lock = threading.Lock()
+
+        def attempt(event_id: str) -> None:
+            _, _, body = post(server.url, bodies[event_id], sign(bodies[event_id], SECRET))
+            with lock:
+                answers[answer_status(body)] += 1
+
+        order = [event_id for event_id in sent for _ in range(2)]
+        random.Random(3).shuffle(order)
+        deliver_concurrently(order, attempt, senders=8, spread=5.0)
+        outputs = [process.communicate(timeout=300)[0] for process in syncs]
+        assert [process.returncode for process in syncs] == [0, 0], outputs
+        rows = db.rows(
+            "SELECT event_id, attempts, processed_at IS NOT NULL FROM stripe_idempotency_stripeevent"
+        )
+        assert sorted(row[0] for row in rows) == sorted(sent)
+        assert {(attempts, processed) for _, attempts, processed in rows} == {(1, True)}
+        credited = db.rows(
+            "SELECT reference FROM stripe_idempotency_ledgerentry WHERE entry_type = 'card_payment'"
+        )
+        assert len(credited) == len(set(credited)) > 0
+        fed: collections.Counter[str] = collections.Counter()
+        for output in outputs:
+            fed.update(line.rsplit(": ", 1)[1] for line in output.splitlines() if line.startswith("evt_"))
+        show(
+            capsys,
+            f"sync beside deliveries: {len(sent)} events; the deliveries' answers {dict(answers)}; "
+            f"the two syncs' feeds {dict(fed)}",
+        )
+        assert set(fed) <= {"processed", "duplicate", "busy"}
+        assert set(answers) <= {"processed", "duplicate", "busy"}
+        # Both ways in ran events, and between them each event once.
+        assert fed["processed"] > 0
+        assert answers["processed"] > 0
+        assert fed["processed"] + answers["processed"] == len(sent)
+    finally:
+        server.stop()
+        localstripe.stop()
+
+
+def test_the_admin_shows_each_endpoint_s_watermark(admin_client):
+    EventSyncWatermark.objects.create(endpoint="", synced_until=datetime(2026, 12, 1, 12, tzinfo=UTC))
+    EventSyncWatermark.objects.create(endpoint="connect", synced_until=datetime(2026, 12, 1, 13, tzinfo=UTC))
+    page = admin_client.get(
+        reverse("admin:stripe_idempotency_eventsyncwatermark_changelist")
+    ).content.decode()
+    assert "default" in page
+    assert "connect" in page
+    assert admin_client.get(reverse("admin:stripe_idempotency_eventsyncwatermark_add")).status_code == 403
