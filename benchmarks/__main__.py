@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks import deferred, endpoint, ledger, per_delivery, reaper, reaper_memory, status
+from benchmarks import deferred, endpoint, ledger, per_delivery, prune, reaper, reaper_memory, status
 from benchmarks.common import ROOT, setup_django
 
 
@@ -48,6 +48,7 @@ def main() -> None:
     print(reaper_memory.run(sizes=[200, 2_000] if smoke else [2_000, 20_000], output=output, smoke=smoke))
     print(status.run(sizes=[10_000] if smoke else [100_000, 1_000_000], runs=3 if smoke else 20,
                      output=output, smoke=smoke))  # fmt: skip
+    print(prune.run(size=10_000 if smoke else 1_000_000, output=output, smoke=smoke))
 
 
 if __name__ == "__main__":

@@ -458,3 +458,19 @@ class EventSyncWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint or 'default'}: {self.synced_until:%Y-%m-%d %H:%M:%S}"
+
+
+class PruneWatermark(models.Model):
+    """The latest cutoff ``prune_stripe_events`` deleted processed events before (one row): their
+    ids are forgotten, so ``sync_stripe_events`` never lists events Stripe created before it
+    (it would run them again)."""
+
+    pruned_before = models.DateTimeField(_("pruned before"))
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("prune watermark")
+        verbose_name_plural = _("prune watermarks")
+
+    def __str__(self) -> str:
+        return f"pruned before {self.pruned_before:%Y-%m-%d %H:%M:%S}"

@@ -4,7 +4,9 @@ What is never deleted: an event that is not processed (pending, claimed, stale, 
 each still has work or an operator's attention coming), and an event a ledger entry refers to
 (the money trail outlives any clean-up; the foreign key protects it too). What a deleted
 event costs: its id is forgotten, so a delivery of it that arrives after the deletion is a new
-event and is processed again. Hence the horizon's floor, Stripe's own window of retries.
+event and is processed again. Hence the horizon's floor, Stripe's own window of retries; and
+the cutoff is remembered (:class:`~stripe_idempotency.models.PruneWatermark`), so that
+``sync_stripe_events`` never lists from Stripe's Events API an event it would run again.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet, signals
 from django.utils import timezone
 
-from stripe_idempotency.models import LedgerEntry, StripeEvent
+from stripe_idempotency.models import LedgerEntry, PruneWatermark, StripeEvent
 
-__all__ = ["STRIPE_RETRY_WINDOW", "Pruned", "cutoff", "prunable", "prune"]
+__all__ = ["STRIPE_RETRY_WINDOW", "Pruned", "cutoff", "prunable", "prune", "pruned_before"]
 
 #: How long Stripe goes on delivering an event it was not answered 2xx for (live mode).
 STRIPE_RETRY_WINDOW = timedelta(days=3)
@@ -64,14 +66,60 @@ def prune(
     for pks in _batches(using, before, batch_size):
         with transaction.atomic(using=using):
             # The conditions again, in the DELETE: a batch read a moment ago is not trusted.
-            # Only the key is read back for Django's deletion (never the payloads).
-            count, _ = prunable(using=using, before=before).filter(pk__in=pks).only("pk").delete()
+            count = _delete(prunable(using=using, before=before).filter(pk__in=pks))
         deleted += count
         batches += 1
         if progress is not None:
             progress(deleted, batches)
+    if deleted:
+        _remember(before, using)
     kept = StripeEvent.objects.using(using).filter(processed_at__lt=before).filter(_in_the_ledger(using))
     return Pruned(deleted=deleted, batches=batches, kept_for_the_ledger=kept.count())
+
+
+def pruned_before(*, using: str) -> datetime | None:
+    """The latest cutoff events were pruned before (``None`` if never): events Stripe created
+    before it may be forgotten here, so the sync never lists them (:mod:`stripe_idempotency.sync`)."""
+    latest: datetime | None = PruneWatermark.objects.using(using).aggregate(latest=Max("pruned_before"))[
+        "latest"
+    ]
+    return latest
+
+
+def _remember(before: datetime, using: str) -> None:
+    mark = PruneWatermark.objects.using(using).first()
+    if mark is None:
+        PruneWatermark.objects.using(using).create(pruned_before=before)
+    elif mark.pruned_before < before:
+        PruneWatermark.objects.using(using).filter(pk=mark.pk).update(
+            pruned_before=before, updated_at=timezone.now()
+        )
+
+
+def _delete(batch: QuerySet[StripeEvent]) -> int:
+    """Delete ``batch``; the number deleted.
+
+    The ledger's reference is in the batch's own ``WHERE`` (:func:`prunable`), so while the
+    ledger is the only thing that refers to events and nothing listens for their deletion, the
+    batch is one ``DELETE`` statement. Django's collector would read every row back and ask the
+    ledger again: six times slower, and each batch's locks held that much longer (BENCHMARKS.md,
+    "Pruning"). A project whose own models refer to events, or that listens for their
+    deletion, gets the collector, and its ``on_delete`` rules and signals.
+    """
+    if _only_the_ledger_refers_to_events():
+        return batch._raw_delete(batch.db)
+    count, _ = batch.only("pk").delete()  # the key only: never the payloads
+    return count
+
+
+def _only_the_ledger_refers_to_events() -> bool:
+    relations = [
+        relation
+        for relation in StripeEvent._meta.get_fields(include_hidden=True)
+        if relation.auto_created and not relation.concrete and (relation.one_to_many or relation.one_to_one)
+    ]
+    listened = any(signal.has_listeners(StripeEvent) for signal in (signals.pre_delete, signals.post_delete))
+    return not listened and all(relation.related_model is LedgerEntry for relation in relations)
 
 
 def _in_the_ledger(using: str) -> Exists:

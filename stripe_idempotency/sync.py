@@ -27,7 +27,7 @@ from typing import Any
 from django.db import router
 from django.utils import timezone
 
-from stripe_idempotency import fetching, outcomes, processing, verification
+from stripe_idempotency import fetching, outcomes, processing, retention, verification
 from stripe_idempotency.endpoints import Endpoint
 from stripe_idempotency.exceptions import WebhookRejected
 from stripe_idempotency.log import fields, logger
@@ -99,9 +99,10 @@ def sync(
     progress: Callable[[SyncReport, datetime], None] | None = None,
     fed: Callable[[Feed, str], None] | None = None,
 ) -> SyncReport:
-    """List the events Stripe created from ``since`` to ``until`` (default: now), of ``types``
-    (default: all), and feed each missing or unprocessed one to ``endpoint`` as a delivery would
-    (its ``LIVEMODE``, ``PAYLOAD`` and ``PROCESSING``); with ``dry_run``, only find them.
+    """List the events Stripe created from ``since`` (or the last prune's cutoff, if later: the
+    report's ``since`` says which) to ``until`` (default: now), of ``types`` (default: all), and
+    feed each missing or unprocessed one to ``endpoint`` as a delivery would (its ``LIVEMODE``,
+    ``PAYLOAD`` and ``PROCESSING``); with ``dry_run``, only find them.
 
     ``fed(feed, status)`` is called for each event fed (``"would process"`` in a dry run),
     ``progress(report, window_end)`` after each window. The watermark moves after each window
@@ -109,6 +110,11 @@ def sync(
     """
     using = using or router.db_for_write(StripeEvent)
     until = until or timezone.now()
+    # Events processed before the last prune's cutoff are forgotten here: listed, they would run
+    # again. Stripe created each before it processed here, so none listed from there is gone.
+    forgotten = retention.pruned_before(using=using)
+    if forgotten is not None and since < forgotten:
+        since = forgotten
     report = SyncReport(since=since, until=until)
     stripe_client = fetching.client(api_key=api_key)
     for start, end in _windows(since, until):

@@ -14,8 +14,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from stripe_idempotency import retention
 from stripe_idempotency.factories import LedgerEntryFactory, StripeEventFactory
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.models import PruneWatermark, StripeEvent
 from stripe_idempotency.testing import build_event, deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,8 +60,19 @@ def test_processed_events_past_the_horizon_go_and_nothing_else(history):
     assert "Kept 1 of them that ledger entries refer to." in out
 
 
+def test_the_cutoff_is_remembered_for_the_sync_and_only_moves_forward(history):
+    run("--older-than", "35d")
+    first = PruneWatermark.objects.get().pruned_before
+    assert timedelta(days=35) <= timezone.now() - first < timedelta(days=35, minutes=1)
+    assert retention.pruned_before(using="default") == first
+    run("--older-than", "30d")  # deletes nothing more: evt_old_* went on the first run
+    run("--older-than", "90d")
+    assert PruneWatermark.objects.get().pruned_before == first
+
+
 def test_a_dry_run_counts_and_deletes_nothing(history):
     out = run("--older-than", "30d", "--dry-run")
+    assert not PruneWatermark.objects.exists()
     assert "Would delete 5 events processed before " in out
     assert "nothing deleted (dry run)" in out
     assert len(remaining()) == 12
@@ -74,6 +86,35 @@ def test_each_batch_is_one_delete_in_its_own_transaction(history):
     assert "in 3 batches." in out
     # No payload is read to delete a row.
     assert not any('"payload"' in q["sql"] or "`payload`" in q["sql"] for q in queries)
+    assert remaining() == KEPT
+
+
+def test_a_batch_costs_its_keys_and_one_delete(history):
+    """The ledger's reference is in the DELETE's own WHERE: no row read back, no second look."""
+    with CaptureQueriesContext(connection) as queries:
+        run("--older-than", "30d", "--batch-size", "2")
+    statements = [q["sql"].lstrip().split()[0].upper() for q in queries]
+    statements = [s for s in statements if s in ("SELECT", "DELETE", "INSERT")]  # not BEGIN, COMMIT
+    # Three batches (keys, delete), the last one short; the cutoff remembered (read, written);
+    # then the count of what the ledger kept.
+    assert statements == ["SELECT", "DELETE"] * 3 + ["SELECT", "INSERT", "SELECT"], statements
+
+
+def test_with_a_listener_for_deletions_the_collector_deletes_and_tells_it(history):
+    from django.db.models.signals import post_delete
+
+    told = []
+    old = set(StripeEvent.objects.filter(event_id__startswith="evt_old_").values_list("pk", flat=True))
+
+    def listener(sender, instance, **kwargs):
+        told.append(instance.pk)  # only the key is read: the payloads never are
+
+    post_delete.connect(listener, sender=StripeEvent)
+    try:
+        run("--older-than", "30d", "--batch-size", "2")
+    finally:
+        post_delete.disconnect(listener, sender=StripeEvent)
+    assert sorted(told) == sorted(old)
     assert remaining() == KEPT
 
 

@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from django.test import Client, override_settings
 from django.urls import reverse
 
 from stripe_idempotency import sync
-from stripe_idempotency.models import EventState, EventSyncWatermark, StripeEvent
+from stripe_idempotency.models import EventState, EventSyncWatermark, PruneWatermark, StripeEvent
 from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import deliver, deliver_concurrently, sign
 from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, post
@@ -183,6 +184,20 @@ def test_a_thin_only_endpoint_is_refused(localstripe, settings):
     }
     with override_settings(STRIPE_IDEMPOTENCY=thin), pytest.raises(CommandError, match="thin events only"):
         call_command("sync_stripe_events", "--since", "1h", "--endpoint", "thin")
+
+
+def test_nothing_from_before_the_last_prune_is_listed(localstripe, effects, capsys):
+    """A pruned event's id is forgotten: listed again, it would run again. So the listing starts
+    at the prune's cutoff (Stripe created every event before it was processed here)."""
+    stripe = localstripe.client()
+    stripe.v1.customers.create(params={"email": "before@example.com"})
+    time.sleep(1.1)  # Stripe's created is in whole seconds
+    PruneWatermark.objects.create(pruned_before=datetime.now(UTC))
+    after = stripe.v1.customers.create(params={"email": "after@example.com"})
+    call_command("sync_stripe_events", "--since", "1h")
+    captured = capsys.readouterr()
+    assert "were pruned (prune_stripe_events): the listing starts there" in captured.err
+    assert list(StripeEvent.objects.values_list("object_id", flat=True)) == [after.id]
 
 
 def test_the_listing_goes_window_by_window_oldest_first(localstripe):

@@ -707,6 +707,24 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE, POSTGRES),
     ),
     Break(
+        "sync-lists-pruned-events",
+        "A sync never lists an event created before the last prune's cutoff (it would run again).",
+        (
+            Edit(
+                "stripe_idempotency/management/commands/sync_stripe_events.py",
+                "        if forgotten is not None and start < forgotten:\n",
+                "        if False:\n",
+            ),
+            Edit(
+                "stripe_idempotency/sync.py",
+                "    if forgotten is not None and since < forgotten:\n",
+                "    if False:\n",
+            ),
+        ),
+        ("tests/test_sync_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
         "viewers-can-reprocess",
         "Only users who may change events can reprocess them from the admin.",
         (

@@ -17,7 +17,7 @@ from django.db import router
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from stripe_idempotency import endpoints, sync
+from stripe_idempotency import endpoints, retention, sync
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.status import format_duration, parse_duration
 
@@ -78,6 +78,15 @@ class Command(BaseCommand):
                 f"--endpoint {endpoint!r} takes thin events only; the Events API lists snapshot events."
             )
         start = self._start(since, endpoint, using)
+        forgotten = retention.pruned_before(using=using)
+        if forgotten is not None and start < forgotten:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Events processed here before {forgotten:%Y-%m-%d %H:%M:%S} UTC were pruned "
+                    "(prune_stripe_events): the listing starts there, so that none of them runs again."
+                )
+            )
+            start = forgotten
         now = timezone.now()
         if start >= now:
             raise CommandError(f"--since {since}: that is not in the past.")

@@ -1,4 +1,5 @@
-"""Where sync_stripe_events has caught up to, per endpoint; the endpoint compares byte for byte on MySQL."""
+"""Where sync_stripe_events has caught up to, per endpoint (the endpoint compares byte for byte on
+MySQL), and the cutoff before which prune_stripe_events has deleted processed events."""
 
 from typing import Any
 
@@ -51,6 +52,20 @@ class Migration(migrations.Migration):
                 "verbose_name": "events sync watermark",
                 "verbose_name_plural": "events sync watermarks",
             },
+        ),
+        migrations.CreateModel(
+            name="PruneWatermark",
+            fields=[
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("pruned_before", models.DateTimeField(verbose_name="pruned before")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated at")),
+            ],
+            options={"verbose_name": "prune watermark", "verbose_name_plural": "prune watermarks"},
         ),
         # Not atomic: MySQL cannot run DDL in a transaction.
         migrations.RunPython(make_identifiers_binary, migrations.RunPython.noop, atomic=False),
