@@ -18,8 +18,8 @@ never the payload.
 Metrics:
 
 * ``stripe_idempotency.deliveries`` (counter): webhook requests by ``outcome`` (the
-  answer's ``status``: ``processed``, ``duplicate``, ``accepted``, ``busy``, ``error``,
-  ``unavailable``, ``ignored``, ``rejected``) and ``endpoint``. The duplicate ratio is the
+  answer's ``status``: ``processed``, ``superseded``, ``duplicate``, ``accepted``, ``busy``,
+  ``error``, ``unavailable``, ``ignored``, ``rejected``) and ``endpoint``. The duplicate ratio is the
   ``duplicate`` rate over the sum of all rates;
 * ``stripe_idempotency.processing.duration`` (histogram, seconds): a claimed event's
   receivers and completion, by ``stripe.event.type`` and ``result`` (``processed``,
