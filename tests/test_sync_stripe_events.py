@@ -24,7 +24,7 @@ from stripe_idempotency import sync
 from stripe_idempotency.models import EventState, EventSyncWatermark, PruneWatermark, StripeEvent
 from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import deliver, deliver_concurrently, sign
-from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, post
+from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, free_port, post
 from tests.settings import WEBHOOK_SECRET
 from tests.test_chaos import show
 from tests.test_localstripe import SECRET, shop_at
@@ -175,6 +175,17 @@ def test_without_an_api_key_the_error_says_which_setting(settings):
     settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": [WEBHOOK_SECRET]}
     with pytest.raises(CommandError, match=r"set STRIPE_IDEMPOTENCY\['API_KEY'\]"):
         call_command("sync_stripe_events", "--since", "1h")
+
+
+def test_a_stripe_that_cannot_be_reached_is_a_clear_error(settings):
+    settings.STRIPE_IDEMPOTENCY = {
+        "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+        "API_KEY": API_KEY,
+        "API_BASE": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    with pytest.raises(CommandError, match=r"Stripe's Events API failed: .*run again"):
+        call_command("sync_stripe_events", "--since", "1h")
+    assert not EventSyncWatermark.objects.exists()
 
 
 def test_a_thin_only_endpoint_is_refused(localstripe, settings):

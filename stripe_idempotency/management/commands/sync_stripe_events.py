@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import stripe
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
@@ -136,6 +137,12 @@ class Command(BaseCommand):
             )
         except ImproperlyConfigured as error:
             raise CommandError(str(error)) from error
+        except stripe.StripeError as error:
+            # Every window before the failing one is done, and the watermark says so.
+            raise CommandError(
+                f"Stripe's Events API failed: {error.user_message or error!r}. Nothing is lost: "
+                "run again (without --since, it resumes after the last hour it finished)."
+            ) from error
         summary = self._summary(report, span, dry_run)
         if report.failed:
             raise CommandError(summary, returncode=1)
