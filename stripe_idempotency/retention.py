@@ -135,7 +135,8 @@ def _batches(using: str, before: datetime, size: int) -> Iterator[list[int]]:
     """
     after: tuple[datetime | None, int] | None = None  # processed_at is set on every row read
     while True:
-        rows = prunable(using=using, before=before)
+        # The ledger is asked once, by the DELETE: here the index alone answers.
+        rows = StripeEvent.objects.using(using).filter(processed_at__lt=before)
         if after is not None:
             rows = rows.filter(Q(processed_at__gt=after[0]) | Q(processed_at=after[0], pk__gt=after[1]))
         batch = list(rows.order_by("processed_at", "pk").values_list("processed_at", "pk")[:size])
