@@ -89,17 +89,30 @@ def test_each_batch_is_one_delete_in_its_own_transaction(history):
     assert remaining() == KEPT
 
 
-def test_a_batch_costs_its_keys_and_one_delete(history):
-    """The ledger's reference is in the DELETE's own WHERE: no row read back, no second look."""
+def test_a_batch_costs_one_read_of_its_end_and_one_delete(history):
+    """A batch is a range of keys, its end read and its rows deleted by the range: no key list
+    read, no row read back, the ledger asked once, in the DELETE's own WHERE."""
     with CaptureQueriesContext(connection) as queries:
         run("--older-than", "30d", "--batch-size", "2")
     statements = [q["sql"].lstrip().split()[0].upper() for q in queries]
     statements = [s for s in statements if s in ("SELECT", "DELETE", "INSERT")]  # not BEGIN, COMMIT
-    # Six old processed events, so three full batches (keys, delete: evt_paid's key comes too,
-    # and the DELETE keeps it), a read that finds no more; the cutoff remembered (read,
-    # written); then the count of what the ledger kept.
-    expected = ["SELECT", "DELETE"] * 3 + ["SELECT"] + ["SELECT", "INSERT", "SELECT"]
+    # Six old processed events, evt_paid's among them (its range's DELETE keeps it), so three
+    # ranges of two: each an end read and a DELETE, the third read finding no key after its
+    # end; the cutoff remembered (read, written); then the count of what the ledger kept.
+    expected = ["SELECT", "DELETE"] * 3 + ["SELECT", "INSERT", "SELECT"]
     assert statements == expected, statements
+    reads = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")][:3]
+    assert all("LIMIT 2 OFFSET 1" in sql for sql in reads), reads  # two keys travel, not a batch's
+
+
+def test_a_batch_never_holds_more_than_its_size_when_events_share_a_processed_at(history):
+    """All six old events were processed at the same instant: the key breaks the tie, so each
+    range is two rows, not every row of that instant at once."""
+    seen: list[tuple[int, int]] = []
+    before = timezone.now() - timedelta(days=30)
+    retention.prune(using="default", before=before, batch_size=2, progress=lambda d, b: seen.append((d, b)))
+    assert seen == [(2, 1), (4, 2), (5, 3)]  # the third range is evt_old_4 and evt_paid, which stays
+    assert remaining() == KEPT
 
 
 def test_with_a_listener_for_deletions_the_collector_deletes_and_tells_it(history):
