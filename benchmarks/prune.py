@@ -148,6 +148,10 @@ ledger entry referring to one, could have to wait.
 
 Target: near the raw batches, with every lock held for milliseconds, not for the whole run as
 the single `DELETE` holds them.
+
+The batches' raw SQL starts each subquery at the beginning of the `processed_at` index, through
+the entries of every row the batches before it deleted; `prune()` starts each batch where the
+last ended, which is how it can be the faster of the two.
 """
     write_section(output, "Pruning" + (" (smoke)" if smoke else ""), body)
     return f"wrote {output}"

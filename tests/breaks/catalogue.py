@@ -657,6 +657,33 @@ BREAKS: tuple[Break, ...] = (
         ("tests/test_prune_stripe_events.py",),
         (SQLITE,),
     ),
+    Break(
+        "prune-deletes-what-the-ledger-refers-to",
+        "Pruning keeps every event a ledger entry refers to, and deletes the rest of its batch.",
+        (
+            Edit(
+                "stripe_idempotency/retention.py",
+                ".filter(processed_at__lt=before).filter(~_in_the_ledger(using))\n",
+                ".filter(processed_at__lt=before)\n",
+            ),
+        ),
+        ("tests/test_prune_stripe_events.py",),
+        (SQLITE, POSTGRES, MARIADB),
+    ),
+    Break(
+        "prune-batches-past-their-size",
+        "A pruning batch deletes at most --batch-size events, however many share a processed_at.",
+        (
+            Edit(
+                "stripe_idempotency/retention.py",
+                " & (Q(processed_at__lt=at) | Q(processed_at=at, pk__lte=pk))\n",
+                "\n",
+            ),
+        ),
+        ("tests/test_prune_stripe_events.py",),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
     # -- ordering ---------------------------------------------------------------------------
     Break(
         "ordered-events-of-one-object-run-at-once",
