@@ -104,8 +104,8 @@ def _delete(batch: QuerySet[StripeEvent]) -> int:
     ledger is the only thing that refers to events and nothing listens for their deletion, the
     batch is one ``DELETE`` statement. Django's collector would read every row back and ask the
     ledger again: a third of the rows per second, each batch's locks held about three times as
-    long (BENCHMARKS.md, "Pruning"). A project whose own models refer to events, or that listens for their
-    deletion, gets the collector, and its ``on_delete`` rules and signals.
+    long (BENCHMARKS.md, "Pruning"). A project whose own models refer to events, or that
+    listens for their deletion, gets the collector, and its ``on_delete`` rules and signals.
     """
     if _only_the_ledger_refers_to_events():
         return batch._raw_delete(batch.db)
