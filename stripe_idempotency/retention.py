@@ -136,19 +136,17 @@ def _batches(using: str, before: datetime, size: int) -> Iterator[Q]:
     travels to the database and back, and no read re-walks what the ranges before it deleted
     (on PostgreSQL, their dead index entries). The ledger is asked once, by the DELETE.
     """
-    after: Q | None = None
+    after = Q()  # the walk's start: everything
     while True:
-        rows = StripeEvent.objects.using(using).filter(processed_at__lt=before)
-        if after is not None:
-            rows = rows.filter(after)
+        rows = StripeEvent.objects.using(using).filter(processed_at__lt=before).filter(after)
         # The filter on processed_at leaves out NULL, so every key read has its time.
         keys = cast("QuerySet[StripeEvent, tuple[datetime, int]]", rows.values_list("processed_at", "pk"))
         ends = list(keys.order_by("processed_at", "pk")[size - 1 : size + 1])
         if not ends:  # fewer than ``size`` left (perhaps none): the rest is the last range
-            yield after if after is not None else Q()
+            yield after
             return
         last = ends[0]
-        yield _up_to(last) if after is None else after & _up_to(last)
+        yield after & _up_to(last)
         if len(ends) == 1:  # ``last`` was the last key of all
             return
         after = _after(last)
