@@ -25,9 +25,10 @@ from django.views import View
 from django.views.decorators.cache import never_cache
 
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.durations import parse_count, parse_duration
 from stripe_idempotency.log import logger
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.status import Limits, parse_duration, status
+from stripe_idempotency.status import Limits, status
 
 __all__ = ["HealthView"]
 
@@ -110,10 +111,10 @@ def _read_query(request: HttpRequest) -> tuple[timedelta, Limits]:
     def count(key: str) -> int | None:
         if key not in query:
             return None
-        value = query[key]
-        if not value.isdigit():
-            raise InvalidParameter(f"{key}: {value!r} is not a whole number of at least 0.")
-        return int(value)
+        try:
+            return parse_count(query[key])
+        except ValueError as error:
+            raise InvalidParameter(f"{key}: {error}") from error
 
     limits = Limits(
         oldest_unprocessed=duration("max_oldest_unprocessed"),

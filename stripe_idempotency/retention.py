@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Exists, Max, OuterRef, Q, QuerySet, signals
 from django.utils import timezone
 
+from stripe_idempotency.durations import format_duration
 from stripe_idempotency.models import LedgerEntry, PruneWatermark, StripeEvent
 
 __all__ = ["STRIPE_RETRY_WINDOW", "Pruned", "cutoff", "prunable", "prune", "pruned_before"]
@@ -46,8 +47,8 @@ def cutoff(older_than: timedelta) -> datetime:
     than Stripe's retries (a delivery retried after its event is deleted is processed again)."""
     if older_than < STRIPE_RETRY_WINDOW:
         raise ValueError(
-            f"{older_than} is shorter than Stripe's {STRIPE_RETRY_WINDOW.days} days of retries: "
-            "a delivery Stripe retries after its event is deleted would be processed again."
+            f"{format_duration(older_than)} is shorter than Stripe's {STRIPE_RETRY_WINDOW.days} days "
+            "of retries: a delivery Stripe retries after its event is deleted would be processed again."
         )
     return timezone.now() - older_than
 

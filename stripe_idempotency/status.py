@@ -15,6 +15,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, QuerySe
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from stripe_idempotency.durations import format_duration, parse_duration
 from stripe_idempotency.models import EventState, StripeEvent
 
 __all__ = [
@@ -143,38 +144,6 @@ def _lag(processed: QuerySet[StripeEvent]) -> Lag:
         rank = max(0, min(count - 1, -(-p * count // 100) - 1))
         seconds[p] = lags.values_list("lag", flat=True)[rank].total_seconds()
     return Lag(count, seconds)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"90"`` (seconds), ``"90s"``, ``"15m"``, ``"2h"``, ``"30d"``; ``ValueError`` otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise ValueError(
-            f"{text!r} is not a duration: give seconds, or a number with s, m, h or d (e.g. 15m)."
-        )
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return timedelta(seconds=float(match.group(1)) * unit)
-
-
-def format_duration(value: timedelta | None, *, precise: bool = False) -> str:
-    """``"3d04h"``, ``"2h05m"``, ``"4m09s"``, ``"12s"``; with ``precise``, under a minute to the
-    tenth of a second (``"1.3s"``) and under a second in milliseconds (``"250ms"``)."""
-    total = max(0.0, value.total_seconds()) if value is not None else 0.0
-    if precise and total < 1:
-        return f"{total * 1000:.0f}ms"
-    if precise and total < 60:
-        return f"{total:.1f}s"
-    seconds = int(total)
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"
 
 
 def _limit(value: timedelta) -> str:

@@ -76,8 +76,17 @@ def test_the_window_bounds_the_lag(pipeline):
 @pytest.mark.parametrize(
     ("query", "detail"),
     [
-        ("?max_dead=-1", "max_dead: '-1' is not a whole number of at least 0."),
+        ("?max_dead=-1", "max_dead: '-1' is not a whole number from 0 to 1000000000000."),
+        # Digits str.isdigit() takes and int() refuses, or reads as another number.
+        ("?max_dead=%C2%B2", "max_dead: '²' is not a whole number"),
+        ("?max_failed=%D9%A3", "max_failed: '٣' is not a whole number"),
+        ("?max_dead=" + "9" * 5000, "max_dead: '9999"),
         ("?window=soon", "window: 'soon' is not a duration"),
+        ("?window=99999999999d", "window: '99999999999d' is longer than 3650d, the longest accepted."),
+        ("?window=3651d", "window: '3651d' is longer than 3650d"),
+        ("?max_lag_p99=...", "max_lag_p99: '...' is not a duration"),
+        ("?max_oldest_unprocessed=1e9", "max_oldest_unprocessed: '1e9' is not a duration"),
+        ("?max_lag_p99=%C2%B9s", "max_lag_p99: '¹s' is not a duration"),
         ("?max_deads=0", "Unknown parameters: max_deads."),
     ],
 )

@@ -140,9 +140,25 @@ def test_a_horizon_inside_stripe_s_retries_is_refused(horizon, history):
     assert len(remaining()) == 12
 
 
-def test_a_horizon_that_is_not_a_duration_is_refused():
-    with pytest.raises(CommandError, match="'a month' is not a duration"):
-        run("--older-than", "a month")
+def test_a_horizon_inside_stripe_s_retries_is_said_as_a_duration():
+    with pytest.raises(CommandError) as refused:
+        run("--older-than", "1d")
+    assert str(refused.value).startswith("--older-than: 1d00h is shorter than Stripe's 3 days of retries")
+
+
+@pytest.mark.parametrize(
+    ("horizon", "message"),
+    [
+        ("a month", "--older-than: 'a month' is not a duration"),
+        # Past Python's dates: a clear refusal, never an OverflowError.
+        ("99999999999d", "--older-than: '99999999999d' is longer than 3650d, the longest accepted."),
+        ("²d", "--older-than: '²d' is not a duration"),
+    ],
+)
+def test_a_horizon_that_is_not_a_duration_is_refused(horizon, message):
+    with pytest.raises(CommandError) as refused:
+        run("--older-than", horizon)
+    assert str(refused.value).startswith(message)
 
 
 def test_a_pruned_event_delivered_again_is_processed_again(history):

@@ -107,10 +107,29 @@ def test_an_empty_table_and_a_bad_duration():
     assert code == 0
     assert "Nothing unprocessed." in out
     assert "Nothing processed in the last 1h00m." in out
-    assert (
-        run("--window", "soon")[2]
-        == "'soon' is not a duration: give seconds, or a number with s, m, h or d (e.g. 15m)."
+    assert run("--window", "soon") == (
+        1,
+        "",
+        "--window: 'soon' is not a duration: give seconds, or a number with s, m, h or d (e.g. 15m).",
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        # Past Python's dates, or PostgreSQL's intervals: a clear refusal, never a traceback.
+        (["--window", "999999999d"], "--window: '999999999d' is longer than 3650d, the longest accepted."),
+        (["--window", "99999999999d"], "--window: '99999999999d' is longer than 3650d"),
+        (["--max-lag-p99", "..."], "--max-lag-p99: '...' is not a duration"),
+        (["--max-oldest-unprocessed", "²h"], "--max-oldest-unprocessed: '²h' is not a duration"),
+        (["--max-dead", "²"], "--max-dead: '²' is not a whole number from 0 to 1000000000000."),
+        (["--max-failed", "-1"], "--max-failed: '-1' is not a whole number"),
+    ],
+)
+def test_a_value_out_of_bounds_is_a_command_error(args, error):
+    code, out, message = run(*args)
+    assert (code, out) == (1, "")
+    assert message.startswith(error)
 
 
 def test_the_query_count_does_not_grow_with_the_table(pipeline, django_db_setup):

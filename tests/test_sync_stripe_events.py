@@ -162,6 +162,8 @@ def test_an_endpoint_s_live_mode_and_name_apply(localstripe, settings, capsys):
         ((), "No earlier run for the default endpoint to resume from: give --since"),
         (("--since", "yesterday"), "--since 'yesterday': give a date"),
         (("--since", "2999-01-01"), "that is not in the past"),
+        (("--since", "99999999999d"), r"--since '99999999999d': give a date .* at most 3650d\)"),
+        (("--since", "2026-13-45"), "--since '2026-13-45': give a date"),
         (("--since", "1h", "--endpoint", "nope"), "--endpoint 'nope': no such endpoint"),
     ],
 )

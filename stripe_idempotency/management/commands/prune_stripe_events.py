@@ -12,9 +12,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 
+from stripe_idempotency.durations import format_duration, parse_duration
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.retention import cutoff, prunable, prune
-from stripe_idempotency.status import format_duration, parse_duration
 
 # A progress line at most this often, however small the batches.
 PROGRESS_SECONDS = 5.0
@@ -60,7 +60,7 @@ class Command(BaseCommand):
         try:
             before = cutoff(horizon)
         except ValueError as error:
-            raise CommandError(f"--older-than {older_than}: {error}") from error
+            raise CommandError(f"--older-than: {error}") from error
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         using = database or router.db_for_write(StripeEvent)

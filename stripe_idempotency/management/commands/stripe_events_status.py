@@ -7,21 +7,25 @@ when a figure is past a limit given on the command line (each named on stderr), 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 
+from stripe_idempotency.durations import format_duration, parse_count, parse_duration
 from stripe_idempotency.models import EventState, StripeEvent
-from stripe_idempotency.status import Limits, Status, format_duration, parse_duration, status
+from stripe_idempotency.status import Limits, Status, status
+
+T = TypeVar("T")
 
 
-def _duration(text: str) -> timedelta:
+def _option(name: str, parse: Callable[[str], T], text: str) -> T:
     try:
-        return parse_duration(text)
+        return parse(text)
     except ValueError as error:
-        raise CommandError(str(error)) from error
+        raise CommandError(f"--{name}: {error}") from error
 
 
 class Command(BaseCommand):
@@ -40,10 +44,8 @@ class Command(BaseCommand):
             default=None,
             help="Alert when an event has waited longer than this (e.g. 15m) to be processed.",
         )
-        parser.add_argument("--max-dead", type=int, default=None, help="Alert past this many dead events.")
-        parser.add_argument(
-            "--max-failed", type=int, default=None, help="Alert past this many failed events."
-        )
+        parser.add_argument("--max-dead", default=None, help="Alert past this many dead events.")
+        parser.add_argument("--max-failed", default=None, help="Alert past this many failed events.")
         parser.add_argument(
             "--max-lag-p99", default=None, help="Alert when the window's p99 lag is longer (e.g. 5m)."
         )
@@ -52,7 +54,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *, as_json: bool, window: str, database: str | None, **options: Any) -> None:
-        report = status(using=database or router.db_for_write(StripeEvent), window=_duration(window))
+        span = _option("window", parse_duration, window)
+        report = status(using=database or router.db_for_write(StripeEvent), window=span)
         alerts = _limits(options).passed(report)
         if as_json:
             self.stdout.write(json.dumps({**report.as_json(), "alerts": alerts}, sort_keys=True))
@@ -89,12 +92,12 @@ class Command(BaseCommand):
 
 
 def _limits(options: dict[str, Any]) -> Limits:
-    def duration(key: str) -> timedelta | None:
-        return None if options[key] is None else _duration(options[key])
+    def read(key: str, parse: Callable[[str], T]) -> T | None:
+        return None if options[key] is None else _option(key.replace("_", "-"), parse, options[key])
 
     return Limits(
-        oldest_unprocessed=duration("max_oldest_unprocessed"),
-        dead=options["max_dead"],
-        failed=options["max_failed"],
-        lag_p99=duration("max_lag_p99"),
+        oldest_unprocessed=read("max_oldest_unprocessed", parse_duration),
+        dead=read("max_dead", parse_count),
+        failed=read("max_failed", parse_count),
+        lag_p99=read("max_lag_p99", parse_duration),
     )

@@ -19,8 +19,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from stripe_idempotency import endpoints, retention, sync
+from stripe_idempotency.durations import MAX_DURATION, InvalidValue, format_duration, parse_duration
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.status import format_duration, parse_duration
 
 # A progress line at most this often.
 PROGRESS_SECONDS = 5.0
@@ -173,15 +173,18 @@ def parse_since(text: str) -> datetime:
     """A date, a date and time (UTC unless it says otherwise) or a duration back from now."""
     try:
         return timezone.now() - parse_duration(text)
-    except ValueError:
+    except InvalidValue:
         pass
-    moment = parse_datetime(text)
-    if moment is None:
-        day = parse_date(text)
-        if day is None:
-            raise CommandError(
-                f"--since {text!r}: give a date (2026-12-01), a time (2026-12-01T08:00Z) "
-                "or a duration (3d, 12h)."
-            )
+    try:
+        moment = parse_datetime(text)
+        day = parse_date(text) if moment is None else None
+    except ValueError:  # well formed, not a real date (a 13th month)
+        moment = day = None
+    if moment is None and day is not None:
         moment = datetime(day.year, day.month, day.day)
+    if moment is None:
+        raise CommandError(
+            f"--since {text!r}: give a date (2026-12-01), a time (2026-12-01T08:00Z) "
+            f"or a duration (3d, 12h; at most {MAX_DURATION.days}d)."
+        )
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
