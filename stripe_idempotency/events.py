@@ -100,6 +100,14 @@ class IncomingEvent:
             raise WebhookRejected(
                 "invalid_id", "The event's snapshot_event is not a valid event id.", event_id=event_id
             )
+        context = payload.get("context")
+        if context is not None and not _token(context):
+            # The connected account the event happened on: an id, or absent (the platform's own).
+            raise WebhookRejected(
+                "invalid_context",
+                "The thin event's context is not a connected account id.",
+                event_id=event_id,
+            )
         related = payload.get("related_object")
         return cls(
             id=snapshot_event or event_id,
@@ -109,7 +117,7 @@ class IncomingEvent:
             created=_iso_timestamp(payload.get("created")),
             payload=payload,
             endpoint=endpoint,
-            account=_token(payload.get("context")),
+            account=context,
             object_id=_token(related.get("id")) if isinstance(related, dict) else None,
         )
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.testing import build_event, encode, sign
+from stripe_idempotency.testing import build_event, build_thin_event, encode, sign
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -245,3 +245,37 @@ def test_an_unstorable_body_with_a_forged_id_logs_no_line_of_its_own(caplog):
     assert response.json() == UNSTORABLE_ANSWER
     [record] = [r for r in caplog.records if r.name == "stripe_idempotency"]
     assert (record.levelname, "\n" in record.getMessage()) == ("WARNING", False)
+
+
+# -- thin event notifications: each field of every type --------------------------------------
+
+THIN_FIELDS = ("context", "related_object", "created", "livemode", "snapshot_event", "reason", "data")
+
+
+@FUZZ
+@given(
+    field=st.sampled_from(THIN_FIELDS),
+    value=json_values | st.fixed_dictionaries({"id": json_values, "type": json_values, "url": json_values}),
+)
+def test_a_thin_event_with_any_value_in_any_field_is_processed_or_refused_as_json(field, value):
+    event_id = f"evt_thin_{uuid.uuid4().hex}"
+    body = json.dumps(build_thin_event(id=event_id) | {field: value}).encode()
+    response = post(body, sign(body, SECRET))
+    assert response["Content-Type"] == "application/json", response.content
+    if response.status_code == 200:
+        assert response.json()["status"] in ("processed", "ignored"), response.content
+    else:
+        assert response.status_code == 400, response.content
+        assert response.json()["status"] == "rejected"
+        assert not StripeEvent.objects.filter(event_id=event_id).exists()
+
+
+@pytest.mark.parametrize("context", [123, ["acct_1"], {"id": "acct_1"}, True, 1.5])
+def test_a_thin_event_whose_context_is_not_a_string_is_refused(context):
+    body = json.dumps(build_thin_event() | {"context": context}).encode()
+    response = post(body, sign(body, SECRET))
+    assert (response.status_code, response.json()) == (
+        400,
+        {"status": "rejected", "error": "invalid_context"},
+    )
+    assert StripeEvent.objects.count() == 0
