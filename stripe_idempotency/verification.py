@@ -82,16 +82,16 @@ def _parse_with_stripe(text: str, event_id: str) -> None:
 
 
 def _verify_signature(text: str, header: str, secrets: tuple[str, ...]) -> None:
-    if not header.isascii():
-        # Stripe's headers are ASCII; anything else would make the constant-time
-        # comparison raise TypeError instead of answering "no match".
-        raise WebhookRejected("invalid_signature", "The Stripe-Signature header is not ASCII.")
+    timestamp, signatures = _parse_header(header)
+    # The library is given the header as read here, so it verifies the very timestamp checked
+    # below: two parses of one header could disagree on which "t" counts.
+    canonical = ",".join([f"t={timestamp}", *(f"{SCHEME}={signature}" for signature in signatures)])
     tolerance = app_settings.TOLERANCE_SECONDS
-    if _signed_by_any(text, header, secrets, tolerance):
+    if _signed_by_any(text, canonical, secrets, tolerance):
         # Stripe's check bounds only the past; a signature from the future is
         # as suspect as an old one (a clock far off, or a body signed ahead to
         # be replayed later), so the same tolerance applies both ways.
-        if _timestamp(header) > time.time() + tolerance:
+        if timestamp > time.time() + tolerance:
             raise WebhookRejected(
                 "timestamp_outside_tolerance",
                 f"The signature's timestamp is more than {tolerance} seconds in the future.",
@@ -99,12 +99,47 @@ def _verify_signature(text: str, header: str, secrets: tuple[str, ...]) -> None:
         return
     # Only on failure, ask again without the time limit, to tell a replayed
     # (or badly clock-skewed) delivery apart from a forged one.
-    if _signed_by_any(text, header, secrets, None):
+    if _signed_by_any(text, canonical, secrets, None):
         raise WebhookRejected(
             "timestamp_outside_tolerance",
             f"The signature's timestamp is more than {tolerance} seconds old.",
         )
     raise WebhookRejected("invalid_signature", "No configured secret matches the signature.")
+
+
+#: The signature scheme Stripe signs with (``v1=``: HMAC-SHA256).
+SCHEME = stripe.WebhookSignature.EXPECTED_SCHEME
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
+
+
+def _parse_header(header: str) -> tuple[int, list[str]]:
+    """The one timestamp and the ``v1`` signatures of a ``Stripe-Signature`` header.
+
+    Stripe sends ``t=<unix time>,v1=<hex>[,v1=<hex>...]`` (and other schemes, ignored). A header
+    with no timestamp, or more than one, is refused rather than read one way here and another
+    way by whatever reads it next.
+    """
+    if not header.isascii():
+        # Stripe's headers are ASCII; anything else would make the constant-time
+        # comparison raise TypeError instead of answering "no match".
+        raise WebhookRejected("invalid_signature", "The Stripe-Signature header is not ASCII.")
+    timestamps: list[str] = []
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            timestamps.append(value)
+        elif key == SCHEME and value:
+            signatures.append(value)
+    if len(timestamps) != 1 or not _TIMESTAMP.fullmatch(timestamps[0]):
+        raise WebhookRejected(
+            "invalid_signature", "The Stripe-Signature header must hold exactly one timestamp, t=<seconds>."
+        )
+    if not signatures:
+        raise WebhookRejected(
+            "invalid_signature", f"The Stripe-Signature header holds no {SCHEME} signature."
+        )
+    return int(timestamps[0]), signatures
 
 
 def _signed_by_any(text: str, header: str, secrets: tuple[str, ...], tolerance: int | None) -> bool:
@@ -115,15 +150,6 @@ def _signed_by_any(text: str, header: str, secrets: tuple[str, ...], tolerance: 
             continue
         return True
     return False
-
-
-def _timestamp(header: str) -> int:
-    """The ``t=`` of a header that verified (so it is there and is an integer)."""
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            return int(value)
-    raise ValueError("A verified Stripe-Signature header has a timestamp.")
 
 
 # -- storability --------------------------------------------------------------------------

@@ -279,3 +279,67 @@ def test_a_thin_event_whose_context_is_not_a_string_is_refused(context):
         {"status": "rejected", "error": "invalid_context"},
     )
     assert StripeEvent.objects.count() == 0
+
+
+# -- the Stripe-Signature header: read once, the same way the signature is checked -----------
+
+
+def signature_of(body: bytes, timestamp: int) -> str:
+    return sign(body, SECRET, timestamp=timestamp).split(",")[1]  # "v1=<hex>"
+
+
+def test_a_body_signed_ahead_cannot_hide_its_timestamp_behind_a_decoy():
+    # The library reads the first exact "t"; a reader that strips spaces would read " t=1" and
+    # let a body signed a year ahead through, replayable all year.
+    body = encode(build_event())
+    ahead = int(time.time()) + 365 * 86400
+    response = post(body, f"x=0, t=1,t={ahead},{signature_of(body, ahead)}")
+    assert response.json() == {"status": "rejected", "error": "timestamp_outside_tolerance"}
+    assert StripeEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "timestamps",
+    [["abc", "{now}"], ["{now}", "{now}"], ["{ahead}", "{now}"], [""], ["-1"], ["1e9"], ["{now}.0"], []],
+)
+def test_a_header_without_exactly_one_timestamp_is_a_400(timestamps):
+    body = encode(build_event())
+    now = int(time.time())
+    times = [t.format(now=now, ahead=now + 86400) for t in timestamps]
+    header = ",".join([*(f"t={t}" for t in times), signature_of(body, now)])
+    response = post(body, header)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"status": "rejected", "error": "invalid_signature"},
+    )
+    assert StripeEvent.objects.count() == 0
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_arrangement_of_a_header_is_judged_on_the_timestamp_it_was_signed_with(data):
+    event_id = f"evt_header_{uuid.uuid4().hex}"
+    body = encode(build_event(id=event_id))
+    now = int(time.time())
+    ahead = now + 10 * 86400
+    items = {
+        "t=now": f"t={now}",
+        "t=ahead": f"t={ahead}",
+        "decoy": " t=1",
+        "t=text": "t=abc",
+        "other": "x=0",
+        "v1 now": signature_of(body, now),
+        "v1 ahead": signature_of(body, ahead),
+        "v0": "v0=" + "0" * 64,
+        "empty": "",
+    }
+    chosen = data.draw(st.lists(st.sampled_from(sorted(items)), max_size=6), label="items")
+    response = post(body, ",".join(items[name] for name in chosen))
+    assert response["Content-Type"] == "application/json"
+    if response.status_code == 200:
+        # Processed only under the one exact timestamp, within the tolerance, signed with it.
+        assert [name for name in chosen if name.startswith("t=")] == ["t=now"]
+        assert "v1 now" in chosen
+    else:
+        assert response.status_code == 400
+        assert not StripeEvent.objects.filter(event_id=event_id).exists()
