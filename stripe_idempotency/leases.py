@@ -209,8 +209,9 @@ def find_stale(
     limit: int | None = None,
 ) -> QuerySet[StripeEvent]:
     """Events that are not processed, not under a live lease, not waiting out a failure's
-    backoff (:func:`retry_delay`) and not accepted less than ``PENDING_GRACE_SECONDS`` ago
-    (deferred mode: their task may still come), oldest first, with their ``state``.
+    backoff (:func:`retry_delay`; dead events are listed whatever their backoff) and not
+    accepted less than ``PENDING_GRACE_SECONDS`` ago (deferred mode: their task may still
+    come), oldest first, with their ``state``.
 
     ``min_age`` leaves alone events whose last claim is more recent than that
     many seconds (a failure Stripe will retry soon). Each row carries ``age``,
@@ -223,8 +224,13 @@ def find_stale(
     events = (
         StripeEvent.objects.using(using or router.db_for_read(StripeEvent))
         .claimable()
-        # A failed event waits out its backoff (Stripe's own retries do not).
-        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        # A failed event waits out its backoff (Stripe's own retries do not); a dead one is
+        # listed whenever it is asked for: it is reported, never run, so its backoff is moot.
+        .filter(
+            Q(next_attempt_at__isnull=True)
+            | Q(next_attempt_at__lte=Now())
+            | Q(attempts__gte=app_settings.MAX_ATTEMPTS)
+        )
         .exclude(claimed_at__isnull=True, received_at__gt=Now() - grace)
         .with_state()
     )

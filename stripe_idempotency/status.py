@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, QuerySet
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -22,6 +22,7 @@ __all__ = [
     "Lag",
     "Limits",
     "Status",
+    "Waiting",
     "counts",
     "format_duration",
     "oldest_unprocessed",
@@ -29,6 +30,7 @@ __all__ = [
     "processed_since",
     "status",
     "unprocessed_counts",
+    "waiting",
 ]
 
 PERCENTILES = (50, 95, 99)
@@ -86,6 +88,28 @@ class Limits:
             if p99 > self.lag_p99:
                 alerts.append(f"p99 lag {format_duration(p99, precise=True)} (limit {_limit(self.lag_p99)})")
         return alerts
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What a reaper run leaves behind on purpose: failed events waiting out their backoff, and
+    dead events (``MAX_ATTEMPTS`` reached), which only a replay runs again."""
+
+    failed: int
+    #: When the first of the waiting failed events is due (``None`` when none waits).
+    next_due: datetime | None
+    dead: int
+
+
+def waiting(*, using: str, event_type: str | None = None) -> Waiting:
+    """The failed events waiting for their backoff and the dead events (of ``event_type``, if
+    given): two queries over the unprocessed rows, through their index."""
+    events = StripeEvent.objects.using(using)
+    if event_type is not None:
+        events = events.filter(type=event_type)
+    backing_off = events.failed().filter(next_attempt_at__gt=Now())
+    figures = backing_off.aggregate(failed=Count("pk"), next_due=Min("next_attempt_at"))
+    return Waiting(failed=figures["failed"], next_due=figures["next_due"], dead=events.dead().count())
 
 
 def status(*, using: str, window: timedelta) -> Status:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from io import StringIO
 
 import pytest
@@ -135,7 +136,12 @@ def test_an_event_that_fails_again_exits_non_zero(states):
     with pytest.raises(CommandError) as raised:
         call_command("reap_stale_claims", "--reprocess", "-v", "0", stdout=out, no_color=True)
     assert raised.value.returncode == 1
-    assert str(raised.value) == "2 stale events: 1 processed, 1 failed again, 0 skipped, 0 dead."
+    # The event that failed again waits out its backoff now, and the summary says until when.
+    assert re.fullmatch(
+        r"2 stale events: 1 processed, 1 failed again, 0 skipped, 0 dead, 1 failed waiting for its "
+        r"backoff \(the next due in \d+s, \d{4}-\d\d-\d\d \d\d:\d\d UTC\)\.",
+        str(raised.value),
+    )
     assert out.getvalue() == (
         "Reprocessed [2/2] evt_failed checkout.session.completed age 2h00m attempts 1: RuntimeError: boom: "
         "failed again: RuntimeError: boom\n"
@@ -310,7 +316,12 @@ def test_a_failed_event_waits_out_its_backoff_for_the_reaper_but_not_for_stripe(
     row = StripeEvent.objects.annotate(now=Now()).get()
     # The first of two retries: a third of the horizon, on the database clock.
     assert (row.next_attempt_at - row.now).total_seconds() == pytest.approx(1000, abs=5)
-    assert reap("--reprocess") == "No stale events.\n"
+    # Waiting, not invisible: the run says so, and when it is due.
+    assert re.fullmatch(
+        r"No stale events; 0 dead, 1 failed waiting for its backoff "
+        r"\(the next due in 16m[34]\ds, \d{4}-\d\d-\d\d \d\d:\d\d UTC\)\.\n",
+        reap("--reprocess"),
+    )
     # Once due, the reaper takes it; failing again, it waits twice as long.
     StripeEvent.objects.update(next_attempt_at=Now() - dt.timedelta(seconds=1))
     with pytest.raises(CommandError):
@@ -336,7 +347,38 @@ def test_the_reaper_reads_stale_events_in_bounded_batches(failing):
     assert "[25/25] evt_batch_24" in out
     table = StripeEvent._meta.db_table
     reads = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and table in q["sql"]]
-    assert len(reads) == 4  # one COUNT, then 10 + 10 + 5 rows
+    assert len(reads) == 6  # one COUNT, then 10 + 10 + 5 rows, then what waits and what is dead
     assert "COUNT(" in reads[0].upper()
-    assert all("LIMIT 10" in sql or "LIMIT 5" in sql for sql in reads[1:]), reads[1:]
+    assert all("LIMIT 10" in sql or "LIMIT 5" in sql for sql in reads[1:4]), reads[1:4]
+    assert all("COUNT(" in sql.upper() for sql in reads[4:]), reads[4:]
     assert '"payload"' not in " ".join(reads).replace("`", '"')  # a dry run reads no payloads
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 20})
+def test_dead_events_waiting_for_a_backoff_are_still_reported_and_fail_the_run():
+    # Dead events released with a long backoff ahead: the run lists them, and exits 1.
+    for event_id, attempts in (("evt_dead_1", 37), ("evt_dead_2", 48)):
+        claim(event_id)
+        StripeEvent.objects.filter(event_id=event_id).update(
+            claim_expires_at=None,
+            claim_token=None,
+            attempts=attempts,
+            last_error="RuntimeError: boom",
+            next_attempt_at=Now() + dt.timedelta(hours=36),
+        )
+    age_all(dt.timedelta(hours=2))
+    StripeEvent.objects.update(next_attempt_at=Now() + dt.timedelta(hours=36))
+    out = StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("reap_stale_claims", "--reprocess", stdout=out, no_color=True)
+    assert raised.value.returncode == 1
+    assert str(raised.value) == "2 stale events: 0 processed, 0 failed again, 0 skipped, 2 dead."
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == [
+        "[1/2] evt_dead_1 checkout.session.completed age 2h00m attempts 37",
+        "[2/2] evt_dead_2 checkout.session.completed age 2h00m attempts 48",
+    ]
+    # Another type's run has none; left out of the listing by --min-age, they still fail the run.
+    assert reap("--type", "invoice.paid") == "No stale events.\n"
+    with pytest.raises(CommandError) as raised:
+        reap("--min-age", "86400")
+    assert (raised.value.returncode, str(raised.value)) == (1, "No stale events due; 2 dead.")

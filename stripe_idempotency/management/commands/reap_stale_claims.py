@@ -16,12 +16,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from stripe_idempotency import leases, outcomes, processing
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.durations import format_duration
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Failed, Superseded
-from stripe_idempotency.status import format_duration
+from stripe_idempotency.status import Waiting, waiting
 
 
 class Command(BaseCommand):
@@ -87,8 +89,13 @@ class Command(BaseCommand):
         if limit is not None:
             found = min(found, limit)
         if not found:
+            left = waiting(using=database, event_type=event_type)
+            if left.dead:
+                raise CommandError(f"No stale events due; {_left_behind(left)}.", returncode=1)
             if verbosity >= 1:
-                self.stdout.write("No stale events.")
+                self.stdout.write(
+                    f"No stale events; {_left_behind(left)}." if left.failed else "No stale events."
+                )
             return
 
         tally = {"processed": 0, "failed": 0, "skipped": 0, "dead": 0, "would": 0}
@@ -114,8 +121,9 @@ class Command(BaseCommand):
             else:
                 self._reprocess(event, line, tally, verbosity)
 
-        summary = _summary(found, tally, reprocess, dry_run)
-        if tally["failed"] or tally["dead"]:
+        left = waiting(using=database, event_type=event_type)
+        summary = _summary(found, tally, reprocess, dry_run, left)
+        if tally["failed"] or left.dead:
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
             self.stdout.write(summary)
@@ -164,7 +172,7 @@ def _describe(event: StripeEvent) -> str:
     )
 
 
-def _summary(found: int, tally: dict[str, int], reprocess: bool, dry_run: bool) -> str:
+def _summary(found: int, tally: dict[str, int], reprocess: bool, dry_run: bool, left: Waiting) -> str:
     head = f"{found} stale event{'s' if found != 1 else ''}"
     parts = []
     if reprocess and dry_run:
@@ -173,8 +181,19 @@ def _summary(found: int, tally: dict[str, int], reprocess: bool, dry_run: bool) 
         parts.append(
             f"{tally['processed']} processed, {tally['failed']} failed again, {tally['skipped']} skipped"
         )
-    parts.append(f"{tally['dead']} dead")
-    return f"{head}: {', '.join(parts)}."
+    return f"{head}: {', '.join([*parts, _left_behind(left)])}."
+
+
+def _left_behind(left: Waiting) -> str:
+    """The dead events (all of them, listed or not) and the failed ones waiting out a backoff."""
+    text = f"{left.dead} dead"
+    if left.failed and left.next_due is not None:
+        due = format_duration(left.next_due - timezone.now())
+        text += (
+            f", {left.failed} failed waiting for {'its' if left.failed == 1 else 'their'} backoff "
+            f"(the next due in {due}, {left.next_due:%Y-%m-%d %H:%M} UTC)"
+        )
+    return text
 
 
 def _last_line(text: str) -> str:
