@@ -33,6 +33,14 @@ class ClaimInsideTransaction(StripeIdempotencyError):
     """
 
 
+class EventsListingInvalid(StripeIdempotencyError):
+    """Stripe's Events API answered a listing ``sync_stripe_events`` cannot follow: an entry that
+    is not an event object, or a page that brings nothing new while saying there is more.
+
+    Nothing after it is fed and the watermark stays before it, so a later run lists it again.
+    """
+
+
 #: The name of :class:`ClaimInsideTransaction` in the first release.
 ClaimRequired = ClaimInsideTransaction
 

@@ -13,10 +13,15 @@ events to feed are held, never a whole window's payloads. After each window the 
 :class:`~stripe_idempotency.models.EventSyncWatermark` moves to its end, so a scheduled run
 without ``since`` starts where the last one finished (a few minutes earlier: see
 :data:`OVERLAP`), and an interrupted run keeps what it did.
+
+The watermark says that every event Stripe created before it was listed and stored, so it
+moves only past what a run listed in full: never in a run filtered by type, and never past a
+window with an event that could not be stored (``refused``), which the next run lists again.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +34,7 @@ from django.utils import timezone
 
 from stripe_idempotency import fetching, outcomes, processing, retention, verification
 from stripe_idempotency.endpoints import Endpoint
-from stripe_idempotency.exceptions import WebhookRejected
+from stripe_idempotency.exceptions import EventsListingInvalid, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import EventState, EventSyncWatermark, StripeEvent
 
@@ -74,9 +79,19 @@ class SyncReport:
     #: event for the endpoint).
     fed: Counter[str] = field(default_factory=Counter)
 
+    #: Where the endpoint's watermark stands after the run (``None``: never moved), and whether
+    #: this run moved it.
+    watermark: datetime | None = None
+    advanced: bool = False
+
     @property
     def failed(self) -> int:
         return self.fed["error"]
+
+    @property
+    def refused(self) -> int:
+        """Listed, and not stored: these are lost unless a later run lists them again."""
+        return self.fed["refused"]
 
 
 def resume_from(endpoint: str, *, using: str | None = None) -> datetime | None:
@@ -106,7 +121,8 @@ def sync(
 
     ``fed(feed, status)`` is called for each event fed (``"would process"`` in a dry run),
     ``progress(report, window_end)`` after each window. The watermark moves after each window
-    of a real run, and only forward.
+    of a real run that lists every type, only forward, and never past a window in which an
+    event was refused. Raises :class:`EventsListingInvalid` for a listing it cannot follow.
     """
     using = using or router.db_for_write(StripeEvent)
     until = until or timezone.now()
@@ -117,6 +133,8 @@ def sync(
         since = forgotten
     report = SyncReport(since=since, until=until)
     stripe_client = fetching.client(api_key=api_key)
+    # A listing of some types only says nothing of the others: it leaves the watermark alone.
+    may_advance = not dry_run and not types
     for start, end in _windows(since, until):
         feeds = _to_feed(_listed(stripe_client, start, end, types), report, using)
         for feed in feeds:
@@ -125,10 +143,16 @@ def sync(
                 report.fed[status] += 1
             if fed is not None:
                 fed(feed, status)
-        if not dry_run:
+        # Past an event that could not be stored, the watermark would hide it from every later
+        # run: it stays before this window for the rest of the run.
+        may_advance = may_advance and not report.refused
+        if may_advance:
             _advance(endpoint.name, end, using)
+            report.advanced = True
         if progress is not None:
             progress(report, end)
+    mark = EventSyncWatermark.objects.using(using).filter(endpoint=endpoint.name).first()
+    report.watermark = None if mark is None else mark.synced_until
     return report
 
 
@@ -157,15 +181,39 @@ def _listed(
     elif types:
         params["types"] = list(types)
     events = getattr(stripe_client, "v1", stripe_client).events
-    while True:
+    seen: set[str] = set()
+    for number in itertools.count(1):
         page = events.list(params=params)
         # The response as Stripe sent it: the stored payload is the event's JSON, not the
         # library's object model of it.
         body = page.last_response.data
-        yield from body["data"]
-        if not body.get("has_more") or not body["data"]:
+        entries = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise EventsListingInvalid(
+                f"Page {number} of the listing {_span(start, end)} has no list of events."
+            )
+        for position, entry in enumerate(entries, start=1):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                raise EventsListingInvalid(
+                    f"Entry {position} of page {number} of the listing {_span(start, end)} is not an "
+                    f"event object with an id: {json.dumps(entry)[:80]}"
+                )
+        new = {entry["id"] for entry in entries} - seen
+        if body.get("has_more") and entries and not new:
+            # The same page again (a cursor the API ignored): following it would never end.
+            raise EventsListingInvalid(
+                f"Page {number} of the listing {_span(start, end)} repeats events already listed "
+                "and says there are more: the listing makes no progress."
+            )
+        seen |= new
+        yield from entries
+        if not body.get("has_more") or not entries:
             return
-        params["starting_after"] = body["data"][-1]["id"]
+        params["starting_after"] = entries[-1]["id"]
+
+
+def _span(start: datetime, end: datetime) -> str:
+    return f"of events created {start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S} UTC"
 
 
 def _to_feed(listed: Iterator[dict[str, Any]], report: SyncReport, using: str) -> list[Feed]:

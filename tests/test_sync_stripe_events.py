@@ -23,7 +23,8 @@ from django.urls import reverse
 from stripe_idempotency import sync
 from stripe_idempotency.models import EventState, EventSyncWatermark, PruneWatermark, StripeEvent
 from stripe_idempotency.signals import event_received, signal_for
-from stripe_idempotency.testing import deliver, deliver_concurrently, sign
+from stripe_idempotency.testing import build_event, deliver, deliver_concurrently, sign
+from tests.events_api import EventsAPI, page
 from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, free_port, post
 from tests.settings import WEBHOOK_SECRET
 from tests.test_chaos import show
@@ -305,3 +306,113 @@ def test_the_admin_shows_each_endpoint_s_watermark(admin_client):
     assert "default" in page
     assert "connect" in page
     assert admin_client.get(reverse("admin:stripe_idempotency_eventsyncwatermark_add")).status_code == 403
+
+
+# -- listings no fake Stripe serves on request: a scripted Events API ---------------------------
+
+
+def listing_of(events: list[dict]):
+    """Stripe's listing of ``events``: by ``created`` range and type, newest first, 100 a page."""
+
+    def pages(query: dict[str, list[str]]) -> dict:
+        low, high = int(query["created[gte]"][0]), int(query["created[lt]"][0])
+        chosen = [e for e in events if low <= e["created"] < high]
+        if "type" in query:
+            chosen = [e for e in chosen if e["type"] == query["type"][0]]
+        chosen.sort(key=lambda e: e["created"], reverse=True)
+        if "starting_after" in query:
+            ids = [e["id"] for e in chosen]
+            chosen = chosen[ids.index(query["starting_after"][0]) + 1 :]
+        return page(chosen[:100], has_more=len(chosen) > 100)
+
+    return pages
+
+
+@pytest.fixture
+def events_api(settings):
+    servers: list[EventsAPI] = []
+
+    def serve(pages) -> EventsAPI:
+        server = EventsAPI(pages)
+        servers.append(server)
+        settings.STRIPE_IDEMPOTENCY = {
+            "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+            "API_KEY": API_KEY,
+            "API_BASE": server.url,
+        }
+        return server
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+def minutes_ago(minutes: int) -> int:
+    return int(time.time()) - minutes * 60
+
+
+def test_a_run_of_some_types_leaves_the_watermark_for_the_scheduled_run(events_api, effects, capsys):
+    paid = build_event("invoice.paid", id="evt_paid", created=minutes_ago(90))
+    created = build_event("customer.created", id="evt_customer", created=minutes_ago(80))
+    events_api(listing_of([paid, created]))
+    before = datetime.now(UTC) - timedelta(hours=2)
+    EventSyncWatermark.objects.create(endpoint="", synced_until=before)
+
+    call_command("sync_stripe_events", "--type", "invoice.paid", "--since", "2h")
+    out = capsys.readouterr().out
+    assert "fed 1: 1 processed." in out
+    assert "The watermark is not moved by a run of some types only" in out
+    assert EventSyncWatermark.objects.get().synced_until == before
+    # The scheduled run starts from the watermark, and finds the event the filtered run skipped.
+    call_command("sync_stripe_events")
+    out = capsys.readouterr().out
+    assert "1 processed already; fed 1: 1 processed." in out, out
+    assert sorted(Effect.objects.values_list("event_id", flat=True)) == ["evt_customer", "evt_paid"]
+    assert EventSyncWatermark.objects.get().synced_until > before
+
+
+def test_an_event_that_cannot_be_stored_holds_the_watermark_before_it(events_api, effects, capsys):
+    first = build_event(id="evt_first", created=minutes_ago(150))
+    refused = build_event(id="evt bad id", created=minutes_ago(90))
+    last = build_event(id="evt_last", created=minutes_ago(30))
+    events_api(listing_of([first, refused, last]))
+    started = datetime.now(UTC).replace(microsecond=0)
+    with pytest.raises(CommandError) as raised:
+        call_command("sync_stripe_events", "--since", "3h")
+    assert raised.value.returncode == 1
+    message = str(raised.value)
+    assert "fed 3: 2 processed, 1 refused." in message
+    assert "1 listed event could not be stored" in message
+    # The first window (3h ago to 2h ago) was listed in full; the second holds the refused one.
+    mark = EventSyncWatermark.objects.get().synced_until
+    assert (
+        started - timedelta(hours=2, seconds=2) <= mark <= started - timedelta(hours=2) + timedelta(seconds=1)
+    )
+    assert f"the watermark stays at {mark:%Y-%m-%d %H:%M:%S} UTC" in message
+    assert sorted(Effect.objects.values_list("event_id", flat=True)) == ["evt_first", "evt_last"]
+
+
+def test_a_page_served_again_with_more_to_come_is_an_error_not_a_loop(events_api, effects):
+    same = page([build_event(id="evt_1", created=minutes_ago(5))], has_more=True)
+    api = events_api(lambda query: same)
+    with pytest.raises(CommandError, match="the listing makes no progress"):
+        call_command("sync_stripe_events", "--since", "10m")
+    assert len(api.queries) == 2
+    assert not EventSyncWatermark.objects.exists()
+    assert not Effect.objects.exists()  # nothing of the window fed
+
+
+@pytest.mark.parametrize(
+    ("entries", "said"),
+    [
+        ([1], "Entry 1 of page 1 of the listing of events created .* is not an event object with an id: 1"),
+        ([{"object": "event"}], 'Entry 1 .* with an id: {"object": "event"}'),
+        (None, "Page 1 of the listing .* has no list of events"),
+    ],
+)
+def test_an_entry_that_is_not_an_event_is_a_command_error_naming_it(events_api, entries, said):
+    events_api(lambda query: page(entries))
+    with pytest.raises(CommandError, match=said):
+        call_command("sync_stripe_events", "--since", "10m")
+    assert not EventSyncWatermark.objects.exists()
+    assert not StripeEvent.objects.exists()

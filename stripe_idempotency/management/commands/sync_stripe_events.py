@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from stripe_idempotency import endpoints, retention, sync
 from stripe_idempotency.durations import MAX_DURATION, InvalidValue, format_duration, parse_duration
+from stripe_idempotency.exceptions import EventsListingInvalid
 from stripe_idempotency.models import StripeEvent
 
 # A progress line at most this often.
@@ -137,6 +138,11 @@ class Command(BaseCommand):
             )
         except ImproperlyConfigured as error:
             raise CommandError(str(error)) from error
+        except EventsListingInvalid as error:
+            raise CommandError(
+                f"Stripe's Events API answered a listing that cannot be followed: {error} Nothing "
+                "after it was fed; without --since, the next run lists it again."
+            ) from error
         except stripe.StripeError as error:
             # Every window before the failing one is done, and the watermark says so.
             raise CommandError(
@@ -144,10 +150,29 @@ class Command(BaseCommand):
                 "run again (without --since, it resumes after the last hour it finished)."
             ) from error
         summary = self._summary(report, span, dry_run)
+        if report.refused:
+            raise CommandError(
+                f"{summary} {report.refused:,} listed event{'s' if report.refused != 1 else ''} could "
+                f"not be stored (logged, with the reason): {self._held(report)}",
+                returncode=1,
+            )
         if report.failed:
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
             self.stdout.write(summary)
+            if types and not dry_run:
+                self.stdout.write(
+                    "The watermark is not moved by a run of some types only: the next run without "
+                    "--since lists every type from where it stands."
+                )
+
+    def _held(self, report: sync.SyncReport) -> str:
+        if report.watermark is None:
+            return "there is no watermark yet; the next run needs --since again."
+        return (
+            f"the watermark stays at {report.watermark:%Y-%m-%d %H:%M:%S} UTC, before the first of "
+            "them, so the next run lists them again."
+        )
 
     def _start(self, since: str | None, endpoint: str, using: str) -> datetime:
         if since is None:
