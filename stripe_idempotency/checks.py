@@ -5,6 +5,7 @@ Ids are stable: ``stripe_idempotency.E001`` means the same thing in every releas
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from numbers import Real
 from typing import Any
@@ -17,6 +18,8 @@ from django.utils.module_loading import import_string
 
 from stripe_idempotency.conf import DEFAULTS, PROCESSING_MODES, SETTINGS_NAME
 from stripe_idempotency.endpoints import ENDPOINT_KEYS, ENDPOINT_NAME, PAYLOAD_FAMILIES
+from stripe_idempotency.event_types import known_event_types
+from stripe_idempotency.signals import connected_types
 
 _ID = "stripe_idempotency.{}"
 
@@ -43,6 +46,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     messages += _check_processing(raw)
     messages += _check_health_tokens(raw)
     messages += _check_ordering(raw.get("ORDERING", {}))
+    messages += _check_event_types(raw.get("EXTRA_EVENT_TYPES", []))
     instance_id = raw.get("INSTANCE_ID")
     if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
         messages.append(
@@ -238,6 +242,38 @@ def _check_ordering(rules: Any) -> list[CheckMessage]:
             id=_ID.format("E022"),
         )
     ]
+
+
+def _check_event_types(extra: Any) -> list[CheckMessage]:
+    """A receiver of a type Stripe never sends is never called: its events are processed
+    without it and are duplicates ever after, the work lost without an error."""
+    if not isinstance(extra, list | tuple) or not all(isinstance(name, str) and name for name in extra):
+        return [
+            Error(
+                f"{SETTINGS_NAME}['EXTRA_EVENT_TYPES'] must be a list of event type names; it is {extra!r}.",
+                hint="For example ['invoice.overdue'] for a type newer than the installed stripe library.",
+                id=_ID.format("E023"),
+            )
+        ]
+    known = known_event_types()
+    if not known:  # the installed stripe names no types: nothing to judge against
+        return []
+    messages: list[CheckMessage] = []
+    for event_type in connected_types():
+        if event_type in known or event_type in extra:
+            continue
+        close = difflib.get_close_matches(event_type, known, n=1)
+        guess = f"Did you mean {close[0]!r}? " if close else ""
+        messages.append(
+            Warning(
+                f"A receiver is connected to signal_for({event_type!r}), a type the installed stripe "
+                "library does not list: its events would be processed without it.",
+                hint=f"{guess}If Stripe does send it (a type newer than the library, or your own), "
+                f"add it to {SETTINGS_NAME}['EXTRA_EVENT_TYPES'].",
+                id=_ID.format("W008"),
+            )
+        )
+    return messages
 
 
 def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:

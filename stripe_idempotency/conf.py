@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "API_KEY": None,
     "API_BASE": None,
     "ORDERING": {},
+    "EXTRA_EVENT_TYPES": [],
 }
 
 #: The values of ``PROCESSING``.
@@ -161,6 +162,13 @@ class AppSettings:
         (:mod:`stripe_idempotency.ordering`)."""
         value = self.get("ORDERING")
         return value if isinstance(value, dict) else {}
+
+    @property
+    def EXTRA_EVENT_TYPES(self) -> list[str]:
+        """Event types the project receives that the installed ``stripe`` does not list (newer
+        than it, or the project's own): receivers may connect to them without warning W008."""
+        value = self.get("EXTRA_EVENT_TYPES")
+        return [value] if isinstance(value, str) else list(value)
 
     @property
     def HEALTH_TOKENS(self) -> list[str]:

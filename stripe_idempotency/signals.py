@@ -67,6 +67,11 @@ def registered_signal(event_type: str) -> Signal | None:
     return _typed_signals.get(event_type)
 
 
+def connected_types() -> list[str]:
+    """The event types whose signal has a receiver connected, sorted (system check W008)."""
+    return sorted(event_type for event_type, signal in list(_typed_signals.items()) if signal.receivers)
+
+
 def announce(signal: Signal, sender: type, **kwargs: Any) -> None:
     """Send a lifecycle signal. A receiver that raises is logged with its traceback and
     changes nothing: the outcome it reports is already durable, and the answer stands."""

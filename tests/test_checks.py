@@ -8,7 +8,9 @@ from django.db import connection
 from django.test import Client, override_settings
 
 from stripe_idempotency.checks import check_database_support, check_settings, check_sqlite_transaction_mode
+from stripe_idempotency.event_types import known_event_types
 from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.signals import signal_for
 from stripe_idempotency.testing import build_event, deliver
 
 
@@ -342,3 +344,56 @@ def test_a_deferred_endpoint_needs_a_queue_even_when_the_default_is_inline(monke
     monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
     with endpoint_settings(later={"WEBHOOK_SECRETS": ["whsec_later"], "PROCESSING": "deferred"}):
         assert ids(check_settings()) == ["stripe_idempotency.E016"]
+
+
+# -- W008: a receiver of a type Stripe never sends ---------------------------------------------
+
+
+def noop(sender, event, **kwargs):
+    pass
+
+
+def test_a_receiver_of_a_misspelt_type_is_w008_with_the_type_meant(connect):
+    connect(signal_for("invoice.payment_succeded"), noop)
+    with with_settings():
+        assert check_settings() == [
+            Warning(
+                "A receiver is connected to signal_for('invoice.payment_succeded'), a type the installed "
+                "stripe library does not list: its events would be processed without it.",
+                hint="Did you mean 'invoice.payment_succeeded'? If Stripe does send it (a type newer than "
+                "the library, or your own), add it to STRIPE_IDEMPOTENCY['EXTRA_EVENT_TYPES'].",
+                id="stripe_idempotency.W008",
+            )
+        ]
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    ["invoice.payment_succeeded", "checkout.session.completed", "v1.invoice.paid", "v2.core.account.created"],
+)
+def test_receivers_of_types_stripe_sends_pass(connect, event_type):
+    connect(signal_for(event_type), noop)
+    with with_settings():
+        assert check_settings() == []
+
+
+def test_a_declared_type_passes_and_a_type_without_receivers_is_not_judged(connect):
+    signal_for("shop.nobody_listens")  # asked for, never connected
+    connect(signal_for("invoice.tomorrows_type"), noop)
+    with with_settings(EXTRA_EVENT_TYPES=["invoice.tomorrows_type"]):
+        assert check_settings() == []
+    with with_settings():
+        assert ids(check_settings()) == ["stripe_idempotency.W008"]
+
+
+@pytest.mark.parametrize("value", ["invoice.paid", [""], [1], {"invoice.paid": True}])
+def test_extra_event_types_not_a_list_of_names_is_e023(value):
+    with with_settings(EXTRA_EVENT_TYPES=value):
+        assert ids(check_settings()) == ["stripe_idempotency.E023"]
+
+
+def test_the_list_of_types_comes_from_the_installed_stripe():
+    known = known_event_types()
+    assert {"invoice.payment_succeeded", "charge.refunded", "v1.invoice.paid"} <= known
+    assert "*" not in known
+    assert "invoice.payment_succeded" not in known
