@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "PROCESSING": "inline",
     "PENDING_GRACE_SECONDS": 60,
     "ENQUEUE": "stripe_idempotency.tasks.enqueue_django_task",
+    "ENQUEUE_TIMEOUT_SECONDS": 5,
     "HEALTH_TOKENS": [],
     "PAYLOAD": "any",
     "ENDPOINTS": {},
@@ -162,6 +163,13 @@ class AppSettings:
         (:mod:`stripe_idempotency.ordering`)."""
         value = self.get("ORDERING")
         return value if isinstance(value, dict) else {}
+
+    @property
+    def ENQUEUE_TIMEOUT_SECONDS(self) -> float:
+        """How long a deferred delivery waits for its queue (``ENQUEUE``) to take the event: past
+        it the delivery is answered ``accepted`` anyway (the row is committed; the reaper takes
+        it), so a broker that hangs never holds a web worker."""
+        return float(self.get("ENQUEUE_TIMEOUT_SECONDS"))
 
     @property
     def EXTRA_EVENT_TYPES(self) -> list[str]:

@@ -24,6 +24,9 @@ Metrics:
 * ``stripe_idempotency.processing.duration`` (histogram, seconds): a claimed event's
   receivers and completion, by ``stripe.event.type`` and ``result`` (``processed``,
   ``failed``, ``fenced``);
+* ``stripe_idempotency.enqueue.failures`` (counter): accepted events the queue refused
+  (``reason`` ``error``) or did not answer for within ``ENQUEUE_TIMEOUT_SECONDS``
+  (``timeout``); the reaper takes them;
 * ``stripe_idempotency.lag`` (histogram, seconds): from Stripe's ``created`` to
   the commit of its processing, by ``stripe.event.type``.
 """
@@ -48,6 +51,7 @@ __all__ = [
     "EVENT_TYPE",
     "OUTCOME",
     "count_delivery",
+    "count_not_queued",
     "enabled",
     "processing_timer",
     "record_lag",
@@ -78,6 +82,11 @@ else:
         "stripe_idempotency.processing.duration",
         unit="s",
         description="A claimed event's receivers and completion, by event type and result.",
+    )
+    _not_queued = _meter.create_counter(
+        "stripe_idempotency.enqueue.failures",
+        unit="{event}",
+        description="Accepted events the queue did not take, by reason (error, timeout).",
     )
     _lag = _meter.create_histogram(
         "stripe_idempotency.lag",
@@ -115,6 +124,13 @@ def count_delivery(outcome: str, endpoint: str) -> None:
     """One webhook request answered with ``outcome`` (the answer's ``status``)."""
     if enabled:
         _deliveries.add(1, {"outcome": outcome, ENDPOINT: endpoint})
+
+
+def count_not_queued(reason: str) -> None:
+    """An accepted event the queue did not take (``reason``: ``error`` or ``timeout``); the
+    reaper takes it after ``PENDING_GRACE_SECONDS``."""
+    if enabled:
+        _not_queued.add(1, {"reason": reason})
 
 
 @contextmanager

@@ -76,16 +76,13 @@ INSTALLED_APPS = [
 ]
 
 # Deferred processing's tasks: Django 6's own framework, or the backport on 5.2. The tests
-# hold tasks in memory (the dummy backend) and run them by hand; the worker suites start
-# real workers with a backend of their own.
+# hold tasks in memory (the dummy backend, its results shared by every thread) and run them
+# by hand; the worker suites start real workers with a backend of their own.
 try:
     import django.tasks  # noqa: F401
-
-    _TASKS_MODULE = "django.tasks"
 except ImportError:
-    _TASKS_MODULE = "django_tasks"
     INSTALLED_APPS.append("django_tasks")
-TASKS = {"default": {"BACKEND": f"{_TASKS_MODULE}.backends.dummy.DummyBackend"}}
+TASKS = {"default": {"BACKEND": "tests.testapp.task_backends.SharedDummyBackend"}}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

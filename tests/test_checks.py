@@ -219,6 +219,9 @@ def test_processing_modes_and_the_tasks_framework(monkeypatch):
     assert ids(PROCESSING="later") == ["stripe_idempotency.E014"]
     assert ids(PENDING_GRACE_SECONDS=-1) == ["stripe_idempotency.E015"]
     assert ids(PENDING_GRACE_SECONDS=0) == []
+    assert ids(ENQUEUE_TIMEOUT_SECONDS=0) == ["stripe_idempotency.E024"]
+    assert ids(ENQUEUE_TIMEOUT_SECONDS="5") == ["stripe_idempotency.E024"]
+    assert ids(ENQUEUE_TIMEOUT_SECONDS=0.5) == []
     monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
     assert ids(PROCESSING="deferred") == ["stripe_idempotency.E016"]
     assert ids() == []  # inline mode needs no tasks

@@ -29,6 +29,8 @@ def test_defaults():
         assert app_settings.API_KEY is None
         assert app_settings.API_BASE is None
         assert app_settings.ORDERING == {}
+        assert app_settings.ENQUEUE_TIMEOUT_SECONDS == 5
+        assert app_settings.EXTRA_EVENT_TYPES == []
         assert f"{socket.gethostname()}:{os.getpid()}" == app_settings.INSTANCE_ID
     assert set(DEFAULTS) == {
         "WEBHOOK_SECRETS",
@@ -41,6 +43,8 @@ def test_defaults():
         "MAX_ATTEMPTS",
         "RETRY_HORIZON_SECONDS",
         "PROCESSING",
+        "ENQUEUE_TIMEOUT_SECONDS",
+        "EXTRA_EVENT_TYPES",
         "PENDING_GRACE_SECONDS",
         "HEALTH_TOKENS",
         "PAYLOAD",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
+import threading
 from io import StringIO
 
 import pytest
@@ -147,3 +149,77 @@ def test_receive_takes_an_event_as_the_processing_mode_says(record_effects, queu
     assert isinstance(outcome, Processed)
     assert processing.receive(event, mode="deferred") == Duplicate(event_id="evt_received")
     assert Effect.objects.count() == 2
+
+
+class SilentBroker:
+    """A broker that accepts connections and never answers: what a stopped (SIGSTOP) or
+    black-holed Redis looks like to a client, the kernel completing each handshake."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                accepted, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(accepted)
+
+    def close(self) -> None:
+        # The hung publish sees its connection end, and gives its thread back.
+        self.listener.close()
+        for accepted in self.accepted:
+            accepted.close()
+
+
+@pytest.fixture
+def silent_redis():
+    from celery import Celery, current_app
+
+    previous = current_app._get_current_object()
+    broker = SilentBroker()
+    app = Celery("silent_redis", broker=f"redis://127.0.0.1:{broker.port}/0")
+    # The default of every thread: the task is published from the queue's own thread.
+    app.set_default()
+    app.set_current()
+    yield broker
+    broker.close()
+    app.close()
+    previous.set_default()
+    previous.set_current()
+
+
+def test_a_broker_that_never_answers_holds_no_delivery_past_its_deadline(silent_redis, settings, caplog):
+    settings.STRIPE_IDEMPOTENCY = {
+        "WEBHOOK_SECRETS": ["whsec_test_secret"],
+        "PROCESSING": "deferred",
+        "ENQUEUE": "stripe_idempotency.contrib.celery.enqueue",
+        "ENQUEUE_TIMEOUT_SECONDS": 1,
+    }
+    answers = []
+    delivery = threading.Thread(
+        target=lambda: answers.append(deliver(Client(), build_event(id="evt_hung_broker"))), daemon=True
+    )
+    delivery.start()
+    # Not a measure of speed: without the deadline the delivery waits for ever.
+    delivery.join(timeout=120)
+    assert answers, "the delivery was still waiting for the broker after 120 s"
+    [response] = answers
+    assert (response.status_code, response.json()) == (
+        200,
+        {"status": "accepted", "event_id": "evt_hung_broker"},
+    )
+    assert silent_redis.accepted, "the publish never reached the broker"
+    row = StripeEvent.objects.with_state().get()
+    assert (row.event_id, row.state) == ("evt_hung_broker", EventState.PENDING)  # the reaper's to take
+    [line] = [r for r in caplog.records if getattr(r, "code", None) == "enqueue_timeout"]
+    assert (line.levelname, line.event_id, line.outcome) == ("WARNING", "evt_hung_broker", "not_queued")
+    assert line.getMessage() == (
+        "The queue did not take Stripe event evt_hung_broker within 1 s; answered accepted, "
+        "the reaper will take it."
+    )
