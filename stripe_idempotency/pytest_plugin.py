@@ -1,7 +1,8 @@
 """pytest fixtures for projects that receive Stripe events with this app.
 
 Installed with the package and registered through the ``pytest11`` entry point,
-so a project that uses pytest-django has them without configuration::
+so a project that uses pytest-django has them without configuration (the ``testing`` extra
+installs pytest-django and factory-boy; a fixture that needs one says so by name)::
 
     def test_paid_checkout_ships_the_order(stripe_webhook):
         response = stripe_webhook.send("checkout.session.completed", data={"id": "cs_test_1"})
@@ -74,6 +75,28 @@ def stripe_event() -> Callable[..., dict[str, Any]]:
     return build_event
 
 
+#: What the fixtures that reach the database need, and how to get it.
+NEEDS_PYTEST_DJANGO = (
+    "The {fixture} fixture of stripe_idempotency needs pytest-django (its client, settings and "
+    "database fixtures): pip install 'django-stripe-idempotency[testing]', and set "
+    "DJANGO_SETTINGS_MODULE (or --ds)."
+)
+NEEDS_FACTORY_BOY = (
+    "The {fixture} fixture of stripe_idempotency needs factory-boy: "
+    "pip install 'django-stripe-idempotency[testing]'."
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Without pytest-django a test asking for stripe_webhook would fail with "fixture 'client'
+    # not found", which names neither this plugin nor what to install: say both, first.
+    if "stripe_webhook" in getattr(item, "fixturenames", ()) and not item.config.pluginmanager.hasplugin(
+        "django"
+    ):
+        pytest.fail(NEEDS_PYTEST_DJANGO.format(fixture="stripe_webhook"), pytrace=False)
+
+
 @pytest.fixture
 def stripe_webhook(client: Client, transactional_db: None, settings: Any) -> StripeWebhook:
     """A :class:`StripeWebhook` on pytest-django's ``client``, with a transactional database.
@@ -98,15 +121,21 @@ def stripe_webhook(client: Client, transactional_db: None, settings: Any) -> Str
 def stripe_event_factory() -> type:
     """:class:`stripe_idempotency.factories.StripeEventFactory` (needs factory-boy): stored events in
     any state, ``stripe_event_factory(failed=True)``. Use with a ``django_db`` mark."""
-    from stripe_idempotency.factories import StripeEventFactory
-
-    return StripeEventFactory
+    return _factory("StripeEventFactory", "stripe_event_factory")
 
 
 @pytest.fixture
 def ledger_entry_factory() -> type:
     """:class:`stripe_idempotency.factories.LedgerEntryFactory` (needs factory-boy): entries written
     through the ledger, ``ledger_entry_factory(account="cus_1", amount=500)``."""
-    from stripe_idempotency.factories import LedgerEntryFactory
+    return _factory("LedgerEntryFactory", "ledger_entry_factory")
 
-    return LedgerEntryFactory
+
+def _factory(name: str, fixture: str) -> type:
+    try:
+        import factory  # noqa: F401
+    except ImportError:
+        pytest.fail(NEEDS_FACTORY_BOY.format(fixture=fixture), pytrace=False)
+    from stripe_idempotency import factories
+
+    return getattr(factories, name)  # type: ignore[no-any-return]

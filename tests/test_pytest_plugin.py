@@ -114,3 +114,16 @@ def test_the_fixtures_come_from_the_stripe_idempotency_plugin(users_project):
     )
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'stripe_webhook' not found*"])
+
+
+def test_without_pytest_django_the_fixture_names_what_to_install(users_project):
+    result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:django")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            # (fnmatch reads [testing] as a character class: [[] is a literal bracket)
+            "*The stripe_webhook fixture of stripe_idempotency needs pytest-django*"
+            "pip install 'django-stripe-idempotency[[]testing]'*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*fixture 'client' not found*")
