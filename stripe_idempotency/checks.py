@@ -296,7 +296,69 @@ def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
                 )
             ]
         return []
-    return _check_enqueue(raw.get("ENQUEUE", DEFAULTS["ENQUEUE"]))
+    path = raw.get("ENQUEUE", DEFAULTS["ENQUEUE"])
+    messages = _check_enqueue(path)
+    if not messages and path == DEFAULTS["ENQUEUE"]:
+        messages += _check_tasks_backend()
+    return messages
+
+
+def _check_tasks_backend() -> list[CheckMessage]:
+    """Deferred through Django's Tasks framework: a configuration that would run the task in
+    the request (or not at all) answers Stripe ``accepted`` and then does the work anyway."""
+    from stripe_idempotency.tasks import tasks_framework
+
+    framework = tasks_framework()
+    assert framework is not None  # _check_enqueue reported its absence
+    messages: list[CheckMessage] = []
+    if framework.__name__ == "django_tasks" and "django_tasks" not in settings.INSTALLED_APPS:
+        messages.append(
+            Warning(
+                "PROCESSING is 'deferred' through the django-tasks backport, which is not in INSTALLED_APPS.",
+                hint="Add 'django_tasks' to INSTALLED_APPS.",
+                id=_ID.format("W010"),
+            )
+        )
+    tasks = getattr(settings, "TASKS", None)
+    default = tasks.get("default", {}) if isinstance(tasks, dict) else {}
+    backend = default.get("BACKEND", "") if isinstance(default, dict) else ""
+    if not backend or backend.rpartition(".")[2] == "ImmediateBackend":
+        messages.append(
+            Warning(
+                "PROCESSING is 'deferred', but the TASKS backend runs each task at once, in the "
+                f"request that queues it ({'TASKS is not set: ' if not backend else ''}the "
+                "ImmediateBackend): Stripe is answered 'accepted' only after the receivers ran.",
+                hint="Set TASKS = {'default': {'BACKEND': 'django_tasks_db.DatabaseBackend'}} (pip install "
+                "django-tasks-db, add 'django_tasks_db' to INSTALLED_APPS) and run its workers, or "
+                "queue through Celery ('ENQUEUE': 'stripe_idempotency.contrib.celery.enqueue').",
+                id=_ID.format("W009"),
+            )
+        )
+        return messages
+    try:
+        import_string(backend)
+    except ImportError as exc:
+        messages.append(
+            Warning(
+                f"PROCESSING is 'deferred', but the TASKS backend {backend!r} cannot be imported ({exc}): "
+                "every delivery's task is refused, and events wait for the reaper.",
+                hint="Install the package that provides it (pip install django-tasks-db for "
+                "'django_tasks_db.DatabaseBackend') and add its app to INSTALLED_APPS.",
+                id=_ID.format("W011"),
+            )
+        )
+        return messages
+    app = backend.partition(".")[0]
+    if app == "django_tasks_db" and app not in settings.INSTALLED_APPS:
+        messages.append(
+            Warning(
+                f"PROCESSING is 'deferred' through {backend!r}, but 'django_tasks_db' is not in "
+                "INSTALLED_APPS: its table is never created, and every task is refused.",
+                hint="Add 'django_tasks_db' to INSTALLED_APPS and run migrate.",
+                id=_ID.format("W011"),
+            )
+        )
+    return messages
 
 
 def _check_enqueue(path: Any) -> list[CheckMessage]:

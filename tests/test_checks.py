@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from django.core.checks import Error, Warning
 from django.db import connection
@@ -400,3 +402,68 @@ def test_the_list_of_types_comes_from_the_installed_stripe():
     assert {"invoice.payment_succeeded", "charge.refunded", "v1.invoice.paid"} <= known
     assert "*" not in known
     assert "invoice.payment_succeded" not in known
+
+
+# -- deferred through Django's Tasks framework, misconfigured -----------------------------------
+
+DEFERRED = {"WEBHOOK_SECRETS": ["whsec_x"], "PROCESSING": "deferred"}
+
+
+def deferred_ids(**django_settings) -> list[str]:
+    with override_settings(STRIPE_IDEMPOTENCY=DEFERRED, **django_settings):
+        return [m.id for m in check_settings()]
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        None,  # not set: Django's default backend runs tasks at once
+        {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}},
+        {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}},
+    ],
+)
+def test_deferred_with_a_backend_that_runs_tasks_in_the_request_is_w009(tasks):
+    with override_settings(STRIPE_IDEMPOTENCY=DEFERRED):
+        from django.conf import settings
+
+        if tasks is None:
+            saved = settings.TASKS
+            del settings.TASKS
+            try:
+                messages = check_settings()
+            finally:
+                settings.TASKS = saved
+        else:
+            with override_settings(TASKS=tasks):
+                messages = check_settings()
+    [message] = messages
+    assert message.id == "stripe_idempotency.W009"
+    assert "Stripe is answered 'accepted' only after the receivers ran" in message.msg
+    assert ("TASKS is not set" in message.msg) is (tasks is None)
+    assert "django_tasks_db.DatabaseBackend" in message.hint
+
+
+def test_deferred_with_a_backend_that_cannot_be_imported_is_w011():
+    tasks = {"default": {"BACKEND": "django_tasks_dbx.DatabaseBackend"}}
+    assert deferred_ids(TASKS=tasks) == ["stripe_idempotency.W011"]
+
+
+def test_deferred_with_the_database_backend_and_its_app_missing_is_w011():
+    tasks = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    assert deferred_ids(TASKS=tasks) == ["stripe_idempotency.W011"]
+    from django.conf import settings
+
+    with override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "django_tasks_db"]):
+        assert deferred_ids(TASKS=tasks) == []
+
+
+def test_deferred_through_the_backport_not_in_installed_apps_is_w010(monkeypatch):
+    from django.conf import settings
+
+    backport = types.ModuleType("django_tasks")
+    monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: backport)
+    apps = [app for app in settings.INSTALLED_APPS if app != "django_tasks"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert deferred_ids() == ["stripe_idempotency.W010"]
+    with override_settings(INSTALLED_APPS=[*apps, "django_tasks"]):
+        assert deferred_ids() == []
