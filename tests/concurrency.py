@@ -7,6 +7,7 @@ import multiprocessing
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,13 +155,32 @@ def wait_until_held(session: int, statement: str) -> None:
         # MariaDB may wait for a row inside the optimizer's lookup of a unique key (state
         # "Statistics"), before InnoDB lists a lock wait: the running statement is what shows.
         sql = "SELECT count(*) FROM information_schema.processlist WHERE id = %s AND info LIKE %s"
-    for _ in range(300):
+
+    def held() -> bool:
         with connection.cursor() as cursor:
             cursor.execute(sql, [session, statement])
-            if cursor.fetchone()[0]:
-                return
-        threading.Event().wait(0.05)
-    raise AssertionError(f"session {session} was never held in {statement!r}")
+            return bool(cursor.fetchone()[0])
+
+    wait_for(held, f"session {session} to be held in {statement!r}")
+
+
+#: How long a test waits for something that must happen: far past what any machine, however
+#: busy, needs, so a test's outcome never depends on its speed; reached, the test fails
+#: saying what it was waiting for.
+PATIENCE_SECONDS = 120
+
+
+def wait_for(condition: Callable[[], Any], what: str, *, seconds: float = PATIENCE_SECONDS) -> Any:
+    """Poll ``condition`` until it returns something true, and return that; past ``seconds``,
+    fail with ``what`` was awaited."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds:g} s for {what}, in vain")
+        time.sleep(0.02)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from stripe_idempotency.models import EventState, LedgerEntry, StripeEvent
 from stripe_idempotency.outcomes import Busy, Duplicate, Processed
 from stripe_idempotency.signals import signal_for
 from stripe_idempotency.testing import build_event, build_thin_event, deliver
-from tests.concurrency import burst, in_thread
+from tests.concurrency import burst, in_thread, wait_for
 from tests.settings import WEBHOOK_SECRET
 from tests.testapp.models import Effect, Subscription
 
@@ -320,12 +320,13 @@ def retry_until_done(events: list[dict]) -> Counter:
     """Stripe's retries, after a burst: each unprocessed event delivered until it is done."""
     answers: Counter = Counter()
     for event in events:
-        for _ in range(50):
+
+        def done(event: dict = event) -> bool:
             status = deliver(Client(), event).json()["status"]
             answers[status] += 1
-            if status in ("processed", "superseded", "duplicate"):
-                break
-            time.sleep(0.05)
+            return status in ("processed", "superseded", "duplicate")
+
+        wait_for(done, f"{event['id']} to be done")
     return answers
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
+from tests.concurrency import wait_for
 from tests.servers import ROOT, Gunicorn, PrivatePostgres, answer_status, app_environment, own_database, post
 
 pytestmark = [
@@ -144,10 +145,12 @@ def test_a_connection_killed_mid_transaction(app, private_postgres):
     delivery.start()
     # Once the event is claimed its receivers are running (lingering 2 s in their transaction,
     # which Django has opened): only then is the worker's connection killed.
-    for _ in range(200):
-        if db.scalar("SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE claim_token IS NOT NULL"):
-            break
-        time.sleep(0.01)
+    wait_for(
+        lambda: db.scalar(
+            "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE claim_token IS NOT NULL"
+        ),
+        "the event to be claimed",
+    )
     killed = db.scalar(
         "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'",

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
+from tests.concurrency import wait_for
 from tests.servers import ROOT, Database, Gunicorn, answer_status, app_environment, free_port, post
 from tests.workers import CeleryWorkers, DatabaseWorkers, Workers
 
@@ -152,7 +153,9 @@ def test_each_accepted_event_is_processed_once_by_the_workers(deployment, queue)
     assert doubled_credits == []
     if queue == "database":
         # One task per accepted answer, every one of them finished (the later ones found the
-        # event done or taken: their receivers never ran).
+        # event done or taken: their receivers never ran). A duplicate task may still be
+        # finding its event done when the last event is processed: wait for the queue to drain.
+        wait_for(lambda: set(tasks_by_status(db)) == {"SUCCESSFUL"}, "every task to finish")
         assert tasks_by_status(db) == {"SUCCESSFUL": answers[(200, "accepted")]}
 
 
