@@ -33,6 +33,8 @@ import stripe
 from django.test import Client
 from django.urls import reverse
 
+from stripe_idempotency.object_shapes import object_for
+
 if TYPE_CHECKING:
     # The test client's response (``.json()``, ``.templates``...), named only in django-stubs.
     from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
@@ -52,18 +54,21 @@ def build_event(
     api_version: str | None = DEFAULT_API_VERSION,
     **fields: Any,
 ) -> dict[str, Any]:
-    """A Stripe event dict: ``{"id": "evt_...", "object": "event", "type": ..., "data": {"object": data}}``.
+    """A Stripe event dict: ``{"id": "evt_...", "object": "event", "type": ..., "data": {"object": ...}}``.
 
-    ``data`` is the event's ``data.object`` (say, a Checkout Session); ``id``
-    defaults to a fresh random ``evt_`` id. Extra keyword arguments become
-    top-level fields (``request=...``, ``pending_webhooks=...``).
+    ``data.object`` is, for the common types (Checkout Sessions, payment intents, charges,
+    refunds, invoices, subscriptions, customers, payouts), the fields Stripe always sends in
+    that object (:mod:`~stripe_idempotency.object_shapes`: a paid guest checkout, a succeeded
+    charge...) with ``data`` laid over them; for other types, ``data`` alone. ``id`` defaults
+    to a fresh random ``evt_`` id. Extra keyword arguments become top-level fields
+    (``request=...``, ``pending_webhooks=...``).
     """
     return {
         "id": id if id is not None else f"evt_test_{secrets.token_hex(12)}",
         "object": "event",
         "api_version": api_version,
         "created": created if created is not None else int(time.time()),
-        "data": {"object": dict(data or {})},
+        "data": {"object": {**object_for(type), **dict(data or {})}},
         "livemode": livemode,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},

@@ -24,7 +24,6 @@ from django.urls import reverse
 
 from stripe_idempotency.asgi import WebhookBodyLimit
 from stripe_idempotency.checks import check_settings
-from stripe_idempotency.factories import StripeEventFactory
 from stripe_idempotency.log import fields
 from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.pytest_plugin import StripeWebhook
@@ -106,12 +105,21 @@ def keep(shop: Shop, namespace: dict[str, Any], name: str, *types_: str) -> None
 
 
 def settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    # The variable unset (a fresh checkout, a CI job, any other manage.py command): the
+    # settings load, and the check says what is missing.
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
+    unset = shop.run(code, INSTALLED_APPS=["django.contrib.contenttypes"])["STRIPE_IDEMPOTENCY"]
+    with override_settings(STRIPE_IDEMPOTENCY=unset):
+        assert [m.id for m in check_settings()] == ["stripe_idempotency.E001"]
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_from_the_environment")
     namespace = shop.run(code, INSTALLED_APPS=["django.contrib.contenttypes"])
     assert namespace["INSTALLED_APPS"][-1] == "stripe_idempotency"
     with override_settings(STRIPE_IDEMPOTENCY=namespace["STRIPE_IDEMPOTENCY"]):
         assert check_settings() == []
     assert namespace["STRIPE_IDEMPOTENCY"]["WEBHOOK_SECRETS"] == ["whsec_from_the_environment"]
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_new whsec_old")  # while rolling the secret
+    rolling = shop.run(code, INSTALLED_APPS=[])["STRIPE_IDEMPOTENCY"]
+    assert rolling["WEBHOOK_SECRETS"] == ["whsec_new", "whsec_old"]
 
 
 def deferred_settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
@@ -203,7 +211,9 @@ def monitoring_health_urls(shop: Shop, code: str, monkeypatch: Any) -> None:
 def endpoints_settings(shop: Shop, code: str, monkeypatch: Any) -> None:
     secrets = {"STRIPE_WEBHOOK_SECRET": "whsec_platform", "STRIPE_CONNECT_WEBHOOK_SECRET": "whsec_connect",
                "STRIPE_THIN_WEBHOOK_SECRET": "whsec_thin"}  # fmt: skip
-    configured = shop.run(code, env=secrets.__getitem__)["STRIPE_IDEMPOTENCY"]
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    configured = shop.run(code)["STRIPE_IDEMPOTENCY"]
     with override_settings(STRIPE_IDEMPOTENCY=configured):
         assert check_settings() == []
         live = build_event(livemode=True)
@@ -299,7 +309,7 @@ def simple_receiver(name: str) -> Callable[[Shop, str, Any], None]:
 
 
 def readme_ledger(shop: Shop, code: str, monkeypatch: Any) -> None:
-    namespace = shop.run(code, event=StripeEventFactory(processed=True))
+    namespace = shop.run(code)  # as pasted: every name it uses, it defines
     assert namespace["created"] is True
     assert LedgerEntry.objects.balance(account="cus_123", currency="usd") == 1000
 
@@ -328,9 +338,8 @@ def ordering_check_in_the_receiver(shop: Shop, code: str, monkeypatch: Any) -> N
 
 
 def ordering_settings(shop: Shop, code: str, monkeypatch: Any) -> None:
-    configured = shop.run(code, env={"STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}.__getitem__)[
-        "STRIPE_IDEMPOTENCY"
-    ]
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    configured = shop.run(code)["STRIPE_IDEMPOTENCY"]
     with override_settings(STRIPE_IDEMPOTENCY=configured):
         assert check_settings() == []
         assert deliver(Client(), subscription_update("active", 1_790_000_100)).json()["status"] == "processed"
@@ -402,7 +411,11 @@ def webhook(client: Client) -> StripeWebhook:
 
 
 def readme_plugin_test(shop: Shop, code: str, monkeypatch: Any) -> None:
+    # Against the README's own receiver: the test's event must carry what the receiver reads.
+    keep(shop, shop.run(snippets("README.md")[2]), "fulfil", "checkout.session.completed")
+    Order.objects.create(checkout_session="cs_test_1")
     shop.run(code)["test_fulfils_the_order"](webhook(Client()))
+    assert Order.objects.get().paid
 
 
 def quickstart_test(shop: Shop, code: str, monkeypatch: Any) -> None:

@@ -25,7 +25,8 @@ def test_send_builds_the_event(stripe_webhook):
     response = stripe_webhook.send("invoice.paid", data={"id": "in_1"}, livemode=True)
     stored = StripeEvent.objects.get(event_id=response.json()["event_id"])
     assert (stored.type, stored.livemode) == ("invoice.paid", True)
-    assert stored.payload["data"]["object"] == {"id": "in_1"}
+    assert stored.payload["data"]["object"]["id"] == "in_1"
+    assert stored.payload["data"]["object"]["object"] == "invoice"
 
 
 def test_a_wrong_secret_is_refused(stripe_webhook, stripe_event):

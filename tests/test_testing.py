@@ -19,10 +19,51 @@ def test_build_event_has_stripes_shape():
     assert event["object"] == "event"
     assert event["id"].startswith("evt_")
     assert event["type"] == "invoice.paid"
-    assert event["data"] == {"object": {"id": "in_1"}}
+    invoice = event["data"]["object"]
+    # The fields Stripe always sends in an invoice, the test's own laid over them.
+    assert (invoice["id"], invoice["object"], invoice["status"], invoice["amount_paid"]) == (
+        "in_1",
+        "invoice",
+        "paid",
+        1500,
+    )
     assert event["livemode"] is True
     assert event["request"] == {"id": "req_1"}
     assert build_event()["id"] != build_event()["id"]
+
+
+def test_a_type_without_a_known_shape_gets_its_data_alone():
+    assert build_event("shop.thing_happened", data={"id": "x_1"})["data"] == {"object": {"id": "x_1"}}
+    assert build_event("shop.thing_happened")["data"] == {"object": {}}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "kind", "id_prefix"),
+    [
+        ("checkout.session.completed", "checkout.session", "cs_test_"),
+        ("checkout.session.async_payment_succeeded", "checkout.session", "cs_test_"),
+        ("payment_intent.succeeded", "payment_intent", "pi_test_"),
+        ("charge.refunded", "charge", "ch_test_"),
+        ("charge.refund.updated", "refund", "re_test_"),
+        ("invoice.payment_succeeded", "invoice", "in_test_"),
+        ("customer.subscription.deleted", "subscription", "sub_test_"),
+        ("customer.created", "customer", "cus_test_"),
+        ("payout.paid", "payout", "po_test_"),
+    ],
+)
+def test_common_types_carry_the_fields_stripe_always_sends(event_type, kind, id_prefix):
+    first, second = (build_event(event_type)["data"]["object"] for _ in range(2))
+    assert (first["object"], first["id"][: len(id_prefix)]) == (kind, id_prefix)
+    assert first["id"] != second["id"]
+    first["metadata"]["changed"] = "yes"  # each event's object is its own
+    assert second["metadata"] == {}
+
+
+def test_the_readme_s_test_and_receiver_agree_on_a_checkout():
+    # A paid guest checkout: no customer, a payment status, an amount, as Stripe sends one.
+    session = build_event("checkout.session.completed", data={"id": "cs_test_1"})["data"]["object"]
+    assert (session["id"], session["payment_status"], session["customer"]) == ("cs_test_1", "paid", None)
+    assert (session["amount_total"], session["currency"]) == (1500, "usd")
 
 
 def test_sign_is_accepted_by_stripe():
