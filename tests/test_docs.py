@@ -350,23 +350,61 @@ def ordering_settings(shop: Shop, code: str, monkeypatch: Any) -> None:
 def ordering_refund_waits(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code)
     keep(shop, namespace, "record_refund", "charge.refunded")
-    charge = {"id": "ch_1", "customer": "cus_r", "amount": 900, "amount_refunded": 900, "currency": "usd"}
-    refunded = build_event("charge.refunded", data=charge)
-    assert deliver(Client(), refunded).status_code == 500  # before its payment: retried later
+
+    def refunded(amount_refunded: int, **charge: Any) -> dict[str, Any]:
+        # As Stripe sends it: the whole charge, amount_refunded the refunds so far.
+        fields = {"id": "ch_1", "customer": "cus_r", "amount": 1500, "amount_refunded": amount_refunded}
+        return build_event("charge.refunded", data={**fields, "refunded": amount_refunded == 1500, **charge})
+
+    first = refunded(500)
+    assert deliver(Client(), first).status_code == 500  # before its payment: retried later
     LedgerEntry.objects.credit(
-        account="cus_r", amount=900, currency="usd", entry_type="charge", reference="ch_1"
+        account="cus_r", amount=1500, currency="usd", entry_type="charge", reference="ch_1"
     )
-    assert deliver(Client(), refunded).json()["status"] == "processed"
-    assert LedgerEntry.objects.balance(account="cus_r", currency="usd") == 0
+    assert deliver(Client(), first).json()["status"] == "processed"
+    assert LedgerEntry.objects.balance(account="cus_r", currency="usd") == 1000
+    # A second partial refund: the charge's total refunded grows; only the new part is debited.
+    assert deliver(Client(), refunded(1200)).json()["status"] == "processed"
+    assert LedgerEntry.objects.balance(account="cus_r", currency="usd") == 300
+    # The first refund's event, delivered again late (another event id: a resend): nothing more.
+    assert deliver(Client(), refunded(500)).json()["status"] == "processed"
+    assert LedgerEntry.objects.balance(account="cus_r", currency="usd") == 300
+    # A guest's charge (no customer) is refunded with nothing to debit.
+    assert deliver(Client(), refunded(1500, id="ch_guest", customer=None)).json()["status"] == "processed"
+    assert LedgerEntry.objects.filter(entry_type="refund").count() == 2
 
 
 def ledger_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code)
-    keep(shop, namespace, "credit_store", "checkout.session.completed")
+    keep(
+        shop,
+        namespace,
+        "credit_store",
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+    )
     session = {"id": "cs_credit", "customer": "cus_9", "amount_total": 1500, "currency": "usd"}
     assert deliver_checkout(session)["status"] == "processed"
     assert deliver_checkout(session)["status"] == "processed"  # another event id, same session
     assert LedgerEntry.objects.balance(account="cus_9", currency="usd") == 1500
+    # Shaped as Stripe sends them, each processed and none credited twice or wrongly:
+    # a guest checkout (no customer), a session with no amount, a delayed payment (a bank
+    # debit: unpaid at completion, paid by async_payment_succeeded).
+    assert deliver_checkout({"id": "cs_guest", "customer": None})["status"] == "processed"
+    nothing = {
+        "id": "cs_free",
+        "customer": "cus_9",
+        "amount_total": None,
+        "payment_status": "no_payment_required",
+    }
+    assert deliver_checkout(nothing)["status"] == "processed"
+    later = {"id": "cs_later", "customer": "cus_9", "amount_total": 700, "payment_status": "unpaid"}
+    assert deliver_checkout(later)["status"] == "processed"
+    assert LedgerEntry.objects.balance(account="cus_9", currency="usd") == 1500
+    paid = {**later, "payment_status": "paid"}
+    assert deliver_checkout(paid, "checkout.session.async_payment_succeeded")["status"] == "processed"
+    assert LedgerEntry.objects.balance(account="cus_9", currency="usd") == 2200
+    assert LedgerEntry.objects.count() == 2
 
 
 def coupon_in_a_savepoint(shop: Shop, code: str, monkeypatch: Any) -> None:
