@@ -43,6 +43,9 @@ class Lag:
     count: int
     seconds: dict[int, float] = field(default_factory=dict)  # percentile -> seconds
 
+    def as_json(self) -> dict[str, object]:
+        return {"count": self.count, **{f"p{p}": s for p, s in self.seconds.items()}}
+
 
 @dataclass(frozen=True)
 class Status:
@@ -50,7 +53,11 @@ class Status:
     oldest_unprocessed: timedelta | None  # since the oldest unprocessed event was received
     oldest_unprocessed_id: str | None
     window: timedelta
+    #: From receipt here to processed: what the app and its receivers control.
     lag: Lag
+    #: From Stripe's ``created`` to processed: the lag and Stripe's own delays (its retries, a
+    #: resend from the Dashboard of an event weeks old), for reading beside ``lag``.
+    since_created: Lag = field(default_factory=lambda: Lag(0))
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -58,7 +65,8 @@ class Status:
             "oldest_unprocessed_seconds": _seconds(self.oldest_unprocessed),
             "oldest_unprocessed_event_id": self.oldest_unprocessed_id,
             "window_seconds": self.window.total_seconds(),
-            "lag_seconds": {"count": self.lag.count, **{f"p{p}": s for p, s in self.lag.seconds.items()}},
+            "lag_seconds": self.lag.as_json(),
+            "since_created_seconds": self.since_created.as_json(),
         }
 
 
@@ -113,14 +121,15 @@ def waiting(*, using: str, event_type: str | None = None) -> Waiting:
 
 
 def status(*, using: str, window: timedelta) -> Status:
-    events = StripeEvent.objects.using(using)
+    in_window = StripeEvent.objects.using(using).filter(processed_at__gte=Now() - window)
     oldest = oldest_unprocessed(using=using)
     return Status(
         counts=counts(using=using),
         oldest_unprocessed=oldest[1] if oldest else None,
         oldest_unprocessed_id=oldest[0] if oldest else None,
         window=window,
-        lag=_lag(events.filter(processed_at__gte=Now() - window, created__isnull=False)),
+        lag=_lag(in_window, since="received_at"),
+        since_created=_lag(in_window.filter(created__isnull=False), since="created"),
     )
 
 
@@ -155,9 +164,9 @@ def oldest_unprocessed(*, using: str) -> tuple[str, timedelta] | None:
     return (oldest[0], timezone.now() - oldest[1]) if oldest else None
 
 
-def _lag(processed: QuerySet[StripeEvent]) -> Lag:
+def _lag(processed: QuerySet[StripeEvent], *, since: str) -> Lag:
     lags = processed.annotate(
-        lag=ExpressionWrapper(F("processed_at") - F("created"), output_field=DurationField())
+        lag=ExpressionWrapper(F("processed_at") - F(since), output_field=DurationField())
     ).order_by("lag")
     count = lags.count()
     if not count:
