@@ -171,8 +171,11 @@ class SilentBroker:
             self.accepted.append(accepted)
 
     def close(self) -> None:
-        # The hung publish sees its connection end, and gives its thread back.
+        # The hung publish sees its connection end, and gives its thread back. The accepting
+        # thread is stopped first, so no connection it accepts is left open behind the loop.
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self.thread.join()
         for accepted in self.accepted:
             accepted.close()
 
