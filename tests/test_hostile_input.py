@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -343,3 +343,26 @@ def test_any_arrangement_of_a_header_is_judged_on_the_timestamp_it_was_signed_wi
     else:
         assert response.status_code == 400
         assert not StripeEvent.objects.filter(event_id=event_id).exists()
+
+
+# -- the health view's query string -----------------------------------------------------------
+
+HEALTH_TOKEN = "health-token-for-the-hostile-tests-0123456789"
+
+
+@FUZZ
+@given(
+    parameter=st.sampled_from(["window", "max_oldest_unprocessed", "max_dead", "max_failed", "max_lag_p99"]),
+    value=st.text(max_size=30) | st.from_regex(r"[0-9]{1,20}[smhd]?", fullmatch=True),
+)
+def test_any_value_of_any_health_parameter_is_answered_as_json(parameter, value):
+    settings = {"WEBHOOK_SECRETS": [SECRET], "HEALTH_TOKENS": [HEALTH_TOKEN]}
+    with override_settings(STRIPE_IDEMPOTENCY=settings):
+        response = Client().get(
+            "/stripe/health/", {parameter: value}, headers={"Authorization": f"Bearer {HEALTH_TOKEN}"}
+        )
+    assert response["Content-Type"] == "application/json", response.content
+    assert response.status_code in (200, 400, 503), response.content
+    if response.status_code == 400:
+        assert response.json()["error"] == "invalid_parameter"
+        assert response.json()["detail"].startswith(f"{parameter}: ")
