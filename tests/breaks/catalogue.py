@@ -284,8 +284,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 "stripe_idempotency/status.py",
-                "events.filter(processed_at__gte=Now() - window, created__isnull=False)",
-                "events.filter(processed_at__isnull=False, created__isnull=False)",
+                "in_window = StripeEvent.objects.using(using).filter(processed_at__gte=Now() - window)",
+                "in_window = StripeEvent.objects.using(using).filter(processed_at__isnull=False)",
             ),
         ),
         ("tests/test_stripe_events_status.py",),
