@@ -41,8 +41,9 @@ def queued():
 
 
 def run_queued(results) -> list[str]:
-    """What a worker does with each queued task: call it with its arguments."""
-    return [process_stripe_event.call(*result.args, **result.kwargs) for result in results]
+    """What a worker does with each task queued so far: call it with its arguments. A snapshot:
+    a task that queues another (or the queue's own thread adding one) never extends the walk."""
+    return [process_stripe_event.call(*result.args, **result.kwargs) for result in list(results)]
 
 
 @DEFERRED
