@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+import subprocess
+import sys
 import threading
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -227,3 +230,43 @@ def test_a_broker_that_never_answers_holds_no_delivery_past_its_deadline(silent_
         "The queue did not take Stripe event evt_hung_broker within 1 s; answered accepted, "
         "the reaper will take it."
     )
+
+
+EXITS_WITH_A_HUNG_PUBLISH = """
+import os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()
+from celery import Celery
+from django.conf import settings
+from stripe_idempotency import tasks
+
+app = Celery("silent_redis", broker=f"redis://127.0.0.1:{sys.argv[1]}/0")
+app.set_default()
+app.set_current()
+settings.STRIPE_IDEMPOTENCY = {
+    **settings.STRIPE_IDEMPOTENCY,
+    "ENQUEUE": "stripe_idempotency.contrib.celery.enqueue",
+    "ENQUEUE_TIMEOUT_SECONDS": 1,
+}
+print(tasks.enqueue("evt_hung_at_exit", "default"))
+"""
+
+
+def test_a_publish_hung_on_the_broker_does_not_hold_the_process_at_exit():
+    # A cron command or a server worker shutting down: its hung publish must not keep it alive.
+    broker = SilentBroker()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", EXITS_WITH_A_HUNG_PUBLISH, str(broker.port)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,  # not a measure: a process held at exit never ends while the broker lives
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process was still alive 120 s on: its hung publish held it at exit")
+    finally:
+        broker.close()
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr[-3000:]
+    assert broker.accepted, "the publish never reached the broker"

@@ -821,6 +821,19 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "enqueue-holds-the-process-at-exit",
+        "A publish hung on a dead broker never keeps a process (a cron command, a worker) from exiting.",
+        (
+            Edit(
+                "stripe_idempotency/tasks.py",
+                "threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=True).start()",
+                "threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=False).start()",
+            ),
+        ),
+        ("tests/test_deferred.py::test_a_publish_hung_on_the_broker_does_not_hold_the_process_at_exit",),
+        (SQLITE,),
+    ),
+    Break(
         "durations-unbounded",
         "A duration or count past its bound is a 400 JSON or a CommandError, never a 500 or a traceback.",
         (
