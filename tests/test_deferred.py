@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.db.models.functions import Now
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -209,9 +209,14 @@ def test_a_broker_that_never_answers_holds_no_delivery_past_its_deadline(silent_
         "ENQUEUE_TIMEOUT_SECONDS": 1,
     }
     answers = []
-    delivery = threading.Thread(
-        target=lambda: answers.append(deliver(Client(), build_event(id="evt_hung_broker"))), daemon=True
-    )
+
+    def deliver_and_close() -> None:
+        try:
+            answers.append(deliver(Client(), build_event(id="evt_hung_broker")))
+        finally:
+            connections.close_all()  # this thread's own, as a server closes a request's
+
+    delivery = threading.Thread(target=deliver_and_close, daemon=True)
     delivery.start()
     # Not a measure of speed: without the deadline the delivery waits for ever.
     delivery.join(timeout=120)
