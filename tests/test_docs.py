@@ -10,13 +10,16 @@ The names a snippet takes from the reader's project (``Order``, ``send_receipt``
 from __future__ import annotations
 
 import importlib
+import io
 import re
+import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.dispatch import receiver
 from django.test import Client, override_settings
@@ -25,10 +28,11 @@ from django.urls import reverse
 from stripe_idempotency.asgi import WebhookBodyLimit
 from stripe_idempotency.checks import check_settings
 from stripe_idempotency.log import fields
-from stripe_idempotency.models import LedgerEntry
+from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.pytest_plugin import StripeWebhook
 from stripe_idempotency.signals import event_dead, event_failed, event_rejected, signal_for
 from stripe_idempotency.testing import build_event, build_thin_event, deliver
+from tests.servers import LocalStripe
 from tests.settings import WEBHOOK_SECRET
 from tests.testapp.models import Coupon, Order, Shipment, Subscription
 
@@ -499,6 +503,30 @@ def page_testing_retry(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert shop.shipped == ["cs_test_2"]
 
 
+def page_testing_localstripe(shop: Shop, code: str, monkeypatch: Any) -> None:
+    # The page's loop with the webhook left out (its server is down): the catch-up, with the
+    # page's settings, finds the page's customer and runs the receivers on it.
+    created: list[str] = []
+
+    def welcome(sender: Any, event: Any, **kwargs: Any) -> None:
+        created.append(event.payload["data"]["object"]["email"])
+
+    shop.connect(signal_for("customer.created"), welcome)
+    log_dir = tempfile.TemporaryDirectory()
+    localstripe = LocalStripe(Path(log_dir.name))
+    try:
+        page_settings = {"WEBHOOK_SECRETS": ["whsec_local"], "API_KEY": "sk_test_local"}
+        with override_settings(STRIPE_IDEMPOTENCY={**page_settings, "API_BASE": localstripe.url}):
+            customer = shop.run(code.replace("http://localhost:8420", localstripe.url))["customer"]
+            call_command("sync_stripe_events", "--since", "10m", stdout=io.StringIO())
+    finally:
+        localstripe.stop()
+        log_dir.cleanup()
+    assert created == ["ada@example.com"]
+    event = StripeEvent.objects.get(type="customer.created")
+    assert (event.payload["data"]["object"]["id"], event.is_processed) == (customer.id, True)
+
+
 RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("README.md", 0): settings_snippet,
     ("README.md", 1): urls_snippet,
@@ -535,6 +563,7 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/testing.md", 0): page_testing_first,
     ("docs/testing.md", 1): page_testing_plugin,
     ("docs/testing.md", 2): page_testing_retry,
+    ("docs/testing.md", 3): page_testing_localstripe,
 }
 
 
