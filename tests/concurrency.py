@@ -122,13 +122,20 @@ def in_thread_until_held(func: Callable[[], Any], statement: str) -> tuple[threa
     """Run ``func`` on a new thread (:func:`in_thread`); return once its session is held by a lock
     in a statement matching the LIKE pattern ``statement``."""
     sessions: queue.Queue[int] = queue.Queue()
+    ended: list[str] = []
 
     def run() -> Any:
         sessions.put(session_id())
-        return func()
+        try:
+            value = func()
+        except BaseException as error:
+            ended.append(f"raised {error!r}")
+            raise
+        ended.append(f"returned {value!r}")
+        return value
 
     thread, result = in_thread(run)
-    wait_until_held(sessions.get(timeout=30), statement)
+    wait_until_held(sessions.get(timeout=30), statement, until_not=lambda: ended[0] if ended else None)
     return thread, result
 
 
@@ -142,9 +149,12 @@ def session_id() -> int:
         return int(cursor.fetchone()[0])
 
 
-def wait_until_held(session: int, statement: str) -> None:
+def wait_until_held(
+    session: int, statement: str, *, until_not: Callable[[], str | None] = lambda: None
+) -> None:
     """Until the session ``session`` (that one, not any on the server) is held by a lock in a
-    statement matching the LIKE pattern ``statement``."""
+    statement matching the LIKE pattern ``statement``; fails at once if ``until_not`` says
+    (what it returns) the work that should be held has ended instead."""
     connection = connections["default"]
     if connection.vendor == "postgresql":
         sql = (
@@ -159,9 +169,31 @@ def wait_until_held(session: int, statement: str) -> None:
     def held() -> bool:
         with connection.cursor() as cursor:
             cursor.execute(sql, [session, statement])
-            return bool(cursor.fetchone()[0])
+            if cursor.fetchone()[0]:
+                return True
+        ended = until_not()
+        if ended:
+            raise AssertionError(f"session {session} was never held in {statement!r}: it {ended}")
+        return False
 
-    wait_for(held, f"session {session} to be held in {statement!r}")
+    try:
+        wait_for(held, f"session {session} to be held in {statement!r}")
+    except AssertionError as waited_in_vain:
+        raise AssertionError(f"{waited_in_vain}; the server shows it as {session_view(session)}") from None
+
+
+def session_view(session: int) -> str:
+    """What the server shows of the session ``session`` now: its state and statement, to say
+    where a wait that never came went instead."""
+    connection = connections["default"]
+    if connection.vendor == "postgresql":
+        sql = "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE pid = %s"
+    else:
+        sql = "SELECT command, state, time, info FROM information_schema.processlist WHERE id = %s"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [session])
+        row = cursor.fetchone()
+    return repr(row) if row else "gone (the connection was closed)"
 
 
 #: How long a test waits for something that must happen: far past what any machine, however
