@@ -14,9 +14,11 @@ from django.test.utils import CaptureQueriesContext
 
 from stripe_idempotency import leases
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
+from stripe_idempotency.backends import for_connection
+from stripe_idempotency.backends.base import ClaimRow
 from stripe_idempotency.leases import Busy, Claimed, Duplicate
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.testing import build_event
+from stripe_idempotency.testing import build_event, deliver
 from stripe_idempotency.verification import VerifiedEvent
 from tests.concurrency import in_thread
 
@@ -81,6 +83,53 @@ def test_retry_after_is_the_lease_left_rounded_up():
     leases.claim(event)
     # 300 s lease, a moment old: 300 rounded up (never 301, never 299).
     assert leases.claim(event).retry_after == 300
+
+
+class ReleasedEveryTime:
+    """The real backend, except that each claim meets a holder that finished its attempt
+    between the claim's statement and its read: the row looks claimable, yet is not ours.
+    The rarest answer of a race, made to happen every round."""
+
+    def __init__(self, real, **row):
+        self.real, self.row, self.claims = real, row, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def claim(self, event, token, **kwargs):
+        self.claims += 1
+        row = StripeEvent(event_id=event.id, type=event.type, claim_token=uuid.uuid4(), **self.row)
+        return ClaimRow(event=row, lease_left=self.lease_left)
+
+    lease_left = None
+
+
+@pytest.mark.parametrize(
+    ("lease_left", "row"),
+    [
+        pytest.param(None, {}, id="released"),
+        pytest.param(0.0, {}, id="lease-ended"),
+        pytest.param(None, {"attempts": 5, "last_error": "boom"}, id="at-max-attempts"),
+    ],
+)
+def test_a_claim_refused_in_every_round_is_busy_after_three_rounds(monkeypatch, client, lease_left, row):
+    # Answering "duplicate" would tell Stripe an unprocessed event is done: it is never sent again.
+    backends = []
+
+    def refusing(connection):
+        backend = ReleasedEveryTime(for_connection(connection), **row)
+        backend.lease_left = lease_left
+        backends.append(backend)
+        return backend
+
+    monkeypatch.setattr(leases, "for_connection", refusing)
+    event = build_event()
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 5}):
+        assert leases.claim(VerifiedEvent.from_payload(event)) == Busy(event_id=event["id"], retry_after=1)
+        response = deliver(client, event, secret="whsec_x")
+    assert [backend.claims for backend in backends] == [3, 3]
+    assert (response.status_code, response["Retry-After"]) == (503, "1")
+    assert response.json() == {"status": "busy", "event_id": event["id"]}
 
 
 def test_an_expired_lease_is_taken_over_with_a_fresh_token():

@@ -19,6 +19,7 @@ MY = "stripe_idempotency/backends/mysql.py"
 PROCESSING = "stripe_idempotency/processing.py"
 LEDGER = "stripe_idempotency/ledger.py"
 VERIFICATION = "stripe_idempotency/verification.py"
+LEASES = "stripe_idempotency/leases.py"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,27 @@ BREAKS: tuple[Break, ...] = (
         ("tests/test_leases.py", "tests/test_backends.py", "tests/test_concurrency.py"),
         (SQLITE, POSTGRES),
         quick=(SQLITE, POSTGRES),
+    ),
+    Break(
+        "a-claim-refused-every-round-is-a-duplicate",
+        "A claim refused in every round (its holder gave the row back each time) answers busy: "
+        "Stripe delivers again.",
+        (
+            Edit(
+                LEASES,
+                "    return Busy(event_id=event.id, retry_after=1)\n",
+                "    return Duplicate(event_id=event.id)\n",
+            ),
+        ),
+        ("tests/test_leases.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "one-claim-round",
+        "A refused claim whose row looks claimable is tried three times before busy.",
+        (Edit(LEASES, "_CLAIM_ROUNDS = 3\n", "_CLAIM_ROUNDS = 1\n"),),
+        ("tests/test_leases.py",),
+        (SQLITE,),
     ),
     Break(
         "no-fence",
