@@ -129,6 +129,28 @@ def test_a_queue_that_refuses_the_task_loses_nothing_the_reaper_takes_it_after_t
     assert StripeEvent.objects.get().processed_at is not None
 
 
+@override_settings(
+    STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "PROCESSING": "deferred"},
+    TASKS={"default": {"BACKEND": "tests.test_deferred.RefusingBackend"}},
+)
+def test_the_readme_s_cron_line_takes_a_lost_task_s_event_once_it_is_older_than_min_age(record_effects):
+    # The README's cron line, `--min-age 300`: an accepted event never claimed is aged from its
+    # arrival (it has no claim to age from).
+    for event_id in ("evt_lost_long_ago", "evt_lost_lately"):
+        assert deliver(Client(), build_event(id=event_id)).json()["status"] == "accepted"
+    StripeEvent.objects.filter(event_id="evt_lost_long_ago").update(
+        received_at=Now() - dt.timedelta(seconds=301)
+    )
+    StripeEvent.objects.filter(event_id="evt_lost_lately").update(
+        received_at=Now() - dt.timedelta(seconds=299)
+    )
+    out = StringIO()
+    call_command("reap_stale_claims", "--reprocess", "--min-age", "300", "-v", "0", stdout=out, no_color=True)
+    processed = StripeEvent.objects.filter(processed_at__isnull=False).values_list("event_id", flat=True)
+    assert list(processed) == ["evt_lost_long_ago"]
+    assert Effect.objects.filter(event_id="evt_lost_lately").count() == 0
+
+
 def reap() -> str:
     out = StringIO()
     call_command("reap_stale_claims", "--reprocess", "-v", "1", stdout=out, no_color=True)

@@ -14,6 +14,7 @@ from django.test import override_settings
 
 from stripe_idempotency import leases, processing
 from stripe_idempotency.models import LedgerEntry, StripeEvent
+from stripe_idempotency.outcomes import Processed
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
@@ -166,6 +167,24 @@ def test_a_poison_event_is_reported_dead_and_left_alone(failing):
         "attempts (MAX_ATTEMPTS 3); run `manage.py replay_stripe_event evt_poison` once it is fixed\n"
     )
     assert snapshot() == before
+
+
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 3})
+def test_a_dead_event_is_still_claimed_and_processed_by_stripe_s_next_delivery(failing, record_effects):
+    # Dead stops the reaper only: Stripe's own retries (or a resend from its Dashboard) are how
+    # a fixed receiver most often meets the event again.
+    failing.add("evt_poison")
+    for _ in range(3):
+        receive("evt_poison")
+    failing.discard("evt_poison")
+    assert StripeEvent.objects.with_state().get().state == "dead"
+    assert isinstance(receive("evt_poison"), Processed)
+    row = StripeEvent.objects.get()
+    assert (row.attempts, row.processed_at is not None, row.claim_token) == (4, True, None)
+    assert sorted(Effect.objects.filter(event_id="evt_poison").values_list("receiver", flat=True)) == [
+        "received",
+        "typed",
+    ]
 
 
 def test_limit_type_and_min_age(states):

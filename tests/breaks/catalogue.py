@@ -221,6 +221,33 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "min-age-skips-lost-tasks",
+        "The reaper's --min-age ages an accepted event never claimed from its arrival, so a lost "
+        "task's event is taken once it is that old.",
+        (
+            Edit(
+                LEASES,
+                "events.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, received_at__lte=since))",
+                "events.filter(claimed_at__lte=since)",
+            ),
+        ),
+        ("tests/test_deferred.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "dead-events-refuse-deliveries",
+        "A dead event stops the reaper only: Stripe's next delivery still claims and processes it.",
+        (
+            Edit(
+                BASE,
+                'CLAIMABLE = "{t}.processed_at IS NULL AND (',
+                'CLAIMABLE = "{t}.attempts < 3 AND {t}.processed_at IS NULL AND (',
+            ),
+        ),
+        ("tests/test_reap_stale_claims.py",),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
         "reaper-ignores-the-pending-grace",
         "In deferred mode the reaper leaves an accepted event to its task for PENDING_GRACE_SECONDS.",
         (
