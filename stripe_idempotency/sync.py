@@ -79,10 +79,8 @@ class SyncReport:
     #: event for the endpoint).
     fed: Counter[str] = field(default_factory=Counter)
 
-    #: Where the endpoint's watermark stands after the run (``None``: never moved), and whether
-    #: this run moved it.
+    #: Where the endpoint's watermark stands after the run (``None``: never moved).
     watermark: datetime | None = None
-    advanced: bool = False
 
     @property
     def failed(self) -> int:
@@ -148,7 +146,6 @@ def sync(
         may_advance = may_advance and not report.refused
         if may_advance:
             _advance(endpoint.name, end, using)
-            report.advanced = True
         if progress is not None:
             progress(report, end)
     mark = EventSyncWatermark.objects.using(using).filter(endpoint=endpoint.name).first()

@@ -13,9 +13,9 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from stripe_idempotency import leases
-from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.backends.base import ClaimRow
+from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.leases import Busy, Claimed, Duplicate
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.testing import build_event, deliver

@@ -66,8 +66,21 @@ def test_the_cutoff_is_remembered_for_the_sync_and_only_moves_forward(history):
     assert timedelta(days=35) <= timezone.now() - first < timedelta(days=35, minutes=1)
     assert retention.pruned_before(using="default") == first
     run("--older-than", "30d")  # deletes nothing more: evt_old_* went on the first run
-    run("--older-than", "90d")
     assert PruneWatermark.objects.get().pruned_before == first
+    # A run that deletes, with a shorter horizon: the cutoff moves forward.
+    StripeEventFactory(
+        event_id="evt_32_days", processed=True, processed_at=timezone.now() - timedelta(days=32)
+    )
+    assert "Deleted 1 events" in run("--older-than", "30d")
+    second = PruneWatermark.objects.get().pruned_before
+    assert timedelta(days=30) <= timezone.now() - second < timedelta(days=30, minutes=1)
+    # A run that deletes, with a longer horizon: the cutoff stays (the sync must not list
+    # again what the earlier runs forgot).
+    StripeEventFactory(
+        event_id="evt_100_days", processed=True, processed_at=timezone.now() - timedelta(days=100)
+    )
+    assert "Deleted 1 events" in run("--older-than", "90d")
+    assert PruneWatermark.objects.get().pruned_before == second
 
 
 def test_a_dry_run_counts_and_deletes_nothing(history):

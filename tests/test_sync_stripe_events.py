@@ -21,6 +21,7 @@ from django.test import Client, override_settings
 from django.urls import reverse
 
 from stripe_idempotency import sync
+from stripe_idempotency.endpoints import endpoints
 from stripe_idempotency.models import EventState, EventSyncWatermark, PruneWatermark, StripeEvent
 from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import build_event, deliver, deliver_concurrently, sign
@@ -369,6 +370,40 @@ def test_a_run_of_some_types_leaves_the_watermark_for_the_scheduled_run(events_a
     assert "1 processed already; fed 1: 1 processed." in out, out
     assert sorted(Effect.objects.values_list("event_id", flat=True)) == ["evt_customer", "evt_paid"]
     assert EventSyncWatermark.objects.get().synced_until > before
+
+
+def test_a_busy_hour_is_listed_page_after_page_to_its_last_event(events_api, effects, capsys):
+    # 250 events, most sharing a second with others: the cursor is the last id of the page, not
+    # a time (a time would repeat or skip the events of the second a page ends in).
+    events = [build_event(id=f"evt_{n:03}", created=minutes_ago(50) + n // 7) for n in range(250)]
+    server = events_api(listing_of(events))
+    call_command("sync_stripe_events", "--since", "1h")
+    out = capsys.readouterr().out
+    assert "250 events listed" in out, out
+    assert "fed 250: 250 processed." in out, out
+    assert Effect.objects.count() == 250
+    assert len(set(Effect.objects.values_list("event_id", flat=True))) == 250
+    first, last = events[0]["created"], events[-1]["created"]
+    window = [
+        q for q in server.queries if int(q["created[gte]"][0]) <= first and last < int(q["created[lt]"][0])
+    ]
+    newest_first = sorted(events, key=lambda e: e["created"], reverse=True)
+    assert [query.get("starting_after") for query in window] == [
+        None,
+        [newest_first[99]["id"]],
+        [newest_first[199]["id"]],
+    ]
+
+
+def test_a_run_over_an_older_range_never_moves_the_watermark_back(events_api):
+    # A repair of an older range runs beside the scheduled runs: what they listed stays listed.
+    events_api(listing_of([build_event(id="evt_old", created=minutes_ago(150))]))
+    now = datetime.now(UTC).replace(microsecond=0)
+    EventSyncWatermark.objects.create(endpoint="", synced_until=now - timedelta(minutes=10))
+    report = sync.sync(endpoints()[0], since=now - timedelta(hours=3), until=now - timedelta(hours=1))
+    assert report.fed["processed"] == 1
+    assert report.watermark == now - timedelta(minutes=10)
+    assert EventSyncWatermark.objects.get().synced_until == now - timedelta(minutes=10)
 
 
 def test_an_event_that_cannot_be_stored_holds_the_watermark_before_it(events_api, effects, capsys):

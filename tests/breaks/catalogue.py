@@ -20,6 +20,7 @@ PROCESSING = "stripe_idempotency/processing.py"
 LEDGER = "stripe_idempotency/ledger.py"
 VERIFICATION = "stripe_idempotency/verification.py"
 LEASES = "stripe_idempotency/leases.py"
+SYNC = "stripe_idempotency/sync.py"
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 LEASES,
-                "events.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, received_at__lte=since))",
-                "events.filter(claimed_at__lte=since)",
+                "Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, received_at__lte=since)",
+                "Q(claimed_at__lte=since)",
             ),
         ),
         ("tests/test_deferred.py",),
@@ -246,6 +247,44 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_reap_stale_claims.py",),
         (SQLITE, POSTGRES),
+    ),
+    Break(
+        "the-catch-up-reads-one-page",
+        "The catch-up lists every event of a window, page after page, through has_more and the "
+        "last id of each page.",
+        (Edit(SYNC, '        params["starting_after"] = entries[-1]["id"]\n', "        return\n"),),
+        ("tests/test_sync_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "the-catch-up-s-cursor-is-the-first-id",
+        "The catch-up's cursor is the last id of the page it read, so nothing is listed twice or skipped.",
+        (
+            Edit(
+                SYNC,
+                'params["starting_after"] = entries[-1]["id"]',
+                'params["starting_after"] = entries[0]["id"]',
+            ),
+        ),
+        ("tests/test_sync_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "the-sync-watermark-moves-back",
+        "The catch-up's watermark only moves forward: a run over an older range leaves it.",
+        (
+            Edit(SYNC, "    if not created and mark.synced_until < to:\n", "    if not created:\n"),
+            Edit(SYNC, "filter(pk=mark.pk, synced_until__lt=to)", "filter(pk=mark.pk)"),
+        ),
+        ("tests/test_sync_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "the-prune-watermark-moves-back",
+        "The prune's cutoff only moves forward: a run with a longer horizon leaves it.",
+        (Edit("stripe_idempotency/retention.py", "    elif mark.pruned_before < before:\n", "    else:\n"),),
+        ("tests/test_prune_stripe_events.py",),
+        (SQLITE,),
     ),
     Break(
         "reaper-ignores-the-pending-grace",
