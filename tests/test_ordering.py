@@ -129,6 +129,44 @@ def test_updated_before_created_leaves_the_subscription_as_the_newer_event_says(
 
 
 @override_settings(STRIPE_IDEMPOTENCY=SKIP)
+@pytest.mark.parametrize("later_state", ["pending", "failed"])
+def test_only_a_later_event_that_is_processed_supersedes(subscriptions, connect, later_state):
+    # A later event stored but not run (accepted, or its receivers failed) has changed nothing
+    # yet: skipping the older one's receivers would lose its state for good if the later one
+    # never succeeds.
+    created = subscription_event("customer.subscription.created", "incomplete", T0)
+    updated = subscription_event("customer.subscription.updated", "active", T0 + 3)
+    if later_state == "pending":
+        StripeEvent.objects.create(
+            event_id=updated["id"],
+            type=updated["type"],
+            payload=updated,
+            object_id="sub_1",
+            created=datetime.fromtimestamp(T0 + 3, UTC),
+        )
+    else:
+
+        def fail(sender, event, **kwargs):
+            raise RuntimeError("the later event's receiver fails")
+
+        connect(signal_for("customer.subscription.updated"), fail)
+        assert deliver(Client(), updated).status_code == 500
+    assert deliver(Client(), created).json() == {"status": "processed", "event_id": created["id"]}
+    assert status_of() == "incomplete"
+    assert StripeEvent.objects.get(event_id=created["id"]).superseded_by is None
+
+
+@override_settings(STRIPE_IDEMPOTENCY=SKIP)
+def test_an_event_with_no_created_is_never_superseded_and_runs(subscriptions):
+    updated = subscription_event("customer.subscription.updated", "active", T0 + 3)
+    assert deliver(Client(), updated).json()["status"] == "processed"
+    undated = subscription_event("customer.subscription.updated", "past_due", T0)
+    del undated["created"]
+    assert deliver(Client(), undated).json() == {"status": "processed", "event_id": undated["id"]}
+    assert status_of() == "past_due"
+
+
+@override_settings(STRIPE_IDEMPOTENCY=SKIP)
 def test_in_stripe_s_order_both_run(subscriptions):
     created = subscription_event("customer.subscription.created", "incomplete", T0)
     updated = subscription_event("customer.subscription.updated", "active", T0 + 3)

@@ -21,6 +21,7 @@ LEDGER = "stripe_idempotency/ledger.py"
 VERIFICATION = "stripe_idempotency/verification.py"
 LEASES = "stripe_idempotency/leases.py"
 SYNC = "stripe_idempotency/sync.py"
+ORDERING = "stripe_idempotency/ordering.py"
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,26 @@ BREAKS: tuple[Break, ...] = (
         "The prune's cutoff only moves forward: a run with a longer horizon leaves it.",
         (Edit("stripe_idempotency/retention.py", "    elif mark.pruned_before < before:\n", "    else:\n"),),
         ("tests/test_prune_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "an-unprocessed-later-event-supersedes",
+        "Only a later event that is processed supersedes: one pending or failing has changed nothing yet.",
+        (
+            Edit(
+                ORDERING,
+                ".filter(created__gte=_next_second(event.created), processed_at__isnull=False)",
+                ".filter(created__gte=_next_second(event.created))",
+            ),
+        ),
+        ("tests/test_ordering.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "an-event-with-no-created-crashes-the-supersede-check",
+        "An event with no created is never superseded, and runs.",
+        (Edit(ORDERING, "    if event.created is None:\n        return same_object(event).none()\n", ""),),
+        ("tests/test_ordering.py",),
         (SQLITE,),
     ),
     Break(
