@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from django.db import transaction
 
@@ -197,13 +199,23 @@ def test_a_takeover_stores_the_body_its_receivers_act_on(connect):
             raise RuntimeError("first attempt fails")
 
     connect(event_received, receiver)
-    first = build_event(id="evt_body", data={"amount": 100}, api_version="2024-06-20")
-    second = build_event(id="evt_body", data={"amount": 250}, api_version="2025-03-31.basil")
+    # The second body is another delivery's: its created and livemode replace the first's too.
+    first = build_event(
+        id="evt_body", data={"amount": 100}, api_version="2024-06-20", created=1_700_000_000, livemode=False
+    )
+    second = build_event(
+        id="evt_body",
+        data={"amount": 250},
+        api_version="2025-03-31.basil",
+        created=1_700_000_060,
+        livemode=True,
+    )
     assert isinstance(processing.receive(VerifiedEvent.from_payload(first)), Failed)
     assert isinstance(processing.receive(VerifiedEvent.from_payload(second)), Processed)
     assert seen == [100, 250]
     row = StripeEvent.objects.get()
-    assert (row.payload, row.api_version) == (second, "2025-03-31.basil")
+    assert (row.payload, row.api_version, row.livemode) == (second, "2025-03-31.basil", True)
+    assert row.created == datetime.fromtimestamp(1_700_000_060, UTC)
     # A duplicate's body is not stored: the row keeps what was processed.
     third = build_event(id="evt_body", data={"amount": 999})
     assert isinstance(processing.receive(VerifiedEvent.from_payload(third)), Duplicate)

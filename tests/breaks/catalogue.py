@@ -80,6 +80,28 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "a-takeover-keeps-the-old-created",
+        "A takeover stores the new delivery's created with its body (ordering reads it).",
+        (
+            Edit(PG, "        created = EXCLUDED.created,\n", ""),
+            Edit(LITE, "    created = excluded.created,\n", ""),
+            Edit(MY, "    created = IF({claimable}, VALUES(created), created),\n", ""),
+        ),
+        ("tests/test_processing.py",),
+        ALL,
+    ),
+    Break(
+        "a-takeover-keeps-the-old-livemode",
+        "A takeover stores the new delivery's livemode with its body.",
+        (
+            Edit(PG, "        livemode = EXCLUDED.livemode,\n", ""),
+            Edit(LITE, "    livemode = excluded.livemode,\n", ""),
+            Edit(MY, "    livemode = IF({claimable}, VALUES(livemode), livemode),\n", ""),
+        ),
+        ("tests/test_processing.py",),
+        ALL,
+    ),
+    Break(
         "no-fence",
         "The receivers' work commits only if the claim that ran them still holds the event.",
         (Edit(BASE, "WHERE id = %(pk)s AND claim_token = %(token)s", "WHERE id = %(pk)s"),),
