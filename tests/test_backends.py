@@ -188,6 +188,50 @@ def test_a_mariadb_claim_never_waits_for_a_row_another_transaction_holds():
     assert StripeEvent.objects.get().claim_token is None
 
 
+@pytest.mark.only_on("postgresql", reason="SQLSTATE 40001 is PostgreSQL's serialisation failure.")
+def test_a_real_serialisation_failure_is_one_the_backend_retries():
+    # A REPEATABLE READ transaction updates a row another committed after its snapshot.
+    for_connection(connection).create_balance_row("a", "usd")
+    balances = LedgerBalance.objects.filter(account="a")
+
+    def update_what_another_changed_since_the_snapshot():
+        with transaction.atomic():
+            connection.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            list(balances)  # the snapshot is taken here
+            other, _ = in_thread(lambda: balances.update(balance=1))
+            other.join(30)
+            balances.update(balance=2)
+
+    with pytest.raises(OperationalError) as raised:
+        update_what_another_changed_since_the_snapshot()
+    assert raised.value.__cause__.sqlstate == "40001"
+    assert for_connection(connection).is_retryable(raised.value) is True
+
+
+@pytest.mark.only_on("sqlite", reason="SQLite's one writer: the others queue for its lock.")
+def test_database_is_locked_is_one_the_backend_retries():
+    holding, release = threading.Event(), threading.Event()
+
+    def writer():
+        with transaction.atomic():  # IMMEDIATE: the write lock from the first statement
+            LedgerBalance.objects.count()
+            holding.set()
+            assert release.wait(30)
+
+    other, _ = in_thread(writer)
+    assert holding.wait(30)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA busy_timeout = 50")
+        with pytest.raises(OperationalError, match="database is locked") as raised, transaction.atomic():
+            LedgerBalance.objects.count()
+    finally:
+        release.set()
+        other.join(30)
+        connection.close()  # the next test's connection has the configured timeout again
+    assert for_connection(connection).is_retryable(raised.value) is True
+
+
 def test_other_operational_errors_are_not_retried():
     backend = for_connection(connection)
     table = connection.ops.quote_name(StripeEvent._meta.db_table)

@@ -102,6 +102,26 @@ BREAKS: tuple[Break, ...] = (
         ALL,
     ),
     Break(
+        "serialisation-failures-are-not-retried",
+        "PostgreSQL's serialisation failure (40001) is retried, as a deadlock is.",
+        (
+            Edit(
+                PG,
+                '_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})',
+                '_RETRYABLE_SQLSTATES = frozenset({"40P01"})',
+            ),
+        ),
+        ("tests/test_backends.py",),
+        (POSTGRES,),
+    ),
+    Break(
+        "database-is-locked-is-not-retried",
+        'SQLite\'s "database is locked" (its busy timeout ran out behind another writer) is retried.',
+        (Edit(LITE, '        return "locked" in str(error)\n', '        return "deadlock" in str(error)\n'),),
+        ("tests/test_backends.py",),
+        (SQLITE,),
+    ),
+    Break(
         "no-fence",
         "The receivers' work commits only if the claim that ran them still holds the event.",
         (Edit(BASE, "WHERE id = %(pk)s AND claim_token = %(token)s", "WHERE id = %(pk)s"),),
