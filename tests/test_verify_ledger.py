@@ -74,3 +74,23 @@ def test_a_missing_balance_row(ledger):
     with pytest.raises(CommandError):
         call_command("verify_ledger", "-v", "0", stdout=out, no_color=True)
     assert out.getvalue() == "cus_b eur: MISMATCH: no balance row, entries sum to 200\n"
+
+
+def test_a_balance_row_with_no_entries_is_flagged_unless_it_is_zero(ledger):
+    # A refused first debit leaves a balance row at zero and no entry: that is consistent.
+    LedgerBalance.objects.create(account="cus_refused", currency="usd", balance=0)
+    LedgerBalance.objects.create(account="cus_forged", currency="usd", balance=700)
+    out = StringIO()
+    with pytest.raises(CommandError, match=r"^Checked 4 balance\(s\), 4 entries: 1 inconsistent\.$"):
+        call_command("verify_ledger", "-v", "0", stdout=out, no_color=True)
+    assert out.getvalue() == "cus_forged usd: MISMATCH: balance 700 but entries sum to 0\n"
+
+
+def test_a_missing_balance_row_is_flagged_even_when_its_entries_sum_to_zero(ledger_entry_factory):
+    ledger_entry_factory(account="cus_even", amount=500)
+    ledger_entry_factory(account="cus_even", amount=-500, entry_type="refund")
+    LedgerBalance.objects.filter(account="cus_even").delete()
+    out = StringIO()
+    with pytest.raises(CommandError, match=r"1 inconsistent\.$"):
+        call_command("verify_ledger", "-v", "0", stdout=out, no_color=True)
+    assert out.getvalue() == "cus_even usd: MISMATCH: no balance row, entries sum to 0\n"

@@ -350,6 +350,35 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "verify-ledger-skips-balances-without-entries",
+        "verify_ledger checks every balance row, those with no entry included.",
+        (
+            Edit(
+                LEDGER,
+                "    for (row_account, row_currency), balance in sorted(balances.items()):\n"
+                "        # Balances with no entry at all: fine at zero (a refused first debit writes none).\n"
+                "        yield AccountCheck(row_account, row_currency, 0, balance, 0, None)\n",
+                "",
+            ),
+        ),
+        ("tests/test_verify_ledger.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "verify-ledger-reads-a-missing-balance-as-zero",
+        "verify_ledger flags entries with no balance row, even when they sum to zero.",
+        (
+            Edit(
+                LEDGER,
+                "            and self.chain_break is None\n"
+                "            and (self.balance is not None or self.entries == 0)\n",
+                "            and self.chain_break is None\n",
+            ),
+        ),
+        ("tests/test_verify_ledger.py",),
+        (SQLITE,),
+    ),
+    Break(
         "reaper-ignores-the-pending-grace",
         "In deferred mode the reaper leaves an accepted event to its task for PENDING_GRACE_SECONDS.",
         (
