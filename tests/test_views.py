@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from django.db import connection
+from django.db import InterfaceError, connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -169,6 +169,28 @@ def test_body_over_the_limit_without_a_content_length():
     assert request._stream.read() == body[2001:]
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "read-to-the-end"])
+def test_a_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not(settings, declared):
+    from django.test import RequestFactory
+
+    from stripe_idempotency.views import WebhookView
+
+    body = encode(build_event(data={"padding": "x" * 2000}))
+
+    def post(limit: int):
+        settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": ["whsec_test_secret"], "MAX_BODY_BYTES": limit}
+        request = RequestFactory().post(
+            URL, data=body, content_type="application/json", headers={"Stripe-Signature": sign(body)}
+        )
+        if not declared:
+            request.META.pop("CONTENT_LENGTH", None)
+        return WebhookView.as_view()(request)
+
+    assert_rejected(post(len(body) - 1), 413, "body_too_large")
+    assert post(len(body)).status_code == 200
+    assert StripeEvent.objects.get().is_processed
+
+
 def test_size_is_checked_before_the_signature(csrf_client, settings):
     settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": ["whsec_test_secret"], "MAX_BODY_BYTES": 10}
     assert_rejected(deliver(csrf_client, build_event(), signature=""), 413, "body_too_large")
@@ -280,6 +302,21 @@ def test_database_unavailable_is_503_with_json(csrf_client):
     assert response["Retry-After"] == "60"
     assert body_of(response)["status"] == "unavailable"
     assert StripeEvent.objects.count() == 0
+
+
+def test_a_connection_lost_mid_request_is_503_with_json(csrf_client, monkeypatch):
+    # The driver's InterfaceError (psycopg2's "connection already closed", a MySQL connector's
+    # lost connection) is no DatabaseError in DB-API terms: it must be named to be caught.
+    from stripe_idempotency import processing
+
+    def lost(*args, **kwargs):
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(processing, "receive", lost)
+    event = build_event()
+    response = deliver(csrf_client, event)
+    assert (response.status_code, response["Content-Type"]) == (503, "application/json")
+    assert body_of(response) == {"status": "unavailable", "event_id": event["id"]}
 
 
 def test_works_under_atomic_requests(csrf_client, record_effects):

@@ -22,6 +22,7 @@ VERIFICATION = "stripe_idempotency/verification.py"
 LEASES = "stripe_idempotency/leases.py"
 SYNC = "stripe_idempotency/sync.py"
 ORDERING = "stripe_idempotency/ordering.py"
+VIEWS = "stripe_idempotency/views.py"
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,33 @@ BREAKS: tuple[Break, ...] = (
             ),
         ),
         ("tests/test_verify_ledger.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "a-body-of-exactly-the-limit-is-refused",
+        "A body of exactly MAX_BODY_BYTES is accepted, declared or read to its end.",
+        (
+            Edit(
+                VIEWS,
+                "too_large = declared is not None and int(declared) > limit",
+                "too_large = declared is not None and int(declared) >= limit",
+            ),
+            Edit(VIEWS, "    if len(body) > limit:\n", "    if len(body) >= limit:\n"),
+        ),
+        ("tests/test_views.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "a-lost-connection-is-an-html-500",
+        "A connection lost mid-request (the driver's InterfaceError) is a JSON 503 unavailable.",
+        (
+            Edit(
+                VIEWS,
+                "        except (OperationalError, InterfaceError) as error:\n",
+                "        except OperationalError as error:\n",
+            ),
+        ),
+        ("tests/test_views.py",),
         (SQLITE,),
     ),
     Break(
