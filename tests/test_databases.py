@@ -15,6 +15,7 @@ from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.outcomes import Processed
 from stripe_idempotency.signals import event_received
+from stripe_idempotency.tasks import process_stripe_event, tasks_framework
 from stripe_idempotency.testing import build_event, deliver
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "payments"])
@@ -81,3 +82,19 @@ def test_using_names_the_database_without_a_router():
     assert counts(LedgerEntry) == (0, 1)
     assert LedgerEntry.objects.balance(account="cus_2", currency="usd", using="payments") == 300
     assert LedgerEntry.objects.balance(account="cus_2", currency="usd") == 0  # default holds nothing
+
+
+@ROUTED
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "PROCESSING": "deferred"})
+def test_a_deferred_event_s_task_names_the_database_it_lives_in(connect):
+    # The worker has no request to route by: the task must say where the row is, or it would
+    # look in "default", find nothing, and end as if the event had been pruned.
+    backend = tasks_framework().task_backends["default"]
+    backend.clear()
+    connect(event_received, credit_on_each_event)
+    assert deliver(Client(), build_event(id="evt_routed_later")).json()["status"] == "accepted"
+    assert [result.args for result in backend.results] == [["evt_routed_later", "payments"]]
+    assert [process_stripe_event.call(*result.args) for result in list(backend.results)] == ["processed"]
+    backend.clear()
+    assert counts(StripeEvent) == (0, 1)
+    assert LedgerBalance.objects.using("payments").get().balance == 500

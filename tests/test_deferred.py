@@ -66,6 +66,17 @@ def test_a_delivery_is_acknowledged_before_any_receiver_runs(record_effects, que
 
 
 @DEFERRED
+def test_a_task_for_an_event_pruned_meanwhile_ends_quietly(record_effects, queued, caplog):
+    caplog.set_level(logging.INFO, logger="stripe_idempotency")
+    deliver(Client(), build_event(id="evt_pruned"))
+    StripeEvent.objects.all().delete()
+    caplog.clear()
+    assert run_queued(queued) == ["missing"]
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+    assert (StripeEvent.objects.count(), Effect.objects.count()) == (0, 0)
+
+
+@DEFERRED
 def test_a_task_delivered_twice_runs_the_receivers_once(record_effects, queued):
     deliver(Client(), build_event(id="evt_twice"))
     assert run_queued(queued + queued) == ["processed", "duplicate"]

@@ -407,6 +407,26 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "a-task-for-a-pruned-event-crashes",
+        "A task for an event pruned meanwhile ends quietly, reporting it missing.",
+        (Edit("stripe_idempotency/tasks.py", '    if event is None:\n        return "missing"\n', ""),),
+        ("tests/test_deferred.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "the-task-looks-in-default",
+        "A deferred event's task names the database the event lives in, not default.",
+        (
+            Edit(
+                PROCESSING,
+                "        tasks.enqueue(event.id, using)\n",
+                '        tasks.enqueue(event.id, "default")\n',
+            ),
+        ),
+        ("tests/test_databases.py",),
+        (SQLITE,),
+    ),
+    Break(
         "reaper-ignores-the-pending-grace",
         "In deferred mode the reaper leaves an accepted event to its task for PENDING_GRACE_SECONDS.",
         (
