@@ -146,6 +146,52 @@ def test_with_a_listener_for_deletions_the_collector_deletes_and_tells_it(histor
     assert remaining() == KEPT
 
 
+@pytest.fixture
+def receipts():
+    """A project's own model with a foreign key to events (a receipt per event, say), made for
+    one test: its table created, then dropped and the model forgotten."""
+    from django.apps import apps
+    from django.db import models
+
+    class Receipt(models.Model):
+        event = models.ForeignKey(StripeEvent, on_delete=models.CASCADE, related_name="test_receipts")
+
+        class Meta:
+            app_label = "testapp"
+
+        def __str__(self) -> str:
+            return f"receipt for {self.event_id}"
+
+    with connection.schema_editor() as editor:
+        editor.create_model(Receipt)
+    try:
+        yield Receipt
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Receipt)
+        del apps.all_models["testapp"]["receipt"]
+        apps.clear_cache()
+
+
+def test_with_a_project_s_own_foreign_key_to_events_the_collector_applies_its_on_delete(history, receipts):
+    # One raw DELETE would break the foreign key (or leave rows pointing at nothing): the
+    # collector deletes the project's rows as its on_delete says, in the batch's transaction.
+    old = StripeEvent.objects.get(event_id="evt_old_0")
+    recent = StripeEvent.objects.get(event_id="evt_recent")
+    receipts.objects.create(event=old)
+    receipts.objects.create(event=recent)
+    run("--older-than", "30d", "--batch-size", "2")
+    assert remaining() == KEPT
+    assert list(receipts.objects.values_list("event__event_id", flat=True)) == ["evt_recent"]
+
+
+@pytest.mark.parametrize("horizon", ["3d", "72h", "259200"])
+def test_a_horizon_of_exactly_stripe_s_retries_is_accepted(horizon, history):
+    StripeEventFactory(event_id="evt_4_days", processed=True, processed_at=timezone.now() - timedelta(days=4))
+    assert "Deleted 6 events" in run("--older-than", horizon)
+    assert "evt_4_days" not in remaining()
+
+
 @pytest.mark.parametrize("horizon", ["2d", "71h", "60"])
 def test_a_horizon_inside_stripe_s_retries_is_refused(horizon, history):
     with pytest.raises(CommandError, match="shorter than Stripe's 3 days of retries"):

@@ -427,6 +427,33 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "prune-ignores-a-project-s-foreign-keys",
+        "Pruning sends a batch through Django's collector when a project's own model refers to "
+        "events, so its on_delete applies.",
+        (
+            Edit(
+                "stripe_idempotency/retention.py",
+                " and all(relation.related_model is LedgerEntry for relation in relations)",
+                "",
+            ),
+        ),
+        ("tests/test_prune_stripe_events.py",),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
+        "prune-refuses-exactly-three-days",
+        "A horizon of exactly Stripe's three days of retries is accepted.",
+        (
+            Edit(
+                "stripe_idempotency/retention.py",
+                "    if older_than < STRIPE_RETRY_WINDOW:\n",
+                "    if older_than <= STRIPE_RETRY_WINDOW:\n",
+            ),
+        ),
+        ("tests/test_prune_stripe_events.py",),
+        (SQLITE,),
+    ),
+    Break(
         "reaper-ignores-the-pending-grace",
         "In deferred mode the reaper leaves an accepted event to its task for PENDING_GRACE_SECONDS.",
         (
