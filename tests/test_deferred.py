@@ -76,6 +76,28 @@ def test_a_task_for_an_event_pruned_meanwhile_ends_quietly(record_effects, queue
     assert (StripeEvent.objects.count(), Effect.objects.count()) == (0, 0)
 
 
+#: What the project's own ENQUEUE callable was handed, in order.
+HANDED: list[tuple[str, str]] = []
+
+
+def hand_to_the_project_s_queue(event_id: str, database: str) -> None:
+    HANDED.append((event_id, database))
+
+
+@override_settings(
+    STRIPE_IDEMPOTENCY={
+        "WEBHOOK_SECRETS": ["whsec_test_secret"],
+        "PROCESSING": "deferred",
+        "ENQUEUE": "tests.test_deferred.hand_to_the_project_s_queue",
+    }
+)
+def test_enqueue_names_the_callable_that_queues_the_event_instead_of_django_tasks(queued):
+    HANDED.clear()
+    assert deliver(Client(), build_event(id="evt_own_queue")).json()["status"] == "accepted"
+    assert (HANDED, list(queued)) == ([("evt_own_queue", "default")], [])
+    HANDED.clear()
+
+
 @DEFERRED
 def test_a_task_delivered_twice_runs_the_receivers_once(record_effects, queued):
     deliver(Client(), build_event(id="evt_twice"))

@@ -17,7 +17,7 @@ from django.db import connections
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from stripe_idempotency import ordering, processing
+from stripe_idempotency import leases, ordering, processing
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import InsufficientFunds
 from stripe_idempotency.models import EventState, LedgerEntry, StripeEvent
@@ -290,6 +290,33 @@ def test_a_failed_event_that_gives_way_keeps_its_attempts_and_error(connect):
     finally:
         leave.set()
         thread.join(30)
+
+
+@override_settings(STRIPE_IDEMPOTENCY=SERIALIZE)
+def test_giving_way_counts_no_attempt_on_every_backend(connect):
+    # The holder is a live claim another instance made (on SQLite too: between its claim and
+    # its receivers' transaction, nothing holds the write lock).
+    def refund(sender, event, **kwargs):
+        if event.attempts == 1:
+            raise RuntimeError("first try fails")
+
+    connect(signal_for("charge.refunded"), refund)
+    succeeded = build_event("charge.succeeded", created=T0, data={"id": "ch_1", "object": "charge"})
+    first_time = build_event("charge.refunded", created=T0 + 1, data={"id": "ch_1", "object": "charge"})
+    failed_before = build_event("charge.updated", created=T0 + 2, data={"id": "ch_1", "object": "charge"})
+    connect(signal_for("charge.updated"), refund)
+    assert deliver(Client(), failed_before).status_code == 500
+    holder = leases.claim(IncomingEvent.from_payload(succeeded))
+    assert isinstance(holder, leases.Claimed)
+
+    assert deliver(Client(), first_time).json()["status"] == "busy"
+    row = StripeEvent.objects.with_state().get(event_id=first_time["id"])
+    assert (row.state, row.attempts, row.claimed_at, row.claim_token) == (EventState.PENDING, 0, None, None)
+
+    assert deliver(Client(), failed_before).json()["status"] == "busy"
+    row = StripeEvent.objects.with_state().get(event_id=failed_before["id"])
+    assert (row.state, row.attempts, row.claim_token) == (EventState.FAILED, 1, None)
+    assert "first try fails" in row.last_error
 
 
 def test_ordering_rules_exact_type_first_then_the_longest_pattern(settings):

@@ -63,6 +63,15 @@ def test_signature_for_another_secret(csrf_client):
     assert_rejected(response, 400, "invalid_signature")
 
 
+@pytest.mark.parametrize("signed_with", ["whsec_new", "whsec_old", "whsec_third"])
+def test_while_secrets_roll_a_body_signed_with_any_of_them_is_accepted(csrf_client, settings, signed_with):
+    # Rolling a secret in Stripe's Dashboard: the old one signs for up to 24 hours beside the new.
+    secrets = ["whsec_new", "whsec_old", "whsec_third"]
+    settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": secrets}
+    assert_rejected(deliver(csrf_client, build_event(), secret="whsec_other"), 400, "invalid_signature")
+    assert body_of(deliver(csrf_client, build_event(), secret=signed_with))["status"] == "processed"
+
+
 def test_garbled_signature_header(csrf_client):
     response = deliver(csrf_client, build_event(), signature="t=abc,v1=zz")
     assert_rejected(response, 400, "invalid_signature")

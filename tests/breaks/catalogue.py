@@ -454,6 +454,34 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "giving-way-counts-an-attempt",
+        "An event that gives way to another of its object (ORDERING) counts no attempt and keeps "
+        "its error: it never ran.",
+        (Edit(LEASES, '        attempts=F("attempts") - 1,\n', ""),),
+        ("tests/test_ordering.py",),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
+        "enqueue-is-ignored",
+        "ENQUEUE names the callable that queues a deferred event, in place of Django's Tasks.",
+        (
+            Edit(
+                "stripe_idempotency/tasks.py",
+                "        _enqueue_callable(app_settings.ENQUEUE)(event_id, database)\n",
+                "        enqueue_django_task(event_id, database)\n",
+            ),
+        ),
+        ("tests/test_deferred.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "only-the-first-secret",
+        "While secrets roll, a body signed with any of WEBHOOK_SECRETS is accepted.",
+        (Edit(VERIFICATION, "    for secret in secrets:\n", "    for secret in secrets[:1]:\n"),),
+        ("tests/test_views.py",),
+        (SQLITE,),
+    ),
+    Break(
         "reaper-ignores-the-pending-grace",
         "In deferred mode the reaper leaves an accepted event to its task for PENDING_GRACE_SECONDS.",
         (
