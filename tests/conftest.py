@@ -54,6 +54,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+#: The chaos and server suites start app servers, workers and databases of their own and run
+#: bursts through them: on a busy machine they take many minutes, and their own deadlines
+#: say what was awaited. This is only the net for a hang in between.
+LONG_SUITE_TIMEOUT_SECONDS = 2400
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        long_suite = item.get_closest_marker("chaos") or item.get_closest_marker("servers")
+        if long_suite and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_SUITE_TIMEOUT_SECONDS))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     # tox runs the suite against the installed wheel; the header says which copy ran.
     import stripe_idempotency
