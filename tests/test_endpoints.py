@@ -151,4 +151,11 @@ def test_the_connected_account_and_the_object_are_on_the_row_for_receivers(conne
 
 @ENDPOINTS
 def test_an_endpoint_name_is_stored_and_compared_byte_for_byte():
+    # Another case is another endpoint (none here), never "connect" by a collation's leniency.
     assert deliver(Client(), build_event(livemode=True), url="/stripe/webhook/Connect/").status_code == 404
+    event = build_event(livemode=True)
+    response = deliver(Client(), event, url="/stripe/webhook/connect/", secret=CONNECT_SECRET)
+    assert response.json()["status"] == "processed"
+    assert list(StripeEvent.objects.values_list("event_id", "endpoint")) == [(event["id"], "connect")]
+    assert not StripeEvent.objects.filter(endpoint="Connect").exists()
+    assert not StripeEvent.objects.filter(endpoint="connect ").exists()

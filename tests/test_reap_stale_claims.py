@@ -293,12 +293,16 @@ def test_replay_never_takes_a_live_claim(states):
     assert StripeEvent.objects.get(event_id="evt_live").attempts == 1
 
 
-def test_replay_runs_a_dead_event(failing):
+def test_replay_runs_a_dead_event(failing, record_effects):
     with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 1}):
         failing.add("evt_poison")
         receive("evt_poison")
         failing.discard("evt_poison")
+        assert StripeEvent.objects.with_state().get().state == "dead"
         assert replay("evt_poison")[0] == "Processed evt_poison (checkout.session.completed).\n"
+    row = StripeEvent.objects.get()
+    assert (row.processed_at is not None, row.attempts, row.claim_token) == (True, 2, None)
+    assert Effect.objects.filter(event_id="evt_poison").count() == 2  # both receivers, once
 
 
 def test_replay_of_a_failing_event_exits_non_zero(states):
