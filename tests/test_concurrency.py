@@ -15,7 +15,7 @@ from django.test import Client, override_settings
 from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event, deliver
-from tests.concurrency import burst, in_thread
+from tests.concurrency import burst, in_thread, wait_for
 from tests.conftest import TYPE
 from tests.testapp.models import Effect
 
@@ -125,7 +125,11 @@ def test_sqlite_serialises_a_takeover_behind_the_running_dispatch(record_effects
     event = build_event()
     slow, slow_result = in_thread(lambda: deliver(Client(), event))
     assert inside.wait(30)
-    time.sleep(1.2)  # the lease runs out while the receivers still hold SQLite's write lock
+    # The lease runs out, on the database's clock, while the receivers hold SQLite's write lock.
+    wait_for(
+        lambda: StripeEvent.objects.filter(claim_expires_at__lte=Now()).exists(),
+        "the first delivery's lease to run out",
+    )
     other, other_result = in_thread(deliver_while_the_first_runs)
     assert claiming.wait(30)
     # The takeover's claim has started; it cannot finish while the dispatch holds

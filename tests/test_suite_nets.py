@@ -14,7 +14,7 @@ def test_every_test_has_a_timeout_and_the_long_suites_a_longer_one(request):
 
 @pytest.mark.chaos
 def test_a_chaos_test_gets_the_long_suites_timeout(request):
-    [marker] = [m for m in request.node.iter_markers("timeout")]
+    [marker] = list(request.node.iter_markers("timeout"))
     assert marker.args == (LONG_SUITE_TIMEOUT_SECONDS,)
 
 

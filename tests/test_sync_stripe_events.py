@@ -25,6 +25,7 @@ from stripe_idempotency.endpoints import endpoints
 from stripe_idempotency.models import EventState, EventSyncWatermark, PruneWatermark, StripeEvent
 from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import build_event, deliver, deliver_concurrently, sign
+from tests.concurrency import wait_for
 from tests.events_api import EventsAPI, page
 from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, free_port, post
 from tests.settings import WEBHOOK_SECRET
@@ -205,8 +206,9 @@ def test_nothing_from_before_the_last_prune_is_listed(localstripe, effects, caps
     """A pruned event's id is forgotten: listed again, it would run again. So the listing starts
     at the prune's cutoff (Stripe created every event before it was processed here)."""
     stripe = localstripe.client()
-    stripe.v1.customers.create(params={"email": "before@example.com"})
-    time.sleep(1.1)  # Stripe's created is in whole seconds
+    before = stripe.v1.customers.create(params={"email": "before@example.com"})
+    # Stripe's created is in whole seconds: the cutoff must fall in a later one.
+    wait_for(lambda: time.time() >= before.created + 1, "the next second")
     PruneWatermark.objects.create(pruned_before=datetime.now(UTC))
     after = stripe.v1.customers.create(params={"email": "after@example.com"})
     call_command("sync_stripe_events", "--since", "1h")
