@@ -4,10 +4,10 @@ stale completed without its receivers ("skip_superseded"), in both orders and co
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +24,7 @@ from stripe_idempotency.models import EventState, LedgerEntry, StripeEvent
 from stripe_idempotency.outcomes import Busy, Duplicate, Processed
 from stripe_idempotency.signals import signal_for
 from stripe_idempotency.testing import build_event, build_thin_event, deliver
+from tests import concurrency
 from tests.concurrency import burst, in_thread, wait_for
 from tests.settings import WEBHOOK_SECRET
 from tests.testapp.models import Effect, Subscription
@@ -397,34 +398,72 @@ def retry_until_done(events: list[dict]) -> Counter:
 
 @ONE_WRITER_AT_A_TIME
 @override_settings(STRIPE_IDEMPOTENCY=SKIP)
-def test_two_events_of_one_object_never_run_at_once_across_threads(connect, caplog):
+def test_two_events_of_one_object_never_run_at_once_across_threads(connect, monkeypatch):
     running: Counter = Counter()
     overlaps = []
     lock = threading.Lock()
+    # An object's receivers stay open until the other event of the object has come and given
+    # way, or until no other thread can bring it (each is inside a receiver or done): the
+    # pairs meet whenever the threads' orders let them, however fast or slow the machine.
+    met = collections.defaultdict(threading.Event)
+    events = [event for pair in pairs(12) for event in pair]
+    threads = 6
+    answered: Counter = Counter()  # per delivering thread
+    held: set[str] = set()  # the delivering threads inside a receiver now
+
+    class GiveWay(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "another event about" in record.getMessage():
+                met[record.args[1]].set()
+
+    def counted(client, event, **kwargs):
+        try:
+            return deliver(client, event, **kwargs)
+        finally:
+            with lock:
+                answered[threading.current_thread().name] += 1
+
+    def no_other_thread_can_come() -> bool:
+        with lock:
+            done = {name for name, count in answered.items() if count == len(events)}
+            return len(held | done) >= threads
 
     def watched(sender, event, **kwargs):
-        sub = event.object_id
+        sub, me = event.object_id, threading.current_thread().name
         with lock:
             running[sub] += 1
+            held.add(me)
             if running[sub] > 1:
                 overlaps.append(sub)
         try:
-            time.sleep(0.02)  # long enough for another thread to come in, were it let in
+            wait_for(
+                lambda: met[sub].is_set() or no_other_thread_can_come(),
+                f"the other event of {sub} to come and give way, or every thread to be held or done",
+            )
             sync_subscription(sender, event)
         finally:
             with lock:
                 running[sub] -= 1
+                held.discard(me)
 
     for event_type in ("customer.subscription.created", "customer.subscription.updated"):
         connect(signal_for(event_type), watched)
-    events = [event for pair in pairs(12) for event in pair]
-    caplog.set_level(logging.INFO, logger="stripe_idempotency")
-    burst(events, threads=6)
-    retry_until_done(events)
+    monkeypatch.setattr(concurrency, "deliver", counted)
+    handler = GiveWay(level=logging.INFO)
+    logger = logging.getLogger("stripe_idempotency")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        burst(events, threads=threads)
+        assert len(answered) == threads
+        retry_until_done(events)  # on this thread: none other can come, nothing waits
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert overlaps == []
     # They met, and were kept apart: claims that found the other event of their object running.
-    gave_way = [r for r in caplog.records if "another event about" in r.getMessage()]
-    assert gave_way, "no two events of one object ever met: the test proved nothing"
+    assert met, "no two events of one object ever met: the test proved nothing"
     assert_each_pair_ends_at_the_newer_state(12)
 
 

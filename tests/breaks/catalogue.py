@@ -454,6 +454,19 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "no-giving-way",
+        "Two events of one object (ORDERING) never run at once: the later claim gives way.",
+        (
+            Edit(
+                LEASES,
+                "if event.object_id is None or ordering.mode_for(event.type) is None:",
+                "if True:",
+            ),
+        ),
+        ("tests/test_ordering.py",),
+        (POSTGRES,),
+    ),
+    Break(
         "giving-way-counts-an-attempt",
         "An event that gives way to another of its object (ORDERING) counts no attempt and keeps "
         "its error: it never ran.",
