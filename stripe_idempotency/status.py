@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, QuerySet
-from django.db.models.functions import Now
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, QuerySet, Window
+from django.db.models.functions import Now, RowNumber
 from django.utils import timezone
 
 from stripe_idempotency.durations import format_duration, parse_duration
@@ -121,15 +121,20 @@ def waiting(*, using: str, event_type: str | None = None) -> Waiting:
 
 
 def status(*, using: str, window: timedelta) -> Status:
+    """Six queries, whatever the size of the table: the states (two), the oldest unprocessed
+    event, the events processed in ``window`` (both lags' counts in one), and each lag's
+    percentiles (one read each)."""
     in_window = StripeEvent.objects.using(using).filter(processed_at__gte=Now() - window)
+    dated = in_window.filter(created__isnull=False)
+    sizes = in_window.aggregate(received=Count("pk"), created=Count("pk", filter=Q(created__isnull=False)))
     oldest = oldest_unprocessed(using=using)
     return Status(
         counts=counts(using=using),
         oldest_unprocessed=oldest[1] if oldest else None,
         oldest_unprocessed_id=oldest[0] if oldest else None,
         window=window,
-        lag=_lag(in_window, since="received_at"),
-        since_created=_lag(in_window.filter(created__isnull=False), since="created"),
+        lag=_lag(in_window, sizes["received"], since="received_at"),
+        since_created=_lag(dated, sizes["created"], since="created"),
     )
 
 
@@ -164,19 +169,20 @@ def oldest_unprocessed(*, using: str) -> tuple[str, timedelta] | None:
     return (oldest[0], timezone.now() - oldest[1]) if oldest else None
 
 
-def _lag(processed: QuerySet[StripeEvent], *, since: str) -> Lag:
-    lags = processed.annotate(
-        lag=ExpressionWrapper(F("processed_at") - F(since), output_field=DurationField())
-    ).order_by("lag")
-    count = lags.count()
+def _lag(processed: QuerySet[StripeEvent], count: int, *, since: str) -> Lag:
+    """The nearest-rank percentiles of ``processed_at - since`` over ``count`` rows, read in one
+    query: the rows numbered in the order of their lag, and only the ranks wanted returned."""
     if not count:
         return Lag(0)
-    # The nearest-rank percentile: one indexed range, sorted by the database, read at one offset.
-    seconds = {}
-    for p in PERCENTILES:
-        rank = max(0, min(count - 1, -(-p * count // 100) - 1))
-        seconds[p] = lags.values_list("lag", flat=True)[rank].total_seconds()
-    return Lag(count, seconds)
+    ranks = {p: max(1, min(count, -(-p * count // 100))) for p in PERCENTILES}
+    lag = ExpressionWrapper(F("processed_at") - F(since), output_field=DurationField())
+    numbered = processed.annotate(lag=lag, rank=Window(RowNumber(), order_by=[lag.asc(), F("pk").asc()]))
+    found = dict(numbered.filter(rank__in=set(ranks.values())).values_list("rank", "lag"))
+    if not found:  # every row of the window pruned since it was counted
+        return Lag(0)
+    # A rank past the rows there now (some pruned in between) reads the last one there.
+    last = found[max(found)]
+    return Lag(count, {p: found.get(rank, last).total_seconds() for p, rank in ranks.items()})
 
 
 def _limit(value: timedelta) -> str:
