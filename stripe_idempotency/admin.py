@@ -21,6 +21,7 @@ from stripe_idempotency import endpoints, outcomes, processing, status
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimInsideTransaction
 from stripe_idempotency.models import EventState, EventSyncWatermark, LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.outcomes import error_summary
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -219,8 +220,7 @@ class StripeEventAdmin(ReadOnlyAdmin):
         """The line that names the exception: the last line of the recorded traceback."""
         if not event.last_error:
             return "-"
-        lines = [line for line in event.last_error.strip().splitlines() if line.strip()]
-        return Truncator(lines[-1]).chars(ERROR_SUMMARY_CHARS)
+        return Truncator(error_summary(event.last_error)).chars(ERROR_SUMMARY_CHARS)
 
     @admin.display(description=_("payload"))
     def payload_display(self, event: StripeEvent) -> str:

@@ -178,3 +178,10 @@ def event_id(outcome: Outcome) -> str:
 def retry_after(outcome: Outcome) -> int | None:
     """Seconds after which asking again may succeed, for the outcomes that have them."""
     return outcome.retry_after if isinstance(outcome, Busy | Fenced) else None
+
+
+def error_summary(error: str) -> str:
+    """The line of a recorded traceback that names the exception: its last non-blank line
+    (what the admin's list, the reaper and a replay show of ``Failed.error``/``last_error``)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

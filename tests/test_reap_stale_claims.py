@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models.functions import Now
 from django.test import override_settings
 
-from stripe_idempotency import leases, processing
+from stripe_idempotency import leases, processing, reaper
 from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.outcomes import Processed
 from stripe_idempotency.signals import event_received
@@ -405,3 +405,16 @@ def test_dead_events_waiting_for_a_backoff_are_still_reported_and_fail_the_run()
     with pytest.raises(CommandError) as raised:
         reap("--min-age", "86400")
     assert (raised.value.returncode, str(raised.value)) == (1, "No stale events due; 2 dead.")
+
+
+def test_the_reaper_is_a_library_function_returning_what_it_did(states):
+    # What the command prints, as values: a scheduler's task or a health check calls the same.
+    seen = []
+    report = reaper.reap(using="default", reprocess=True, step=seen.append)
+    assert (report.found, dict(report.tally), report.failed_again) == (2, {"processed": 2}, False)
+    assert [(step.event.event_id, step.action, type(step.outcome)) for step in seen] == [
+        ("evt_expired", "ran", Processed),
+        ("evt_failed", "ran", Processed),
+    ]
+    assert (report.waiting.dead, report.waiting.failed) == (0, 0)
+    assert reaper.reap(using="default").found == 0

@@ -10,20 +10,19 @@ the others are told the event is busy and move on, without waiting.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from stripe_idempotency import leases, outcomes, processing
+from stripe_idempotency import outcomes
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.durations import format_duration
-from stripe_idempotency.models import EventState, StripeEvent
-from stripe_idempotency.outcomes import Failed, Superseded
-from stripe_idempotency.status import Waiting, waiting
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.outcomes import Failed, Superseded, error_summary
+from stripe_idempotency.reaper import Reaped, Step, describe, reap
+from stripe_idempotency.status import Waiting
 
 
 class Command(BaseCommand):
@@ -78,106 +77,64 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1.")
         if min_age < 0:
             raise CommandError("--min-age cannot be negative.")
-        max_attempts = app_settings.MAX_ATTEMPTS
-        # Where events are written: reading them from a replica could list some already done.
-        database = database or router.db_for_write(StripeEvent)
-        stale = leases.find_stale(using=database, event_type=event_type, min_age=min_age)
-        if not reprocess or dry_run:
-            # Nothing is run: the payloads are not needed.
-            stale = stale.defer("payload")
-        found = stale.count()  # through the index, like the query itself
-        if limit is not None:
-            found = min(found, limit)
-        if not found:
-            left = waiting(using=database, event_type=event_type)
-            if left.dead:
-                raise CommandError(f"No stale events due; {_left_behind(left)}.", returncode=1)
-            if verbosity >= 1:
-                self.stdout.write(
-                    f"No stale events; {_left_behind(left)}." if left.failed else "No stale events."
-                )
-            return
-
-        tally = {"processed": 0, "failed": 0, "skipped": 0, "dead": 0, "would": 0}
-        events = _in_batches(stale, batch_size, found)
-        for position, event in enumerate(events, start=1):
-            progress = f"[{position}/{found}] " if found > 1 else ""
-            line = f"{progress}{_describe(event)}"
-            if event.state == EventState.DEAD:  # type: ignore[attr-defined]
-                tally["dead"] += 1
-                self.stdout.write(
-                    self.style.ERROR(
-                        f"{line}: DEAD after {event.attempts} attempts (MAX_ATTEMPTS {max_attempts}); "
-                        f"run `manage.py replay_stripe_event {event.event_id}` once it is fixed"
-                    )
-                )
-            elif not reprocess:
-                if verbosity >= 1:
-                    self.stdout.write(line)
-            elif dry_run:
-                tally["would"] += 1
-                if verbosity >= 1:
-                    self.stdout.write(f"Would reprocess {line}")
-            else:
-                self._reprocess(event, line, tally, verbosity)
-
-        left = waiting(using=database, event_type=event_type)
-        summary = _summary(found, tally, reprocess, dry_run, left)
-        if tally["failed"] or left.dead:
+        self.verbosity = verbosity
+        report = reap(
+            # Where events are written: reading them from a replica could list some already done.
+            using=database or router.db_for_write(StripeEvent),
+            reprocess=reprocess,
+            dry_run=dry_run,
+            limit=limit,
+            min_age=min_age,
+            event_type=event_type,
+            batch_size=batch_size,
+            step=self._say,
+        )
+        summary = _summary(report, reprocess, dry_run)
+        if report.failed_again:
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
             self.stdout.write(summary)
 
-    def _reprocess(self, event: StripeEvent, line: str, tally: dict[str, int], verbosity: int) -> None:
-        outcome = processing.reprocess(event)
-        report = outcomes.report(outcome)
-        tally[report.tally] += 1
+    def _say(self, step: Step) -> None:
+        """One line per stale event: dead and failed ones always, the others unless -v 0."""
+        line = f"[{step.position}/{step.found}] " if step.found > 1 else ""
+        line += describe(step.event)
+        if step.action == "dead":
+            limit, event_id = app_settings.MAX_ATTEMPTS, step.event.event_id
+            self.stdout.write(
+                self.style.ERROR(
+                    f"{line}: DEAD after {step.event.attempts} attempts (MAX_ATTEMPTS {limit}); "
+                    f"run `manage.py replay_stripe_event {event_id}` once it is fixed"
+                )
+            )
+            return
+        if step.outcome is None:
+            if self.verbosity >= 1:
+                self.stdout.write(f"Would reprocess {line}" if step.action == "would" else line)
+            return
+        report = outcomes.report(step.outcome)
         text = f"{report.reaper_verb} {line}: {report.reaper_result}"
-        if isinstance(outcome, Superseded):
-            text += f" ({outcome.by})"
-        if isinstance(outcome, Failed):
-            self.stdout.write(self.style.ERROR(f"{text}: {_last_line(outcome.error)}"))
-        elif verbosity >= 1:
+        if isinstance(step.outcome, Superseded):
+            text += f" ({step.outcome.by})"
+        if isinstance(step.outcome, Failed):
+            self.stdout.write(self.style.ERROR(f"{text}: {error_summary(step.outcome.error)}"))
+        elif self.verbosity >= 1:
             style = self.style.SUCCESS if report.status == "processed" else str
             self.stdout.write(style(text))
 
 
-def _in_batches(events: QuerySet[StripeEvent], size: int, limit: int) -> Iterator[StripeEvent]:
-    """``events`` (ordered by id), at most ``limit`` of them, read ``size`` at a time.
-
-    Keyset pagination (``id > the last one seen``): each batch is one indexed
-    query, and an event that changes state meanwhile is neither read twice nor
-    skipped, so memory stays flat in the number of stale events.
-    """
-    last = 0
-    while limit > 0:
-        batch = list(events.filter(id__gt=last)[: min(size, limit)])
-        yield from batch
-        if len(batch) < min(size, limit):
-            return
-        last = batch[-1].pk
-        limit -= len(batch)
-
-
-def _describe(event: StripeEvent) -> str:
-    if event.last_error:
-        error = _last_line(event.last_error)
-    elif event.claimed_at is None:
-        error = "accepted, never claimed (no task ran it)"
-    else:
-        error = "no error recorded (lease expired)"
-    return (
-        f"{event.event_id} {event.type} age {format_duration(event.age)} "  # type: ignore[attr-defined]
-        f"attempts {event.attempts}: {error}"
-    )
-
-
-def _summary(found: int, tally: dict[str, int], reprocess: bool, dry_run: bool, left: Waiting) -> str:
-    head = f"{found} stale event{'s' if found != 1 else ''}"
+def _summary(report: Reaped, reprocess: bool, dry_run: bool) -> str:
+    left = report.waiting
+    if not report.found:  # what waits, if anything, is the news
+        if left.dead:
+            return f"No stale events due; {_left_behind(left)}."
+        return f"No stale events; {_left_behind(left)}." if left.failed else "No stale events."
+    head = f"{report.found} stale event{'s' if report.found != 1 else ''}"
     parts = []
     if reprocess and dry_run:
-        parts.append(f"would reprocess {tally['would']}")
+        parts.append(f"would reprocess {report.tally['would']}")
     elif reprocess:
+        tally = report.tally
         parts.append(
             f"{tally['processed']} processed, {tally['failed']} failed again, {tally['skipped']} skipped"
         )
@@ -194,8 +151,3 @@ def _left_behind(left: Waiting) -> str:
             f"(the next due in {due}, {left.next_due:%Y-%m-%d %H:%M} UTC)"
         )
     return text
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""

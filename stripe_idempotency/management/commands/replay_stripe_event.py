@@ -9,7 +9,16 @@ from django.db import router
 
 from stripe_idempotency import leases, processing
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.outcomes import Busy, Duplicate, Failed, Fenced, Outcome, Processed, Superseded
+from stripe_idempotency.outcomes import (
+    Busy,
+    Duplicate,
+    Failed,
+    Fenced,
+    Outcome,
+    Processed,
+    Superseded,
+    error_summary,
+)
 
 
 class Command(BaseCommand):
@@ -69,7 +78,7 @@ class Command(BaseCommand):
                     )
                 )
             case Failed(error=error):
-                raise CommandError(f"{event_id} failed again: {error.strip().splitlines()[-1]}", returncode=1)
+                raise CommandError(f"{event_id} failed again: {error_summary(error)}", returncode=1)
             case Busy(retry_after=retry_after):
                 raise CommandError(
                     f"{event_id} is being processed by {event.claimed_by or 'another process'} right now; "
