@@ -64,6 +64,7 @@ __all__ = [
     "dispatch",
     "process",
     "receive",
+    "replay",
     "reprocess",
 ]
 
@@ -126,6 +127,24 @@ def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
         outcome = receive(IncomingEvent.from_row(event), using=using or event._state.db, mode="inline")
         current.set_attribute(telemetry.OUTCOME, outcomes.report(outcome).status)
     return outcome
+
+
+def replay(event: StripeEvent, *, force: bool = False, using: str | None = None) -> Outcome:
+    """Run a stored event again from its stored payload: an unprocessed one as the reaper does
+    (:func:`reprocess`), a processed one only with ``force``.
+
+    A forced replay takes a fresh claim on the processed event, which makes it unprocessed
+    until its receivers commit again: their effects happen a second time (idempotent ledger
+    references excepted). Without ``force`` a processed event is a ``Duplicate``; a forced
+    replay that meets another claim on the event is ``Busy``.
+    """
+    using = using or event._state.db
+    if event.processed_at is None or not force:
+        return reprocess(event, using=using)
+    claimed = leases.reclaim_processed(event, using=using)
+    if claimed is None:
+        return Busy(event_id=event.event_id, retry_after=1)
+    return process(claimed)
 
 
 def process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:

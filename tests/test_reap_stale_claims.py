@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from stripe_idempotency import leases, processing, reaper
 from stripe_idempotency.models import LedgerEntry, StripeEvent
-from stripe_idempotency.outcomes import Processed
+from stripe_idempotency.outcomes import Duplicate, Processed
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
 from stripe_idempotency.verification import VerifiedEvent
@@ -418,3 +418,13 @@ def test_the_reaper_is_a_library_function_returning_what_it_did(states):
     ]
     assert (report.waiting.dead, report.waiting.failed) == (0, 0)
     assert reaper.reap(using="default").found == 0
+
+
+def test_replay_is_a_library_function_forced_only_when_asked(record_effects):
+    receive("evt_done")
+    event = StripeEvent.objects.get()
+    assert isinstance(processing.replay(event), Duplicate)
+    assert Effect.objects.count() == 2  # not run again
+    assert isinstance(processing.replay(event, force=True), Processed)
+    assert Effect.objects.count() == 4  # both receivers, once more
+    assert StripeEvent.objects.get().attempts == 2

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 
-from stripe_idempotency import leases, processing
+from stripe_idempotency import outcomes, processing
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import (
     Busy,
@@ -46,47 +46,43 @@ class Command(BaseCommand):
             event = StripeEvent.objects.using(database).get(event_id=event_id)
         except StripeEvent.DoesNotExist:
             raise CommandError(f"No stored Stripe event {event_id}.") from None
-
-        outcome: Outcome
         if event.processed_at is not None:
             if not force:
                 raise CommandError(
                     f"{event_id} was processed at {event.processed_at:%Y-%m-%d %H:%M:%S %Z}; "
                     "pass --force to run its receivers again."
                 )
-            claimed = leases.reclaim_processed(event, using=database)
-            if claimed is None:
-                raise CommandError(f"{event_id} changed while being replayed; try again.")
             self.stderr.write(
                 self.style.WARNING(
                     f"FORCED: {event_id} ({event.type}) was already processed; its receivers run again "
                     "now and their effects happen a second time (idempotent ledger references excepted)."
                 )
             )
-            outcome = processing.process(claimed)
-        else:
-            outcome = processing.reprocess(event, using=database)
+        outcome = processing.replay(event, force=force, using=database)
+        self.stdout.write(self.style.SUCCESS(_said(event, outcome)))
 
-        match outcome:
-            case Processed():
-                self.stdout.write(self.style.SUCCESS(f"Processed {event_id} ({event.type})."))
-            case Superseded(by=later):
-                self.stdout.write(
-                    self.style.SUCCESS(
-                        f"Completed {event_id} ({event.type}) without running its receivers: "
-                        f"{later}, a later event about the same object, was processed first."
-                    )
-                )
-            case Failed(error=error):
-                raise CommandError(f"{event_id} failed again: {error_summary(error)}", returncode=1)
-            case Busy(retry_after=retry_after):
-                raise CommandError(
-                    f"{event_id} is being processed by {event.claimed_by or 'another process'} right now; "
-                    f"try again in {retry_after} s."
-                )
-            case Fenced():
-                raise CommandError(
-                    f"{event_id} was taken over by another process while it ran; nothing kept."
-                )
-            case Duplicate():
-                raise CommandError(f"{event_id} was processed meanwhile; pass --force to run it again.")
+
+def _said(event: StripeEvent, outcome: Outcome) -> str:
+    """What a replay that went through says; a ``CommandError`` for one that did not."""
+    event_id = event.event_id
+    match outcome:
+        case Processed():
+            return f"Processed {event_id} ({event.type})."
+        case Superseded(by=later):
+            return (
+                f"Completed {event_id} ({event.type}) without running its receivers: "
+                f"{later}, a later event about the same object, was processed first."
+            )
+        case Failed(error=error):
+            raise CommandError(f"{event_id} failed again: {error_summary(error)}", returncode=1)
+        case Busy(retry_after=retry_after):
+            raise CommandError(
+                f"{event_id} is being processed by {event.claimed_by or 'another process'} right now; "
+                f"try again in {retry_after} s."
+            )
+        case Fenced():
+            raise CommandError(f"{event_id} was taken over by another process while it ran; nothing kept.")
+        case Duplicate():
+            raise CommandError(f"{event_id} was processed meanwhile; pass --force to run it again.")
+        case _:
+            raise CommandError(f"{event_id}: {outcomes.report(outcome).status}.")
