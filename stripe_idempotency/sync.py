@@ -38,7 +38,7 @@ from stripe_idempotency.exceptions import EventsListingInvalid, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import EventState, EventSyncWatermark, StripeEvent
 
-__all__ = ["OVERLAP", "RETENTION", "WINDOW", "Feed", "SyncReport", "resume_from", "sync"]
+__all__ = ["OVERLAP", "RETENTION", "WINDOW", "Feed", "SyncReport", "listing_start", "resume_from", "sync"]
 
 #: How long Stripe's Events API keeps an event.
 RETENTION = timedelta(days=30)
@@ -100,6 +100,14 @@ def resume_from(endpoint: str, *, using: str | None = None) -> datetime | None:
     return None if mark is None else mark.synced_until - OVERLAP
 
 
+def listing_start(since: datetime, *, using: str) -> datetime:
+    """``since``, or the last prune's cutoff if that is later. Events processed before the
+    cutoff are forgotten here: listed, they would run again. Stripe created each before it was
+    processed here, so none listed from the cutoff on is gone."""
+    forgotten = retention.pruned_before(using=using)
+    return forgotten if forgotten is not None and since < forgotten else since
+
+
 def sync(
     endpoint: Endpoint,
     *,
@@ -124,11 +132,7 @@ def sync(
     """
     using = using or router.db_for_write(StripeEvent)
     until = until or timezone.now()
-    # Events processed before the last prune's cutoff are forgotten here: listed, they would run
-    # again. Stripe created each before it processed here, so none listed from there is gone.
-    forgotten = retention.pruned_before(using=using)
-    if forgotten is not None and since < forgotten:
-        since = forgotten
+    since = listing_start(since, using=using)
     report = SyncReport(since=since, until=until)
     stripe_client = fetching.client(api_key=api_key)
     # A listing of some types only says nothing of the others: it leaves the watermark alone.

@@ -1034,14 +1034,9 @@ BREAKS: tuple[Break, ...] = (
         "A sync never lists an event created before the last prune's cutoff (it would run again).",
         (
             Edit(
-                "stripe_idempotency/management/commands/sync_stripe_events.py",
-                "        if forgotten is not None and start < forgotten:\n",
-                "        if False:\n",
-            ),
-            Edit(
-                "stripe_idempotency/sync.py",
-                "    if forgotten is not None and since < forgotten:\n",
-                "    if False:\n",
+                SYNC,
+                "    return forgotten if forgotten is not None and since < forgotten else since\n",
+                "    return since\n",
             ),
         ),
         ("tests/test_sync_stripe_events.py",),

@@ -18,7 +18,7 @@ from django.db import router
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from stripe_idempotency import endpoints, retention, sync
+from stripe_idempotency import endpoints, sync
 from stripe_idempotency.durations import MAX_DURATION, InvalidValue, format_duration, parse_duration
 from stripe_idempotency.exceptions import EventsListingInvalid
 from stripe_idempotency.models import StripeEvent
@@ -71,25 +71,54 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         using = database or router.db_for_write(StripeEvent)
+        target = self._endpoint(endpoint)
+        now = timezone.now()
+        start = self._window(since, endpoint, using, now)
+        span = f"created {start:%Y-%m-%d %H:%M:%S} to {now:%Y-%m-%d %H:%M:%S} UTC"
+        if verbosity >= 1:
+            kinds = f" of type {', '.join(types)}" if types else ""
+            self.stdout.write(f"Listing Stripe events{kinds} {span} ({format_duration(now - start)}).")
+        report = self._run(target, start, now, types, dry_run, using, verbosity)
+        summary = self._summary(report, span, dry_run)
+        if report.refused:
+            raise CommandError(
+                f"{summary} {report.refused:,} listed event{'s' if report.refused != 1 else ''} could "
+                f"not be stored (logged, with the reason): {self._held(report)}",
+                returncode=1,
+            )
+        if report.failed:
+            raise CommandError(summary, returncode=1)
+        if verbosity >= 1:
+            self.stdout.write(summary)
+            if types and not dry_run:
+                self.stdout.write(
+                    "The watermark is not moved by a run of some types only: the next run without "
+                    "--since lists every type from where it stands."
+                )
+
+    def _endpoint(self, name: str) -> endpoints.Endpoint:
         try:
-            target = endpoints.endpoint(endpoint)
+            target = endpoints.endpoint(name)
         except endpoints.UnknownEndpoint:
-            raise CommandError(f"--endpoint {endpoint!r}: no such endpoint in ENDPOINTS.") from None
+            raise CommandError(f"--endpoint {name!r}: no such endpoint in ENDPOINTS.") from None
         if not target.accepts_family(thin=False):
             raise CommandError(
-                f"--endpoint {endpoint!r} takes thin events only; the Events API lists snapshot events."
+                f"--endpoint {name!r} takes thin events only; the Events API lists snapshot events."
             )
-        start = self._start(since, endpoint, using)
-        forgotten = retention.pruned_before(using=using)
-        if forgotten is not None and start < forgotten:
+        return target
+
+    def _window(self, since: str | None, endpoint: str, using: str, now: datetime) -> datetime:
+        """Where the listing starts: ``--since``, or where the last run left off; never before
+        the last prune's cutoff, and said when Stripe keeps nothing that old."""
+        asked = self._start(since, endpoint, using)
+        start = sync.listing_start(asked, using=using)
+        if start > asked:
             self.stderr.write(
                 self.style.WARNING(
-                    f"Events processed here before {forgotten:%Y-%m-%d %H:%M:%S} UTC were pruned "
+                    f"Events processed here before {start:%Y-%m-%d %H:%M:%S} UTC were pruned "
                     "(prune_stripe_events): the listing starts there, so that none of them runs again."
                 )
             )
-            start = forgotten
-        now = timezone.now()
         if start >= now:
             raise CommandError(f"--since {since}: that is not in the past.")
         if now - start > sync.RETENTION:
@@ -99,10 +128,18 @@ class Command(BaseCommand):
                     f"{now - sync.RETENTION:%Y-%m-%d %H:%M} UTC will be listed."
                 )
             )
-        span = f"created {start:%Y-%m-%d %H:%M:%S} to {now:%Y-%m-%d %H:%M:%S} UTC"
-        if verbosity >= 1:
-            kinds = f" of type {', '.join(types)}" if types else ""
-            self.stdout.write(f"Listing Stripe events{kinds} {span} ({format_duration(now - start)}).")
+        return start
+
+    def _run(
+        self,
+        target: endpoints.Endpoint,
+        start: datetime,
+        now: datetime,
+        types: list[str],
+        dry_run: bool,
+        using: str,
+        verbosity: int,
+    ) -> sync.SyncReport:
         last_report = time.monotonic()
 
         def progress(report: sync.SyncReport, window_end: datetime) -> None:
@@ -126,7 +163,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{line}: {status}")
 
         try:
-            report = sync.sync(
+            return sync.sync(
                 target,
                 since=start,
                 until=now,
@@ -149,22 +186,6 @@ class Command(BaseCommand):
                 f"Stripe's Events API failed: {error.user_message or error!r}. Nothing is lost: "
                 "run again (without --since, it resumes after the last hour it finished)."
             ) from error
-        summary = self._summary(report, span, dry_run)
-        if report.refused:
-            raise CommandError(
-                f"{summary} {report.refused:,} listed event{'s' if report.refused != 1 else ''} could "
-                f"not be stored (logged, with the reason): {self._held(report)}",
-                returncode=1,
-            )
-        if report.failed:
-            raise CommandError(summary, returncode=1)
-        if verbosity >= 1:
-            self.stdout.write(summary)
-            if types and not dry_run:
-                self.stdout.write(
-                    "The watermark is not moved by a run of some types only: the next run without "
-                    "--since lists every type from where it stands."
-                )
 
     def _held(self, report: sync.SyncReport) -> str:
         if report.watermark is None:
