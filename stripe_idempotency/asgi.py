@@ -25,7 +25,9 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from stripe_idempotency import outcomes
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.outcomes import Rejected
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,7 +35,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_TOO_LARGE = json.dumps({"status": "rejected", "error": "body_too_large"}).encode()
+_REFUSED = Rejected("body_too_large", 413)
+_TOO_LARGE = json.dumps(outcomes.body(_REFUSED)).encode()
 
 
 class WebhookBodyLimit:
@@ -109,7 +112,7 @@ async def _refuse(send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": outcomes.http_status(_REFUSED),
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(_TOO_LARGE)).encode()),

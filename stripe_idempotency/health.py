@@ -28,7 +28,9 @@ from stripe_idempotency.conf import app_settings
 from stripe_idempotency.durations import parse_count, parse_duration
 from stripe_idempotency.log import logger
 from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.outcomes import Rejected, Unavailable
 from stripe_idempotency.status import Limits, status
+from stripe_idempotency.views import Answer
 
 __all__ = ["HealthView"]
 
@@ -57,20 +59,18 @@ class HealthView(View):
         try:
             window, limits = _read_query(request)
         except InvalidParameter as error:
-            return JsonResponse(
-                {"status": "rejected", "error": "invalid_parameter", "detail": str(error)}, status=400
-            )
+            return Answer(Rejected("invalid_parameter", 400, detail=str(error)))
         try:
             report = status(using=router.db_for_write(StripeEvent), window=window)
         except DatabaseError as error:
             logger.error("The health view could not read the events: %s", error)
-            return JsonResponse({"status": "unavailable"}, status=503)
+            return Answer(Unavailable())
         alerts = limits.passed(report)
         body = {"status": "alert" if alerts else "ok", **report.as_json(), "alerts": alerts}
         return JsonResponse(body, status=503 if alerts else 200)
 
 
-def _refusal(request: HttpRequest) -> JsonResponse | None:
+def _refusal(request: HttpRequest) -> Answer | None:
     """``None`` when the caller may see the figures, else the answer that says why not."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token:
@@ -80,13 +80,13 @@ def _refusal(request: HttpRequest) -> JsonResponse | None:
         ]
         if any(matches):
             return None
-        return JsonResponse({"status": "rejected", "error": "invalid_token"}, status=403)
+        return Answer(Rejected("invalid_token", 403))
     user = getattr(request, "user", None)
     if user is not None and user.is_active and user.is_staff and user.has_perm(_PERMISSION):
         return None
     if user is not None and user.is_authenticated:
-        return JsonResponse({"status": "rejected", "error": "forbidden"}, status=403)
-    response = JsonResponse({"status": "rejected", "error": "authentication_required"}, status=401)
+        return Answer(Rejected("forbidden", 403))
+    response = Answer(Rejected("authentication_required", 401))
     response["WWW-Authenticate"] = 'Bearer realm="stripe_idempotency"'
     return response
 

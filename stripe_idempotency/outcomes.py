@@ -74,6 +74,43 @@ class Accepted:
 Outcome = Processed | Superseded | Failed | Fenced | Duplicate | Busy | Accepted
 
 
+# -- answers that are not a processing outcome: nothing of the event was processed -------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Verified, and not for this endpoint (a test event on a live-mode endpoint): nothing is
+    stored, and the answer is a 200, so that Stripe neither retries nor disables the endpoint."""
+
+    event_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Refused before anything was stored: not signed by Stripe, not an event, too large, or
+    (the health view) a caller without access. ``code`` names the reason; ``detail`` says more
+    where it helps the caller fix the request."""
+
+    code: str
+    http_status: int
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The database could not be reached or refused the work: nothing was processed, and the
+    caller must come back (after ``retry_after`` seconds, when given)."""
+
+    event_id: str | None = None
+    retry_after: int | None = None
+
+
+#: Everything an HTTP answer of this app's can say: a processing outcome, or one of the answers
+#: given before (or instead of) processing.
+Reply = Outcome | Ignored | Rejected | Unavailable
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """How one kind of outcome is told."""
@@ -84,13 +121,14 @@ class Report:
     #: Whether the answer carries ``Retry-After`` (the request may succeed later).
     retry: bool
     #: The reaper's column of its summary line.
-    tally: str
+    tally: str = ""
     #: The reaper's verb for the event's line ("Reprocessed", "Skipped") and what it adds after it.
-    reaper_verb: str
-    reaper_result: str
-    #: The admin action's message (``%(ids)s`` the event ids) and its level.
-    admin_message: str
-    admin_level: int
+    reaper_verb: str = ""
+    reaper_result: str = ""
+    #: The admin action's message (``%(ids)s`` the event ids) and its level. The answers given
+    #: before processing (ignored, rejected, unavailable) reach neither the reaper nor the admin.
+    admin_message: str = ""
+    admin_level: int = levels.INFO
 
 
 # Fenced and busy are one answer: someone else has the event now.
@@ -105,7 +143,7 @@ _TAKEN = Report(
     admin_level=levels.WARNING,
 )
 
-REPORTS: dict[type[Outcome], Report] = {
+REPORTS: dict[type[Reply], Report] = {
     Processed: Report(
         status="processed",
         http_status=200,
@@ -160,10 +198,15 @@ REPORTS: dict[type[Outcome], Report] = {
         admin_message="Skipped, already processed: %(ids)s.",
         admin_level=levels.INFO,
     ),
+    # A 200: a 4xx would be retried for three days, then have the endpoint disabled.
+    Ignored: Report(status="ignored", http_status=200, retry=False),
+    # The HTTP status is the rejection's own (400, 403, 405, 413...); 400 unless it says.
+    Rejected: Report(status="rejected", http_status=400, retry=False),
+    Unavailable: Report(status="unavailable", http_status=503, retry=True),
 }
 
 
-def report(outcome: Outcome) -> Report:
+def report(outcome: Reply) -> Report:
     """The row of :data:`REPORTS` for ``outcome``."""
     return REPORTS[type(outcome)]
 
@@ -175,9 +218,38 @@ def event_id(outcome: Outcome) -> str:
     return outcome.event.event_id
 
 
-def retry_after(outcome: Outcome) -> int | None:
-    """Seconds after which asking again may succeed, for the outcomes that have them."""
-    return outcome.retry_after if isinstance(outcome, Busy | Fenced) else None
+def retry_after(outcome: Reply) -> int | None:
+    """Seconds after which asking again may succeed, for the answers that have them."""
+    return outcome.retry_after if isinstance(outcome, Busy | Fenced | Unavailable) else None
+
+
+def http_status(reply: Reply) -> int:
+    """The HTTP status of ``reply``'s answer: its row's, or a rejection's own."""
+    return reply.http_status if isinstance(reply, Rejected) else report(reply).http_status
+
+
+def body(reply: Reply) -> dict[str, str]:
+    """The JSON body of ``reply``'s answer: ``status`` (its row's), and what names the event or
+    the reason."""
+    said = {"status": report(reply).status}
+    if isinstance(reply, Rejected):
+        said["error"] = reply.code
+        if reply.detail is not None:
+            said["detail"] = reply.detail
+    elif isinstance(reply, Ignored):
+        said["reason"] = reply.reason
+    elif isinstance(reply, Unavailable):
+        if reply.event_id is not None:
+            said["event_id"] = reply.event_id
+    else:
+        said["event_id"] = event_id(reply)
+    return said
+
+
+def headers(reply: Reply) -> dict[str, str]:
+    """The headers of ``reply``'s answer: ``Retry-After`` (whole seconds) where its row retries."""
+    seconds = retry_after(reply) if report(reply).retry else None
+    return {} if seconds is None else {"Retry-After": str(seconds)}
 
 
 def error_summary(error: str) -> str:

@@ -17,7 +17,7 @@ from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.outcomes import Busy, Outcome
+from stripe_idempotency.outcomes import Busy, Ignored, Outcome, Rejected, Reply, Unavailable
 from stripe_idempotency.signals import announce, event_rejected
 from stripe_idempotency.verification import verify
 
@@ -150,40 +150,37 @@ def _chunked_body(request: HttpRequest, size: int) -> bytes:
 
 
 class Answer(JsonResponse):
-    """Every answer of the webhook's: a small JSON body whose ``status`` is the outcome."""
+    """Every answer of the app's HTTP views: the JSON body, status and headers that
+    :data:`stripe_idempotency.outcomes.REPORTS` gives ``reply``."""
 
     # This module logs every answer at its own level ("stripe_idempotency" logger): a
     # busy 503 is routine under concurrent deliveries, not a server error, so
     # django.request is told not to log it again as one.
     _has_been_logged = True
 
-    def __init__(self, body: dict[str, str], *, status: int, retry_after: int | None = None) -> None:
-        super().__init__(body, status=status)
-        #: The body's ``status``: what the delivery came to, for traces and metrics.
+    def __init__(self, reply: Reply) -> None:
+        body = outcomes.body(reply)
+        super().__init__(body, status=outcomes.http_status(reply))
+        #: The body's ``status``: what the request came to, for traces and metrics.
         self.outcome = body["status"]
-        if retry_after is not None:
-            self["Retry-After"] = str(retry_after)
+        for header, value in outcomes.headers(reply).items():
+            self[header] = value
 
 
 def answer(outcome: Outcome) -> Answer:
-    """The HTTP answer for a processing outcome (:data:`stripe_idempotency.outcomes.REPORTS`)."""
-    report = outcomes.report(outcome)
+    """The HTTP answer for a processing outcome."""
     if isinstance(outcome, Busy):
         logger.info(
             "Stripe event %s is held by another instance; answered busy.",
             outcome.event_id,
             extra=fields(event_id=outcome.event_id, outcome="busy"),
         )
-    return Answer(
-        {"status": report.status, "event_id": outcomes.event_id(outcome)},
-        status=report.http_status,
-        retry_after=outcomes.retry_after(outcome) if report.retry else None,
-    )
+    return Answer(outcome)
 
 
 def rejected(code: str, *, status: int) -> Answer:
     announce(event_rejected, StripeEvent, code=code)
-    return Answer({"status": "rejected", "error": code}, status=status)
+    return Answer(Rejected(code, status))
 
 
 def _ignored_livemode(event: IncomingEvent, endpoint: endpoints.Endpoint) -> Answer:
@@ -198,12 +195,8 @@ def _ignored_livemode(event: IncomingEvent, endpoint: endpoints.Endpoint) -> Ans
             event_id=event.id, event_type=event.type, outcome="ignored", endpoint=endpoint.name or None
         ),
     )
-    return Answer({"status": "ignored", "reason": "livemode_mismatch"}, status=200)
+    return Answer(Ignored(event.id, "livemode_mismatch"))
 
 
 def _unavailable(event_id: str) -> Answer:
-    return Answer(
-        {"status": "unavailable", "event_id": event_id},
-        status=503,
-        retry_after=app_settings.RETRY_AFTER_MAX_SECONDS,
-    )
+    return Answer(Unavailable(event_id, app_settings.RETRY_AFTER_MAX_SECONDS))
