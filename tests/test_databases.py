@@ -9,11 +9,12 @@ import pytest
 from django.core.management import call_command
 from django.db.models.functions import Now
 from django.test import Client, override_settings
+from django.utils import timezone
 
-from stripe_idempotency import leases, processing
+from stripe_idempotency import leases, processing, retention
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
-from stripe_idempotency.outcomes import Processed
+from stripe_idempotency.outcomes import Processed, Superseded
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.tasks import process_stripe_event, tasks_framework
 from stripe_idempotency.testing import build_event, deliver
@@ -98,3 +99,44 @@ def test_a_deferred_event_s_task_names_the_database_it_lives_in(connect):
     backend.clear()
     assert counts(StripeEvent) == (0, 1)
     assert LedgerBalance.objects.using("payments").get().balance == 500
+
+
+@override_settings(
+    STRIPE_IDEMPOTENCY={
+        "WEBHOOK_SECRETS": ["whsec_test_secret"],
+        "ORDERING": {"customer.*": "skip_superseded"},
+    }
+)
+def test_ordering_reads_the_events_of_the_database_it_was_given():
+    def customer(event_id: str, created: int) -> IncomingEvent:
+        data = {"id": "cus_1", "object": "customer"}
+        return IncomingEvent.from_payload(
+            build_event("customer.updated", id=event_id, created=created, data=data)
+        )
+
+    assert isinstance(processing.receive(customer("evt_newer", 1_700_000_060), using="payments"), Processed)
+    outcome = processing.receive(customer("evt_older", 1_700_000_000), using="payments")
+    assert isinstance(outcome, Superseded)
+    assert outcome.by == "evt_newer"
+
+
+def test_pruning_works_in_the_database_it_was_given():
+    long_ago = timezone.now() - dt.timedelta(days=40)
+    for event_id in ("evt_old", "evt_paid"):
+        processing.receive(IncomingEvent.from_payload(build_event(id=event_id)), using="payments")
+    StripeEvent.objects.using("payments").update(processed_at=long_ago)
+    LedgerEntry.objects.credit(
+        account="cus_1",
+        amount=100,
+        currency="usd",
+        entry_type="deposit",
+        reference="r",
+        event=StripeEvent.objects.using("payments").get(event_id="evt_paid"),
+        using="payments",
+    )
+    before = timezone.now() - dt.timedelta(days=30)
+    pruned = retention.prune(using="payments", before=before, batch_size=1)
+    assert (pruned.deleted, pruned.kept_for_the_ledger) == (1, 1)
+    assert list(StripeEvent.objects.using("payments").values_list("event_id", flat=True)) == ["evt_paid"]
+    assert retention.pruned_before(using="payments") == before
+    assert retention.pruned_before(using="default") is None

@@ -90,6 +90,31 @@ def test_superseded_and_latest_processed_follow_stripe_s_created_in_whole_second
     }
 
 
+@override_settings(STRIPE_IDEMPOTENCY=SKIP)
+def test_superseded_by_names_the_latest_created_then_the_last_processed(subscriptions):
+    # The very next second already supersedes; of several later events, the one Stripe created
+    # last is named, and of those created in one second, the one processed last.
+    created = subscription_event("customer.subscription.created", "incomplete", T0)
+    next_second = subscription_event("customer.subscription.updated", "trialing", T0 + 1)
+    for event in (next_second, created):
+        processing.receive(IncomingEvent.from_payload(event))
+    assert StripeEvent.objects.get(event_id=created["id"]).superseded_by == next_second["id"]
+
+    old = subscription_event("customer.subscription.created", "incomplete", T0, sub="sub_2")
+    last_created = subscription_event("customer.subscription.updated", "active", T0 + 9, sub="sub_2")
+    processed_later = subscription_event("customer.subscription.updated", "past_due", T0 + 5, sub="sub_2")
+    for event in (last_created, processed_later, old):
+        processing.receive(IncomingEvent.from_payload(event))
+    assert StripeEvent.objects.get(event_id=old["id"]).superseded_by == last_created["id"]
+
+    old = subscription_event("customer.subscription.created", "incomplete", T0, sub="sub_3")
+    first = subscription_event("customer.subscription.updated", "active", T0 + 5, sub="sub_3")
+    then = subscription_event("customer.subscription.updated", "past_due", T0 + 5, sub="sub_3")
+    for event in (first, then, old):
+        processing.receive(IncomingEvent.from_payload(event))
+    assert StripeEvent.objects.get(event_id=old["id"]).superseded_by == then["id"]
+
+
 def test_thin_events_are_ordered_by_their_related_object_to_the_second(connect):
     asked = []
     connect(signal_for("v1.customer.updated"), lambda sender, event, **kw: asked.append(event.superseded()))
@@ -332,6 +357,13 @@ def test_ordering_rules_exact_type_first_then_the_longest_pattern(settings):
     assert ordering.mode_for("customer.subscription.updated") == "skip_superseded"
     assert ordering.mode_for("customer.subscription.deleted") == "serialize"
     assert ordering.mode_for("invoice.paid") == "serialize"
+    # The longest pattern, not the greatest string: "*voice.paid" is longer, "invoice.*" greater.
+    settings.STRIPE_IDEMPOTENCY = {
+        "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+        "ORDERING": {"invoice.*": "serialize", "*voice.paid": "skip_superseded"},
+    }
+    assert ordering.mode_for("invoice.paid") == "skip_superseded"
+    assert ordering.mode_for("charge.refunded") is None  # rules, none matching
     settings.STRIPE_IDEMPOTENCY = {"WEBHOOK_SECRETS": [WEBHOOK_SECRET]}
     assert ordering.mode_for("invoice.paid") is None
 

@@ -67,13 +67,16 @@ def test_the_cutoff_is_remembered_for_the_sync_and_only_moves_forward(history):
     assert retention.pruned_before(using="default") == first
     run("--older-than", "30d")  # deletes nothing more: evt_old_* went on the first run
     assert PruneWatermark.objects.get().pruned_before == first
+    written = PruneWatermark.objects.get().updated_at
     # A run that deletes, with a shorter horizon: the cutoff moves forward.
     StripeEventFactory(
         event_id="evt_32_days", processed=True, processed_at=timezone.now() - timedelta(days=32)
     )
     assert "Deleted 1 events" in run("--older-than", "30d")
-    second = PruneWatermark.objects.get().pruned_before
+    moved = PruneWatermark.objects.get()
+    second = moved.pruned_before
     assert timedelta(days=30) <= timezone.now() - second < timedelta(days=30, minutes=1)
+    assert moved.updated_at > written
     # A run that deletes, with a longer horizon: the cutoff stays (the sync must not list
     # again what the earlier runs forgot).
     StripeEventFactory(
@@ -128,6 +131,24 @@ def test_a_batch_never_holds_more_than_its_size_when_events_share_a_processed_at
     assert remaining() == KEPT
 
 
+def test_batches_follow_processed_at_then_the_key_whatever_order_the_keys_were_written_in():
+    # Keys written in the opposite order to processed_at, with ties: each range is the next two
+    # of (processed_at, key), none read twice or skipped.
+    base = timezone.now() - timedelta(days=40)
+    seconds = [5, 5, 3, 3, 1, 1, 0]
+    for n, second in enumerate(seconds):
+        StripeEventFactory(event_id=f"evt_{n}", processed=True, processed_at=base + timedelta(seconds=second))
+    seen: list[tuple[int, int]] = []
+    pruned = retention.prune(
+        using="default",
+        before=base + timedelta(days=1),
+        batch_size=2,
+        progress=lambda d, b: seen.append((d, b)),
+    )
+    assert seen == [(2, 1), (4, 2), (6, 3), (7, 4)]
+    assert (pruned.deleted, pruned.batches, remaining()) == (7, 4, [])
+
+
 def test_with_a_listener_for_deletions_the_collector_deletes_and_tells_it(history):
     from django.db.models.signals import post_delete
 
@@ -146,15 +167,16 @@ def test_with_a_listener_for_deletions_the_collector_deletes_and_tells_it(histor
     assert remaining() == KEPT
 
 
-@pytest.fixture
-def receipts():
+@pytest.fixture(params=["test_receipts", "+"], ids=["related-name", "hidden"])
+def receipts(request):
     """A project's own model with a foreign key to events (a receipt per event, say), made for
-    one test: its table created, then dropped and the model forgotten."""
+    one test: its table created, then dropped and the model forgotten. With ``related_name="+"``
+    the relation is hidden from the event's side, and counts all the same."""
     from django.apps import apps
     from django.db import models
 
     class Receipt(models.Model):
-        event = models.ForeignKey(StripeEvent, on_delete=models.CASCADE, related_name="test_receipts")
+        event = models.ForeignKey(StripeEvent, on_delete=models.CASCADE, related_name=request.param)
 
         class Meta:
             app_label = "testapp"
@@ -182,7 +204,7 @@ def test_with_a_project_s_own_foreign_key_to_events_the_collector_applies_its_on
     receipts.objects.create(event=recent)
     run("--older-than", "30d", "--batch-size", "2")
     assert remaining() == KEPT
-    assert list(receipts.objects.values_list("event__event_id", flat=True)) == ["evt_recent"]
+    assert [receipt.event.event_id for receipt in receipts.objects.all()] == ["evt_recent"]
 
 
 @pytest.mark.parametrize("horizon", ["3d", "72h", "259200"])
@@ -202,7 +224,10 @@ def test_a_horizon_inside_stripe_s_retries_is_refused(horizon, history):
 def test_a_horizon_inside_stripe_s_retries_is_said_as_a_duration():
     with pytest.raises(CommandError) as refused:
         run("--older-than", "1d")
-    assert str(refused.value).startswith("--older-than: 1d00h is shorter than Stripe's 3 days of retries")
+    assert str(refused.value) == (
+        "--older-than: 1d00h is shorter than Stripe's 3 days of retries: a delivery Stripe retries "
+        "after its event is deleted would be processed again."
+    )
 
 
 @pytest.mark.parametrize(
