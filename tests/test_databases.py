@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from stripe_idempotency import leases, processing, retention
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.models import LedgerBalance, LedgerEntry, PruneWatermark, StripeEvent
 from stripe_idempotency.outcomes import Processed, Superseded
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.tasks import process_stripe_event, tasks_framework
@@ -136,7 +136,15 @@ def test_pruning_works_in_the_database_it_was_given():
     )
     before = timezone.now() - dt.timedelta(days=30)
     pruned = retention.prune(using="payments", before=before, batch_size=1)
-    assert (pruned.deleted, pruned.kept_for_the_ledger) == (1, 1)
+    # Two keys walked one at a time (the ledger's keeps its range, and deletes nothing).
+    assert (pruned.deleted, pruned.batches, pruned.kept_for_the_ledger) == (1, 2, 1)
     assert list(StripeEvent.objects.using("payments").values_list("event_id", flat=True)) == ["evt_paid"]
     assert retention.pruned_before(using="payments") == before
     assert retention.pruned_before(using="default") is None
+    # A later run moves the one watermark row of that database.
+    processing.receive(IncomingEvent.from_payload(build_event(id="evt_later")), using="payments")
+    StripeEvent.objects.using("payments").filter(event_id="evt_later").update(processed_at=long_ago)
+    later = timezone.now() - dt.timedelta(days=20)
+    assert retention.prune(using="payments", before=later).deleted == 1
+    assert list(PruneWatermark.objects.using("payments").values_list("pruned_before", flat=True)) == [later]
+    assert not PruneWatermark.objects.using("default").exists()

@@ -107,11 +107,20 @@ def test_superseded_by_names_the_latest_created_then_the_last_processed(subscrip
         processing.receive(IncomingEvent.from_payload(event))
     assert StripeEvent.objects.get(event_id=old["id"]).superseded_by == last_created["id"]
 
+    # Of two created in one second, the one processed last, though it was stored first.
     old = subscription_event("customer.subscription.created", "incomplete", T0, sub="sub_3")
     first = subscription_event("customer.subscription.updated", "active", T0 + 5, sub="sub_3")
     then = subscription_event("customer.subscription.updated", "past_due", T0 + 5, sub="sub_3")
+    StripeEvent.objects.create(
+        event_id=then["id"],
+        type=then["type"],
+        payload=then,
+        object_id="sub_3",
+        created=datetime.fromtimestamp(T0 + 5, UTC),
+    )
     for event in (first, then, old):
         processing.receive(IncomingEvent.from_payload(event))
+    assert StripeEvent.objects.get(event_id=then["id"]).pk < StripeEvent.objects.get(event_id=first["id"]).pk
     assert StripeEvent.objects.get(event_id=old["id"]).superseded_by == then["id"]
 
 

@@ -149,6 +149,25 @@ def test_batches_follow_processed_at_then_the_key_whatever_order_the_keys_were_w
     assert (pruned.deleted, pruned.batches, remaining()) == (7, 4, [])
 
 
+def test_a_key_the_ledger_keeps_at_the_start_of_a_tie_is_walked_past_once():
+    # Five events processed at one instant, the first key a ledger entry's: each range still
+    # deletes what it should, and the kept key is not counted into the next range.
+    at = timezone.now() - timedelta(days=40)
+    paid = StripeEventFactory(event_id="evt_paid", processed=True, processed_at=at)
+    LedgerEntryFactory(event=paid)
+    for n in range(4):
+        StripeEventFactory(event_id=f"evt_{n}", processed=True, processed_at=at)
+    seen: list[tuple[int, int]] = []
+    retention.prune(
+        using="default",
+        before=at + timedelta(days=1),
+        batch_size=2,
+        progress=lambda d, b: seen.append((d, b)),
+    )
+    assert seen == [(1, 1), (3, 2), (4, 3)]
+    assert remaining() == ["evt_paid"]
+
+
 def test_with_a_listener_for_deletions_the_collector_deletes_and_tells_it(history):
     from django.db.models.signals import post_delete
 
