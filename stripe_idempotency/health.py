@@ -59,12 +59,12 @@ class HealthView(View):
         try:
             window, limits = _read_query(request)
         except InvalidParameter as error:
-            return Answer(Rejected("invalid_parameter", 400, detail=str(error)))
+            return Answer(Rejected("invalid_parameter", 400, detail=str(error)), logged_here=False)
         try:
             report = status(using=router.db_for_write(StripeEvent), window=window)
         except DatabaseError as error:
             logger.error("The health view could not read the events: %s", error)
-            return Answer(Unavailable())
+            return Answer(Unavailable(), logged_here=False)
         alerts = limits.passed(report)
         body = {"status": "alert" if alerts else "ok", **report.as_json(), "alerts": alerts}
         return JsonResponse(body, status=503 if alerts else 200)
@@ -80,13 +80,13 @@ def _refusal(request: HttpRequest) -> Answer | None:
         ]
         if any(matches):
             return None
-        return Answer(Rejected("invalid_token", 403))
+        return Answer(Rejected("invalid_token", 403), logged_here=False)
     user = getattr(request, "user", None)
     if user is not None and user.is_active and user.is_staff and user.has_perm(_PERMISSION):
         return None
     if user is not None and user.is_authenticated:
-        return Answer(Rejected("forbidden", 403))
-    response = Answer(Rejected("authentication_required", 401))
+        return Answer(Rejected("forbidden", 403), logged_here=False)
+    response = Answer(Rejected("authentication_required", 401), logged_here=False)
     response["WWW-Authenticate"] = 'Bearer realm="stripe_idempotency"'
     return response
 

@@ -158,9 +158,12 @@ class Answer(JsonResponse):
     # django.request is told not to log it again as one.
     _has_been_logged = True
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, logged_here: bool = True) -> None:
+        """``logged_here=False`` for a view that does not log its answers itself: django.request
+        then logs a 4xx or 5xx as it does any view's."""
         body = outcomes.body(reply)
         super().__init__(body, status=outcomes.http_status(reply))
+        self._has_been_logged = logged_here
         #: The body's ``status``: what the request came to, for traces and metrics.
         self.outcome = body["status"]
         for header, value in outcomes.headers(reply).items():

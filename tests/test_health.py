@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -115,6 +116,17 @@ def test_a_wrong_token_is_403(token, pipeline):
     response = get(token=token)
     assert response.status_code == 403 if token else 401
     assert "counts" not in response.json()
+
+
+@TOKENS
+def test_refusals_are_logged_by_django_as_any_view_s(caplog):
+    # The webhook logs its answers itself; the health view does not, so a monitor probing with a
+    # wrong token shows in django.request's log as it would on any view.
+    caplog.set_level(logging.WARNING, logger="django.request")
+    assert get(token="wrong").status_code == 403
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("django.request", "WARNING", "Forbidden: /stripe/health/")
+    ]
 
 
 def test_without_tokens_configured_no_token_opens_it(pipeline):
