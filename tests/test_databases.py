@@ -18,6 +18,7 @@ from stripe_idempotency.outcomes import Processed, Superseded
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.tasks import process_stripe_event, tasks_framework
 from stripe_idempotency.testing import build_event, deliver
+from tests.concurrency import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "payments"])
 
@@ -94,6 +95,7 @@ def test_a_deferred_event_s_task_names_the_database_it_lives_in(connect):
     backend.clear()
     connect(event_received, credit_on_each_event)
     assert deliver(Client(), build_event(id="evt_routed_later")).json()["status"] == "accepted"
+    wait_for(lambda: list(backend.results), "the task to be queued")
     assert [result.args for result in backend.results] == [["evt_routed_later", "payments"]]
     assert [process_stripe_event.call(*result.args) for result in list(backend.results)] == ["processed"]
     backend.clear()

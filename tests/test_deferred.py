@@ -24,6 +24,7 @@ from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Accepted, Duplicate, Processed
 from stripe_idempotency.tasks import process_stripe_event, tasks_framework
 from stripe_idempotency.testing import build_event, deliver
+from tests.concurrency import wait_for
 from tests.conftest import per_backend
 from tests.testapp.models import Effect
 
@@ -69,6 +70,7 @@ def test_a_delivery_is_acknowledged_before_any_receiver_runs(record_effects, que
 def test_a_task_for_an_event_pruned_meanwhile_ends_quietly(record_effects, queued, caplog):
     caplog.set_level(logging.INFO, logger="stripe_idempotency")
     deliver(Client(), build_event(id="evt_pruned"))
+    wait_for(lambda: list(queued), "the task to be queued")
     StripeEvent.objects.all().delete()
     caplog.clear()
     assert run_queued(queued) == ["missing"]
@@ -94,6 +96,7 @@ def hand_to_the_project_s_queue(event_id: str, database: str) -> None:
 def test_enqueue_names_the_callable_that_queues_the_event_instead_of_django_tasks(queued):
     HANDED.clear()
     assert deliver(Client(), build_event(id="evt_own_queue")).json()["status"] == "accepted"
+    wait_for(lambda: HANDED, "the project's queue to be handed the event")
     assert (HANDED, list(queued)) == ([("evt_own_queue", "default")], [])
     HANDED.clear()
 
@@ -168,14 +171,15 @@ def test_a_queue_that_refuses_the_task_loses_nothing_the_reaper_takes_it_after_t
 )
 def test_the_readme_s_cron_line_takes_a_lost_task_s_event_once_it_is_older_than_min_age(record_effects):
     # The README's cron line, `--min-age 300`: an accepted event never claimed is aged from its
-    # arrival (it has no claim to age from).
+    # arrival (it has no claim to age from). Both past the pending grace (60 s); far enough on
+    # either side of 300 s that no pause of the machine moves one across.
     for event_id in ("evt_lost_long_ago", "evt_lost_lately"):
         assert deliver(Client(), build_event(id=event_id)).json()["status"] == "accepted"
     StripeEvent.objects.filter(event_id="evt_lost_long_ago").update(
-        received_at=Now() - dt.timedelta(seconds=301)
+        received_at=Now() - dt.timedelta(seconds=400)
     )
     StripeEvent.objects.filter(event_id="evt_lost_lately").update(
-        received_at=Now() - dt.timedelta(seconds=299)
+        received_at=Now() - dt.timedelta(seconds=200)
     )
     out = StringIO()
     call_command("reap_stale_claims", "--reprocess", "--min-age", "300", "-v", "0", stdout=out, no_color=True)
