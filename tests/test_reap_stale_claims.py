@@ -266,6 +266,19 @@ def test_replay_with_force_runs_a_processed_event_again_and_says_so(states):
     assert row.attempts == 2
 
 
+def test_a_forced_replay_that_another_process_beats_to_the_claim_says_busy_and_runs_nothing(
+    states, monkeypatch
+):
+    # The event is read as processed, and another process reclaims it before this one can: the
+    # rare race, made to happen. Nothing ran here, so nothing is said to have run twice.
+    monkeypatch.setattr(leases, "reclaim_processed", lambda event, using=None: None)
+    err = StringIO()
+    with pytest.raises(CommandError, match=r"evt_done is being processed by .* right now"):
+        call_command("replay_stripe_event", "evt_done", "--force", stderr=err, stdout=StringIO())
+    assert err.getvalue() == ""
+    assert Effect.objects.filter(event_id="evt_done").count() == 2  # its first run only
+
+
 def test_a_forced_replay_does_not_credit_a_referenced_entry_twice(connect):
     # The receiver credits the ledger with the event's own reference: running the event
     # again (replay --force) finds the entry and moves no money.

@@ -46,19 +46,20 @@ class Command(BaseCommand):
             event = StripeEvent.objects.using(database).get(event_id=event_id)
         except StripeEvent.DoesNotExist:
             raise CommandError(f"No stored Stripe event {event_id}.") from None
-        if event.processed_at is not None:
-            if not force:
-                raise CommandError(
-                    f"{event_id} was processed at {event.processed_at:%Y-%m-%d %H:%M:%S %Z}; "
-                    "pass --force to run its receivers again."
-                )
-            self.stderr.write(
-                self.style.WARNING(
-                    f"FORCED: {event_id} ({event.type}) was already processed; its receivers run again "
-                    "now and their effects happen a second time (idempotent ledger references excepted)."
-                )
+        forced = event.processed_at is not None
+        if forced and not force:
+            raise CommandError(
+                f"{event_id} was processed at {event.processed_at:%Y-%m-%d %H:%M:%S %Z}; "
+                "pass --force to run its receivers again."
             )
         outcome = processing.replay(event, force=force, using=database)
+        if forced and not isinstance(outcome, Busy):  # busy: it never got the event to run
+            self.stderr.write(
+                self.style.WARNING(
+                    f"FORCED: {event_id} ({event.type}) was already processed; its receivers ran again "
+                    "and their effects happened a second time (idempotent ledger references excepted)."
+                )
+            )
         self.stdout.write(self.style.SUCCESS(_said(event, outcome)))
 
 
