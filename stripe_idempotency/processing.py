@@ -24,7 +24,7 @@ from typing import Any, Literal
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from stripe_idempotency import leases, ordering, outcomes, telemetry
+from stripe_idempotency import leases, ordering, outcomes, queueing, telemetry
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
@@ -97,8 +97,6 @@ def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Dupl
     retries is another chance for a lost task, and a task that finds the
     event done or taken does nothing. A processed event is a ``Duplicate``.
     """
-    from stripe_idempotency import tasks  # tasks imports this module
-
     using = using or router.db_for_write(StripeEvent)
     connection = connections[using]
     if connection.in_atomic_block:
@@ -111,7 +109,7 @@ def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Dupl
             if processed.exists():
                 return Duplicate(event_id=event.id)
     with telemetry.span("enqueue"):
-        tasks.enqueue(event.id, using)
+        queueing.enqueue(event.id, using)
     return Accepted(event_id=event.id)
 
 

@@ -14,28 +14,15 @@ the task arriving: an accepted event no task processed is taken by the reaper af
 
 from __future__ import annotations
 
-import functools
 import importlib
-import os
-import queue
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from types import ModuleType
 from typing import Any
 
-from django.db import close_old_connections
-from django.utils.module_loading import import_string
-
-from stripe_idempotency import outcomes, processing, telemetry
-from stripe_idempotency.conf import app_settings
-from stripe_idempotency.log import fields, logger
+from stripe_idempotency import outcomes, processing
 from stripe_idempotency.models import StripeEvent
 
-__all__ = ["enqueue", "enqueue_django_task", "process", "process_stripe_event", "tasks_framework"]
-
-#: The signature of an ``ENQUEUE`` callable: queue the processing of one stored event.
-Enqueue = Callable[[str, str], object]
+__all__ = ["enqueue_django_task", "process", "process_stripe_event", "tasks_framework"]
 
 
 def tasks_framework() -> ModuleType | None:
@@ -77,98 +64,3 @@ def process_stripe_event(event_id: str, database: str) -> str:
 def enqueue_django_task(event_id: str, database: str) -> None:
     """The default ``ENQUEUE``: :func:`process_stripe_event` through the ``TASKS`` backend."""
     process_stripe_event.enqueue(event_id, database)
-
-
-@functools.cache
-def _enqueue_callable(path: str) -> Enqueue:
-    return import_string(path)  # type: ignore[no-any-return]
-
-
-def enqueue(event_id: str, database: str) -> bool:
-    """Queue the processing of a stored event with ``ENQUEUE``; ``False`` if the queue refused it
-    or did not take it within ``ENQUEUE_TIMEOUT_SECONDS``.
-
-    Neither loses anything: the row is committed, and the reaper takes it after
-    ``PENDING_GRACE_SECONDS``. Each is logged and counted (``stripe_idempotency.enqueue.failures``).
-    """
-    submitted = _queuers.submit(functools.partial(_enqueue_and_close, event_id, database))
-    timeout = app_settings.ENQUEUE_TIMEOUT_SECONDS
-    try:
-        submitted.result(timeout=timeout)
-    except TimeoutError:
-        # A broker that accepts connections and never answers (stopped, black-holed) would hold
-        # this web worker until the server killed it. The publish goes on in its thread, and
-        # if it lands, the task finds the event as the reaper may: the claim decides.
-        submitted.cancel()  # not started yet: every queuer is held by a hung publish
-        logger.warning(
-            "The queue did not take Stripe event %s within %s s; answered accepted, the reaper will take it.",
-            event_id,
-            f"{timeout:g}",
-            extra=fields(event_id=event_id, outcome="not_queued", code="enqueue_timeout"),
-        )
-        telemetry.count_not_queued("timeout")
-        return False
-    except Exception:
-        logger.exception(
-            "Could not queue Stripe event %s for processing; the reaper will take it.",
-            event_id,
-            extra=fields(event_id=event_id, outcome="not_queued", code="enqueue_error"),
-        )
-        telemetry.count_not_queued("error")
-        return False
-    return True
-
-
-def _enqueue_and_close(event_id: str, database: str) -> None:
-    try:
-        _enqueue_callable(app_settings.ENQUEUE)(event_id, database)
-    finally:
-        # A queue that writes to the database (django-tasks' database backend) did so on this
-        # thread's own connection: closed as at the end of a request, so none is left open.
-        close_old_connections()
-
-
-class _Publishers:
-    """The threads that hand tasks to the queue, so that the request's thread can stop waiting.
-
-    A few suffice: a publish takes milliseconds, and when all of them hang on a dead broker,
-    further deliveries wait their deadline and are answered, never piling up threads. They
-    are daemon threads (a ``ThreadPoolExecutor``'s are joined at exit): a publish hung on a
-    dead broker never holds a process at exit, a cron command or a server worker's shutdown.
-    Started in each process on its first use, so a server that forks after loading the app
-    gets threads in every worker.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]] = queue.SimpleQueue()
-
-    def submit(self, job: Callable[[], None]) -> Future[None]:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._jobs = queue.SimpleQueue()
-                for n in range(self._size):
-                    name = f"stripe_idempotency.enqueue_{n}"
-                    threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=True).start()
-        future: Future[None] = Future()
-        self._jobs.put((future, job))
-        return future
-
-    @staticmethod
-    def _work(jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]]) -> None:
-        while True:
-            future, job = jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue  # its delivery stopped waiting before a thread was free
-            try:
-                job()
-            except BaseException as error:  # handed to the waiting delivery, which logs it
-                future.set_exception(error)
-            else:
-                future.set_result(None)
-
-
-_queuers = _Publishers(size=4)

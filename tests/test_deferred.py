@@ -303,7 +303,7 @@ import django
 django.setup()
 from celery import Celery
 from django.conf import settings
-from stripe_idempotency import tasks
+from stripe_idempotency import queueing
 
 app = Celery("silent_redis", broker=f"redis://127.0.0.1:{sys.argv[1]}/0")
 app.set_default()
@@ -313,7 +313,7 @@ settings.STRIPE_IDEMPOTENCY = {
     "ENQUEUE": "stripe_idempotency.contrib.celery.enqueue",
     "ENQUEUE_TIMEOUT_SECONDS": 1,
 }
-print(tasks.enqueue("evt_hung_at_exit", "default"))
+print(queueing.enqueue("evt_hung_at_exit", "default"))
 """
 
 

@@ -419,8 +419,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 PROCESSING,
-                "        tasks.enqueue(event.id, using)\n",
-                '        tasks.enqueue(event.id, "default")\n',
+                "        queueing.enqueue(event.id, using)\n",
+                '        queueing.enqueue(event.id, "default")\n',
             ),
         ),
         ("tests/test_databases.py",),
@@ -479,9 +479,9 @@ BREAKS: tuple[Break, ...] = (
         "ENQUEUE names the callable that queues a deferred event, in place of Django's Tasks.",
         (
             Edit(
-                "stripe_idempotency/tasks.py",
+                "stripe_idempotency/queueing.py",
                 "        _enqueue_callable(app_settings.ENQUEUE)(event_id, database)\n",
-                "        enqueue_django_task(event_id, database)\n",
+                '        import_string("stripe_idempotency.tasks.enqueue_django_task")(event_id, database)\n',
             ),
         ),
         ("tests/test_deferred.py",),
@@ -512,7 +512,7 @@ BREAKS: tuple[Break, ...] = (
         "A queue that refuses the task (its broker down) loses nothing: the stored event is accepted.",
         (
             Edit(
-                "stripe_idempotency/tasks.py",
+                "stripe_idempotency/queueing.py",
                 "    except Exception:\n        logger.exception(",
                 "    except ZeroDivisionError:\n        logger.exception(",
             ),
@@ -1103,7 +1103,7 @@ BREAKS: tuple[Break, ...] = (
         "A broker that never answers holds no deferred delivery past ENQUEUE_TIMEOUT_SECONDS.",
         (
             Edit(
-                "stripe_idempotency/tasks.py",
+                "stripe_idempotency/queueing.py",
                 "        submitted.result(timeout=timeout)\n",
                 "        submitted.result()\n",
             ),
@@ -1116,7 +1116,7 @@ BREAKS: tuple[Break, ...] = (
         "A publish hung on a dead broker never keeps a process (a cron command, a worker) from exiting.",
         (
             Edit(
-                "stripe_idempotency/tasks.py",
+                "stripe_idempotency/queueing.py",
                 "threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=True).start()",
                 "threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=False).start()",
             ),
