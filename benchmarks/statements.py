@@ -36,8 +36,8 @@ def count() -> dict[str, list[int]]:
     from django.test.utils import CaptureQueriesContext
 
     from stripe_idempotency import leases
+    from stripe_idempotency.events import IncomingEvent
     from stripe_idempotency.testing import build_event, deliver
-    from stripe_idempotency.verification import VerifiedEvent
 
     client = Client()
 
@@ -51,7 +51,7 @@ def count() -> dict[str, list[int]]:
     first = build_event("bench.nobody.listens")
     counts = {"first delivery": statements(first), "duplicate": statements(first)}
     busy = build_event("bench.nobody.listens")
-    leases.claim(VerifiedEvent.from_payload(busy))
+    leases.claim(IncomingEvent.from_payload(busy))
     counts["busy"] = statements(busy)
     # Deferred mode: the acknowledgement alone (a queue that writes nothing here, as a broker's),
     # then with django-tasks-db, whose enqueue is a row in the same database.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class StripeIdempotencyError(Exception):
     """Base class of every exception raised by stripe_idempotency."""
@@ -41,10 +43,6 @@ class EventsListingInvalid(StripeIdempotencyError):
     """
 
 
-#: The name of :class:`ClaimInsideTransaction` in the first release.
-ClaimRequired = ClaimInsideTransaction
-
-
 class UnsupportedDatabase(StripeIdempotencyError):
     """The database behind a connection has no backend here (see ``stripe_idempotency.E010``).
 
@@ -53,12 +51,10 @@ class UnsupportedDatabase(StripeIdempotencyError):
     configuration is fixed.
     """
 
-    def __init__(self, alias: str, vendor: str) -> None:
-        from stripe_idempotency.backends import SUPPORTED_VENDORS
-
+    def __init__(self, alias: str, vendor: str, *, supported: Iterable[str]) -> None:
         super().__init__(
-            f"The database {alias!r} is a {vendor!r} database; stripe_idempotency supports "
-            f"{', '.join(SUPPORTED_VENDORS)}."
+            f"The database {alias!r} is a {vendor!r} database; "
+            f"stripe_idempotency supports {', '.join(supported)}."
         )
         self.alias = alias
         self.vendor = vendor

@@ -32,10 +32,8 @@ from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Busy, Duplicate
 
 __all__ = [
-    "Busy",
     "ClaimResult",
     "Claimed",
-    "Duplicate",
     "claim",
     "complete",
     "find_stale",

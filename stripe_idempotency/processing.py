@@ -52,14 +52,6 @@ from stripe_idempotency.signals import (
 )
 
 __all__ = [
-    "Accepted",
-    "Busy",
-    "Duplicate",
-    "Failed",
-    "Fenced",
-    "Outcome",
-    "Processed",
-    "Superseded",
     "accept",
     "dispatch",
     "process",

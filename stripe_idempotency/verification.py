@@ -21,9 +21,6 @@ from stripe_idempotency.endpoints import Endpoint
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import WebhookRejected
 
-#: The event a verified request carries (the neutral type, under its first-release name).
-VerifiedEvent = IncomingEvent
-
 
 def verify(body: bytes, signature_header: str | None, endpoint: Endpoint | None = None) -> IncomingEvent:
     """Authenticate ``body`` with its ``Stripe-Signature`` header and validate the event.

@@ -11,10 +11,10 @@ from django.db.models.functions import Now
 from django.urls import reverse
 
 from stripe_idempotency import leases
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
-from stripe_idempotency.verification import VerifiedEvent
 from tests.testapp.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,7 +149,7 @@ def test_reprocess_action(staff, one_of_each, connect):
 
 
 def test_reprocess_action_processes(staff):
-    leases.claim(VerifiedEvent.from_payload(build_event(id="evt_expired")))
+    leases.claim(IncomingEvent.from_payload(build_event(id="evt_expired")))
     StripeEvent.objects.update(claim_expires_at=Now() - dt.timedelta(seconds=1))
     response = staff.post(
         reverse(CHANGELIST),

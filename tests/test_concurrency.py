@@ -197,15 +197,15 @@ def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(
     # An upsert that waited for that lock would deadlock the receivers' fenced
     # update; MariaDB's claim upsert does not wait: it fails at once, and the
     # claim reads again and answers busy.
-    from stripe_idempotency import leases
+    from stripe_idempotency import leases, outcomes
     from stripe_idempotency.backends.mysql import MySQLBackend
-    from stripe_idempotency.events import IncomingEvent as VerifiedEvent
+    from stripe_idempotency.events import IncomingEvent
 
     racing = []
 
     def raced_upsert(payload):
         backend = MySQLBackend(connections["default"])  # this thread's own connection
-        event = VerifiedEvent.from_payload(payload)
+        event = IncomingEvent.from_payload(payload)
         params = backend.upsert_params(event, uuid.uuid4(), claimed_by="racer", ttl=300)
         with backend.connection.cursor() as cursor:
             try:
@@ -228,7 +228,7 @@ def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(
         thread.join(30)
         racing.append(result)
         # And the claim as a whole, while the row is held: busy, at once.
-        thread, claimed = in_thread(lambda: leases.claim(VerifiedEvent.from_payload(event.payload)))
+        thread, claimed = in_thread(lambda: leases.claim(IncomingEvent.from_payload(event.payload)))
         thread.join(30)
         racing.append(claimed)
 
@@ -239,7 +239,7 @@ def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(
     assert (response.status_code, response.json()["status"]) == (200, "processed")
     [upsert_result], [claim_result] = racing
     assert upsert_result == 1205  # lock wait timeout, at once: it did not queue on the row
-    assert isinstance(claim_result, leases.Busy)
+    assert isinstance(claim_result, outcomes.Busy)
     row = StripeEvent.objects.get()
     assert row.processed_at is not None
     assert row.attempts == 1

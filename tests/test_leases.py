@@ -15,18 +15,19 @@ from django.test.utils import CaptureQueriesContext
 from stripe_idempotency import leases
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.backends.base import ClaimRow
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
-from stripe_idempotency.leases import Busy, Claimed, Duplicate
+from stripe_idempotency.leases import Claimed
 from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.outcomes import Busy, Duplicate
 from stripe_idempotency.testing import build_event, deliver
-from stripe_idempotency.verification import VerifiedEvent
 from tests.concurrency import in_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def verified(**kwargs) -> VerifiedEvent:
-    return VerifiedEvent.from_payload(build_event(**kwargs))
+def verified(**kwargs) -> IncomingEvent:
+    return IncomingEvent.from_payload(build_event(**kwargs))
 
 
 def expire(event_id: str) -> None:
@@ -125,7 +126,7 @@ def test_a_claim_refused_in_every_round_is_busy_after_three_rounds(monkeypatch, 
     monkeypatch.setattr(leases, "for_connection", refusing)
     event = build_event()
     with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_ATTEMPTS": 5}):
-        assert leases.claim(VerifiedEvent.from_payload(event)) == Busy(event_id=event["id"], retry_after=1)
+        assert leases.claim(IncomingEvent.from_payload(event)) == Busy(event_id=event["id"], retry_after=1)
         response = deliver(client, event, secret="whsec_x")
     assert [backend.claims for backend in backends] == [3, 3]
     assert (response.status_code, response["Retry-After"]) == (503, "1")

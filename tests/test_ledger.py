@@ -9,7 +9,8 @@ from django.db import connection, transaction
 from django.db.models import ProtectedError
 from django.test.utils import CaptureQueriesContext
 
-from stripe_idempotency import processing
+from stripe_idempotency import outcomes, processing
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import (
     InsufficientFunds,
     InvalidLedgerEntry,
@@ -22,7 +23,6 @@ from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
-from stripe_idempotency.verification import VerifiedEvent
 from tests.concurrency import in_thread, in_thread_until_held
 from tests.conftest import per_backend
 from tests.testapp.models import Effect
@@ -264,9 +264,9 @@ def test_a_receivers_credit_is_linked_to_its_event_and_rolls_back_with_a_failure
 
     connect(event_received, receive)
     ok = build_event(data={"id": "cs_ok", "amount_total": 700})
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(ok)), processing.Processed)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(ok)), outcomes.Processed)
     failing = build_event(data={"id": "cs_fail", "amount_total": 300})
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(failing)), processing.Failed)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(failing)), outcomes.Failed)
     entry = LedgerEntry.objects.get()
     assert entry.event == StripeEvent.objects.get(event_id=ok["id"])
     assert balance() == 700

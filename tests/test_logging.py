@@ -12,10 +12,10 @@ import pytest
 from django.test import Client
 
 from stripe_idempotency import leases
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.log import FIELDS, FieldsFormatter, fields
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event, deliver, encode
-from stripe_idempotency.verification import VerifiedEvent
 from tests.concurrency import database_unreachable
 from tests.test_example_project import ROOT
 
@@ -87,7 +87,7 @@ def test_a_fenced_run_is_one_warning(lines, taken_over_after_the_claim):
 
 def test_busy_is_one_info_line(lines):
     event = build_event(id="evt_held")
-    leases.claim(VerifiedEvent.from_payload(event))
+    leases.claim(IncomingEvent.from_payload(event))
     deliver(Client(), event)
     assert lines() == [
         (

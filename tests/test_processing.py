@@ -8,20 +8,19 @@ import pytest
 from django.db import transaction
 
 from stripe_idempotency import leases, processing
-from stripe_idempotency.leases import Duplicate
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.processing import Failed, Fenced, Processed
+from stripe_idempotency.outcomes import Duplicate, Failed, Fenced, Processed
 from stripe_idempotency.signals import event_received, registered_signal, signal_for
 from stripe_idempotency.testing import build_event
-from stripe_idempotency.verification import VerifiedEvent
 from tests.conftest import TYPE
 from tests.testapp.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def verified(event_type: str = TYPE) -> VerifiedEvent:
-    return VerifiedEvent.from_payload(build_event(event_type))
+def verified(event_type: str = TYPE) -> IncomingEvent:
+    return IncomingEvent.from_payload(build_event(event_type))
 
 
 def test_receivers_get_the_row_event_received_first(connect):
@@ -151,7 +150,7 @@ def test_a_failing_on_commit_callback_after_the_commit_still_answers_processed(c
 
     connect(event_received, fulfil)
     event = build_event(id="evt_receipt")
-    outcome = processing.receive(VerifiedEvent.from_payload(event))
+    outcome = processing.receive(IncomingEvent.from_payload(event))
     assert isinstance(outcome, Processed)
     assert ran == ["after"]
     row = StripeEvent.objects.get()
@@ -164,7 +163,7 @@ def test_a_failing_on_commit_callback_after_the_commit_still_answers_processed(c
     [logged] = [r for r in caplog.records if r.name == "stripe_idempotency"]
     assert (logged.levelname, "evt_receipt" in logged.getMessage()) == ("ERROR", True)
     # Stripe's retry of the delivery is a duplicate, as the work is done.
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(event)), Duplicate)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(event)), Duplicate)
 
 
 def test_on_commit_callbacks_do_not_run_for_a_rolled_back_attempt(connect):
@@ -175,14 +174,14 @@ def test_on_commit_callbacks_do_not_run_for_a_rolled_back_attempt(connect):
         raise RuntimeError("boom")
 
     connect(event_received, fail_after_registering)
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(build_event())), Failed)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(build_event())), Failed)
     assert ran == []
 
 
 def test_on_commit_callbacks_do_not_run_for_a_fenced_attempt(connect, taken_over_after_the_claim):
     ran = []
     connect(event_received, lambda sender, event, **kwargs: transaction.on_commit(lambda: ran.append(1)))
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(build_event())), Fenced)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(build_event())), Fenced)
     assert ran == []
 
 
@@ -210,15 +209,15 @@ def test_a_takeover_stores_the_body_its_receivers_act_on(connect):
         created=1_700_000_060,
         livemode=True,
     )
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(first)), Failed)
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(second)), Processed)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(first)), Failed)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(second)), Processed)
     assert seen == [100, 250]
     row = StripeEvent.objects.get()
     assert (row.payload, row.api_version, row.livemode) == (second, "2025-03-31.basil", True)
     assert row.created == datetime.fromtimestamp(1_700_000_060, UTC)
     # A duplicate's body is not stored: the row keeps what was processed.
     third = build_event(id="evt_body", data={"amount": 999})
-    assert isinstance(processing.receive(VerifiedEvent.from_payload(third)), Duplicate)
+    assert isinstance(processing.receive(IncomingEvent.from_payload(third)), Duplicate)
     assert StripeEvent.objects.get().payload == second
 
 
@@ -232,8 +231,8 @@ def test_an_id_delivered_again_with_another_type_is_logged_and_dispatched_as_del
             raise RuntimeError("boom")
 
     connect(event_received, fail_once)
-    processing.receive(VerifiedEvent.from_payload(build_event("invoice.created", id="evt_retyped")))
-    outcome = processing.receive(VerifiedEvent.from_payload(build_event("invoice.paid", id="evt_retyped")))
+    processing.receive(IncomingEvent.from_payload(build_event("invoice.created", id="evt_retyped")))
+    outcome = processing.receive(IncomingEvent.from_payload(build_event("invoice.paid", id="evt_retyped")))
     assert isinstance(outcome, Processed)
     assert typed == ["invoice.paid"]
     assert StripeEvent.objects.get().type == "invoice.paid"

@@ -12,12 +12,12 @@ from django.db import connection
 from django.db.models.functions import Now
 from django.test import override_settings
 
-from stripe_idempotency import leases, processing, reaper
+from stripe_idempotency import leases, outcomes, processing, reaper
+from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import LedgerEntry, StripeEvent
 from stripe_idempotency.outcomes import Duplicate, Processed
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
-from stripe_idempotency.verification import VerifiedEvent
 from tests.testapp.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,11 +40,11 @@ def failing(connect):
 
 
 def receive(event_id: str, event_type: str = TYPE):
-    return processing.receive(VerifiedEvent.from_payload(build_event(event_type, id=event_id)))
+    return processing.receive(IncomingEvent.from_payload(build_event(event_type, id=event_id)))
 
 
 def claim(event_id: str):
-    return leases.claim(VerifiedEvent.from_payload(build_event(TYPE, id=event_id)))
+    return leases.claim(IncomingEvent.from_payload(build_event(TYPE, id=event_id)))
 
 
 def age_all(by=TWO_HOURS):
@@ -348,7 +348,7 @@ def test_by_default_the_reapers_retries_span_stripes_three_days():
 @override_settings(STRIPE_IDEMPOTENCY={"MAX_ATTEMPTS": 3, "RETRY_HORIZON_SECONDS": 3000})
 def test_a_failed_event_waits_out_its_backoff_for_the_reaper_but_not_for_stripe(failing):
     failing.add("evt_backoff")
-    assert isinstance(receive("evt_backoff"), processing.Failed)
+    assert isinstance(receive("evt_backoff"), outcomes.Failed)
     row = StripeEvent.objects.annotate(now=Now()).get()
     # The first of two retries: a third of the horizon, on the database clock.
     assert (row.next_attempt_at - row.now).total_seconds() == pytest.approx(1000, abs=5)
@@ -367,7 +367,7 @@ def test_a_failed_event_waits_out_its_backoff_for_the_reaper_but_not_for_stripe(
     assert (row.next_attempt_at - row.now).total_seconds() == pytest.approx(2000, abs=5)
     # Stripe's own delivery does not wait: it is processed at once.
     failing.discard("evt_backoff")
-    assert isinstance(receive("evt_backoff"), processing.Processed)
+    assert isinstance(receive("evt_backoff"), outcomes.Processed)
 
 
 def test_the_reaper_reads_stale_events_in_bounded_batches(failing):

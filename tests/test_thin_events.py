@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import Client, override_settings
 
-from stripe_idempotency import processing
+from stripe_idempotency import outcomes, processing
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import build_event, build_thin_event, deliver
@@ -93,7 +93,7 @@ def test_the_reaper_reprocesses_a_thin_event_from_its_row(connect):
     connect(event_received, fail_once)
     deliver(Client(), build_thin_event(id="evt_thin_retry"))
     outcome = processing.reprocess(StripeEvent.objects.get())
-    assert isinstance(outcome, processing.Processed)
+    assert isinstance(outcome, outcomes.Processed)
     assert (outcome.event.event_id, outcome.event.object_id) == ("evt_thin_retry", "cus_test_1")
 
 

@@ -241,10 +241,10 @@ def test_redelivery_is_a_duplicate(csrf_client, record_effects):
 
 def test_event_claimed_elsewhere_is_busy(csrf_client, record_effects):
     from stripe_idempotency import leases
-    from stripe_idempotency.verification import VerifiedEvent
+    from stripe_idempotency.events import IncomingEvent
 
     event = build_event()
-    assert isinstance(leases.claim(VerifiedEvent.from_payload(event)), leases.Claimed)
+    assert isinstance(leases.claim(IncomingEvent.from_payload(event)), leases.Claimed)
     response = deliver(csrf_client, event)
     assert response.status_code == 503
     assert body_of(response) == {"status": "busy", "event_id": event["id"]}
@@ -265,10 +265,10 @@ def test_a_fenced_run_is_answered_busy(csrf_client, taken_over_after_the_claim, 
 
 def test_busy_is_logged_as_routine_not_as_a_server_error(csrf_client, caplog):
     from stripe_idempotency import leases
-    from stripe_idempotency.verification import VerifiedEvent
+    from stripe_idempotency.events import IncomingEvent
 
     event = build_event()
-    leases.claim(VerifiedEvent.from_payload(event))
+    leases.claim(IncomingEvent.from_payload(event))
     with caplog.at_level("INFO"):
         deliver(csrf_client, event)
     assert [(r.name, r.levelname) for r in caplog.records] == [("stripe_idempotency", "INFO")]
@@ -377,10 +377,10 @@ def test_queries_per_duplicate(csrf_client):
 
 def test_queries_per_busy_answer(csrf_client):
     from stripe_idempotency import leases
-    from stripe_idempotency.verification import VerifiedEvent
+    from stripe_idempotency.events import IncomingEvent
 
     event = build_event()
-    leases.claim(VerifiedEvent.from_payload(event))
+    leases.claim(IncomingEvent.from_payload(event))
     expected = per_backend(postgresql=1, mysql=1, sqlite=2)
     assert count_queries(lambda: deliver(csrf_client, event)) == (expected, expected)
 

@@ -39,6 +39,6 @@ def for_connection(connection: BaseDatabaseWrapper) -> DatabaseBackend:
         _BACKENDS.update(_backends())
     backend = _BACKENDS.get(connection.vendor)
     if backend is None:
-        raise UnsupportedDatabase(connection.alias, connection.vendor)
+        raise UnsupportedDatabase(connection.alias, connection.vendor, supported=SUPPORTED_VENDORS)
     # The thread's own wrapper, not ``django.db.connection``'s proxy to it.
     return backend(connections[connection.alias])
