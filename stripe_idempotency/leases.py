@@ -108,7 +108,8 @@ def _give_way(claimed: Claimed) -> Busy | None:
         return None
     lease_left = ExpressionWrapper(F("claim_expires_at") - Now(), output_field=DurationField())
     holder = (
-        ordering.same_object(event)
+        StripeEvent.objects.using(claimed.using)
+        .about_same_object(event)
         .in_state(EventState.CLAIMED)
         .order_by("claim_expires_at")
         .values_list(lease_left, flat=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from functools import reduce
 from operator import or_
 from typing import Any
@@ -91,6 +92,29 @@ class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
 
     def dead(self) -> StripeEventQuerySet:
         return self.in_state(EventState.DEAD)
+
+    def about_same_object(self, event: StripeEvent) -> StripeEventQuerySet:
+        """The other events about ``event``'s object (none for an event about no object)."""
+        if event.object_id is None:
+            return self.none()
+        return self.filter(object_id=event.object_id).exclude(pk=event.pk)
+
+    def processed_later_than(self, event: StripeEvent) -> StripeEventQuerySet:
+        """The processed events about ``event``'s object that Stripe created in a later second than
+        it, latest first; none for an event with no ``created``. Events of one second are
+        ordered by no one: Stripe's ``created`` has one-second resolution
+        (:mod:`stripe_idempotency.ordering`)."""
+        if event.created is None:
+            return self.none()
+        return (
+            self.about_same_object(event)
+            .filter(created__gte=_next_second(event.created), processed_at__isnull=False)
+            .order_by(models.F("created").desc(), models.F("processed_at").desc())
+        )
+
+
+def _next_second(when: datetime) -> datetime:
+    return when.replace(microsecond=0) + timedelta(seconds=1)
 
 
 class StripeEvent(models.Model):
@@ -201,10 +225,9 @@ class StripeEvent(models.Model):
         other than this one; ``None`` if there is none, or if this event is about no object.
         Ties in ``created`` go to the one processed last. Inside a receiver, this reads what
         is committed (and this transaction's own work)."""
-        from stripe_idempotency.ordering import same_object
-
         return (
-            same_object(self)
+            StripeEvent.objects.using(self._state.db)
+            .about_same_object(self)
             .filter(processed_at__isnull=False)
             .order_by(models.F("created").desc(nulls_last=True), models.F("processed_at").desc())
             .first()
@@ -215,9 +238,7 @@ class StripeEvent(models.Model):
         processed already: the object's state in this event's payload is older than what the
         receivers saw last. Events of one second supersede neither one another (Stripe's
         ``created`` has one-second resolution). ``False`` for an event about no object."""
-        from stripe_idempotency.ordering import later_processed
-
-        return later_processed(self).exists()
+        return StripeEvent.objects.using(self._state.db).processed_later_than(self).exists()
 
     def fetch_event(self, *, api_key: str | None = None) -> Any:
         """The event as Stripe's API has it now, through a ``stripe.StripeClient`` with the

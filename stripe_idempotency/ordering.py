@@ -31,18 +31,12 @@ Both run; skipping is reserved for an order that is certain.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Literal
-
-from django.db.models import F
+from typing import Literal
 
 from stripe_idempotency.conf import app_settings
 
-if TYPE_CHECKING:
-    from stripe_idempotency.models import StripeEvent, StripeEventQuerySet
-
-__all__ = ["MODES", "OrderingMode", "later_processed", "mode_for", "same_object"]
+__all__ = ["MODES", "OrderingMode", "mode_for"]
 
 OrderingMode = Literal["serialize", "skip_superseded"]
 
@@ -60,29 +54,3 @@ def mode_for(event_type: str) -> OrderingMode | None:
         return rules[event_type]
     matching = [pattern for pattern in rules if fnmatchcase(event_type, pattern)]
     return rules[max(matching, key=len)] if matching else None
-
-
-def same_object(event: StripeEvent) -> StripeEventQuerySet:
-    """The other events about ``event``'s object (none for an event about no object)."""
-    from stripe_idempotency.models import StripeEvent
-
-    events = StripeEvent.objects.using(event._state.db)
-    if event.object_id is None:
-        return events.none()
-    return events.filter(object_id=event.object_id).exclude(pk=event.pk)
-
-
-def later_processed(event: StripeEvent) -> StripeEventQuerySet:
-    """The processed events about ``event``'s object created in a later second than it, latest
-    first (see the tie rule above); none for an event with no ``created``."""
-    if event.created is None:
-        return same_object(event).none()
-    return (
-        same_object(event)
-        .filter(created__gte=_next_second(event.created), processed_at__isnull=False)
-        .order_by(F("created").desc(), F("processed_at").desc())
-    )
-
-
-def _next_second(when: datetime) -> datetime:
-    return when.replace(microsecond=0) + timedelta(seconds=1)

@@ -215,7 +215,8 @@ def _superseding(event: StripeEvent) -> str | None:
     carries). Asked under the claim, inside the transaction that completes it."""
     if ordering.mode_for(event.type) != "skip_superseded":
         return None
-    return ordering.later_processed(event).values_list("event_id", flat=True).first()
+    later = StripeEvent.objects.using(event._state.db).processed_later_than(event)
+    return later.values_list("event_id", flat=True).first()
 
 
 def _record_superseded(claimed: Claimed, later: str | None) -> None:

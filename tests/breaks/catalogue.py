@@ -21,7 +21,7 @@ LEDGER = "stripe_idempotency/ledger.py"
 VERIFICATION = "stripe_idempotency/verification.py"
 LEASES = "stripe_idempotency/leases.py"
 SYNC = "stripe_idempotency/sync.py"
-ORDERING = "stripe_idempotency/ordering.py"
+MODELS = "stripe_idempotency/models.py"
 VIEWS = "stripe_idempotency/views.py"
 
 
@@ -242,7 +242,7 @@ BREAKS: tuple[Break, ...] = (
         "The reaper leaves an event under a live lease to the instance that holds it.",
         (
             Edit(
-                "stripe_idempotency/models.py",
+                MODELS,
                 "Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()), "
                 "processed_at__isnull=True",
                 "processed_at__isnull=True",
@@ -335,7 +335,7 @@ BREAKS: tuple[Break, ...] = (
         "Only a later event that is processed supersedes: one pending or failing has changed nothing yet.",
         (
             Edit(
-                ORDERING,
+                MODELS,
                 ".filter(created__gte=_next_second(event.created), processed_at__isnull=False)",
                 ".filter(created__gte=_next_second(event.created))",
             ),
@@ -346,7 +346,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "an-event-with-no-created-crashes-the-supersede-check",
         "An event with no created is never superseded, and runs.",
-        (Edit(ORDERING, "    if event.created is None:\n        return same_object(event).none()\n", ""),),
+        (Edit(MODELS, "        if event.created is None:\n            return self.none()\n", ""),),
         ("tests/test_ordering.py",),
         (SQLITE,),
     ),
@@ -885,7 +885,7 @@ BREAKS: tuple[Break, ...] = (
         "An event that ledger entries point at cannot be deleted: the money trail outlives clean-ups.",
         (
             Edit(
-                "stripe_idempotency/models.py",
+                MODELS,
                 "on_delete=models.PROTECT,  # the money trail",
                 "on_delete=models.CASCADE,  # the money trail",
             ),
