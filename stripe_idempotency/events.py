@@ -35,6 +35,11 @@ SNAPSHOT = "event"
 THIN = "v2.core.event"
 
 
+def is_thin(payload: object) -> bool:
+    """Whether ``payload`` is a thin event notification (``"object": "v2.core.event"``)."""
+    return isinstance(payload, dict) and payload.get("object") == THIN
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingEvent:
     """A well-formed Stripe event, ready to be claimed and processed.

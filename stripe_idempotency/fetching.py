@@ -1,20 +1,20 @@
 """Fetching from Stripe's API, through the ``stripe`` library: a thin event's full event and the
 object it is about. Only ever on request (:meth:`StripeEvent.fetch_event`,
 :meth:`StripeEvent.fetch_related_object`), never to receive; with the ``API_KEY`` setting.
+
+It reads an event from its payload as Stripe sent it, and knows no table: the models call it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import stripe
 from django.core.exceptions import ImproperlyConfigured
 
 from stripe_idempotency.conf import SETTINGS_NAME, app_settings
-
-if TYPE_CHECKING:
-    from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.events import is_thin
 
 __all__ = ["client", "fetch_event", "fetch_related_object", "parse_notification"]
 
@@ -44,25 +44,26 @@ def parse_notification(body: str, *, api_key: str | None = None) -> Any:
     return parse(stripe.StripeClient(api_key or app_settings.API_KEY or ""), body)
 
 
-def fetch_event(event: StripeEvent, *, api_key: str | None = None) -> Any:
-    """The event as Stripe's API has it now: a thin event's full event (``/v2/core/events/``),
-    a snapshot event's ``/v1/events/`` object (on the connected account's behalf, for Connect)."""
-    if event.is_thin:
-        return _notification(event, api_key).fetch_event()
-    options: stripe.RequestOptions = {"stripe_account": event.account} if event.account else {}
-    return client(api_key=api_key).v1.events.retrieve(event.payload["id"], options=options)
+def fetch_event(payload: dict[str, Any], *, account: str | None, api_key: str | None = None) -> Any:
+    """The event ``payload`` describes, as Stripe's API has it now: a thin event's full event
+    (``/v2/core/events/``), a snapshot event's ``/v1/events/`` object (on the connected
+    ``account``'s behalf, for Connect)."""
+    if is_thin(payload):
+        return _notification(payload, api_key).fetch_event()
+    options: stripe.RequestOptions = {"stripe_account": account} if account else {}
+    return client(api_key=api_key).v1.events.retrieve(payload["id"], options=options)
 
 
-def fetch_related_object(event: StripeEvent, *, api_key: str | None = None) -> Any:
+def fetch_related_object(payload: dict[str, Any], *, api_key: str | None = None) -> Any:
     """A thin event's related object as the API has it now (``None`` for an event about none)."""
-    if not event.is_thin:
+    if not is_thin(payload):
         raise TypeError(
-            f"{event.event_id} is a snapshot event: its object is in payload['data']['object'] as it "
+            f"{payload.get('id')} is a snapshot event: its object is in payload['data']['object'] as it "
             "was; to read it as it is now, retrieve it with the stripe client's own resource."
         )
-    return _notification(event, api_key).fetch_related_object()
+    return _notification(payload, api_key).fetch_related_object()
 
 
-def _notification(event: StripeEvent, api_key: str | None) -> Any:
+def _notification(payload: dict[str, Any], api_key: str | None) -> Any:
     stripe_client = client(api_key=api_key)
-    return stripe_client.parse_event_notification_without_verification(json.dumps(event.payload))
+    return stripe_client.parse_event_notification_without_verification(json.dumps(payload))

@@ -13,6 +13,8 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from stripe_idempotency import fetching
+from stripe_idempotency.events import is_thin
 from stripe_idempotency.exceptions import LedgerEntryImmutable
 
 
@@ -218,7 +220,7 @@ class StripeEvent(models.Model):
     @property
     def is_thin(self) -> bool:
         """Whether the event is a thin event notification (``"object": "v2.core.event"``)."""
-        return isinstance(self.payload, dict) and self.payload.get("object") == "v2.core.event"
+        return is_thin(self.payload)
 
     def latest_processed(self) -> StripeEvent | None:
         """The processed event about the same object (``object_id``) that Stripe created last,
@@ -244,16 +246,12 @@ class StripeEvent(models.Model):
         """The event as Stripe's API has it now, through a ``stripe.StripeClient`` with the
         ``API_KEY`` setting (or ``api_key``): a thin event's full event, with its ``data`` and
         ``changes``; a snapshot event's ``/v1/events`` object. A request to Stripe each call."""
-        from stripe_idempotency import fetching
-
-        return fetching.fetch_event(self, api_key=api_key)
+        return fetching.fetch_event(self.payload, account=self.account, api_key=api_key)
 
     def fetch_related_object(self, *, api_key: str | None = None) -> Any:
         """A thin event's object (``related_object``) as Stripe's API has it now; ``None`` for a
         thin event about no object. A request to Stripe each call."""
-        from stripe_idempotency import fetching
-
-        return fetching.fetch_related_object(self, api_key=api_key)
+        return fetching.fetch_related_object(self.payload, api_key=api_key)
 
 
 #: Passed to ``LedgerEntry.save()`` by the ledger's operations only: any other save is refused.
