@@ -86,7 +86,7 @@ def ours(level: int, seconds: float, accounts: int) -> Figures:
 def run(*, seconds: float, levels: list[int], output: Path, smoke: bool) -> str:
     from django.db import connection
 
-    from stripe_idempotency.ledger import verify_balances
+    from stripe_idempotency.models import LedgerEntry
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE stripe_idempotency_ledgerentry, stripe_idempotency_ledgerbalance")
@@ -103,7 +103,7 @@ def run(*, seconds: float, levels: list[int], output: Path, smoke: bool) -> str:
             raw = pgbench(connection.settings_dict, "ledger_credit", level, seconds, accounts=accounts)
             rows.append((level, label, mine, raw))
             print(level, label, round(mine.rate), round(raw.rate), flush=True)
-    consistent = all(check.ok for check in verify_balances())
+    consistent = all(check.ok for check in LedgerEntry.objects.verify_balances())
     if smoke and not consistent:
         raise SystemExit("The ledger is inconsistent after the benchmark's credits.")
     if smoke and not all(mine.count and raw.count for _, _, mine, raw in rows):

@@ -81,7 +81,7 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
     token = uuid.uuid4()
     for _ in range(_CLAIM_ROUNDS):
         row = backend.claim(
-            event, token, claimed_by=app_settings.INSTANCE_ID, ttl=app_settings.CLAIM_TTL_SECONDS
+            StripeEvent, event, token, claimed_by=app_settings.INSTANCE_ID, ttl=app_settings.CLAIM_TTL_SECONDS
         )
         if row.event.type != event.type:
             _another_type(row.event, event, token, using)
@@ -167,7 +167,8 @@ def complete(claimed: Claimed) -> None:
     is updated and :class:`LeaseLost` is raised, so that work rolls back.
     """
     with telemetry.span("complete"):
-        completed = for_connection(connections[claimed.using]).complete(claimed.event.pk, claimed.token)
+        backend = for_connection(connections[claimed.using])
+        completed = backend.complete(StripeEvent, claimed.event.pk, claimed.token)
     if not completed:
         raise LeaseLost(f"Another instance took over the lease on {claimed.event.event_id}.")
 
@@ -181,7 +182,7 @@ def release(claimed: Claimed, error: str) -> bool:
     """
     backend = for_connection(connections[claimed.using])
     retry_in = retry_delay(claimed.event.attempts)
-    return backend.release(claimed.event.pk, claimed.token, error, retry_in=retry_in)
+    return backend.release(StripeEvent, claimed.event.pk, claimed.token, error, retry_in=retry_in)
 
 
 def retry_delay(attempts: int) -> float:

@@ -9,23 +9,28 @@ entry, and a repeated reference returns the existing entry with nothing
 changed. The statements are each database's own (:mod:`stripe_idempotency.backends`);
 the decisions (new account, overdraft, repeat, conflict, retry) are here.
 
-Use these through ``LedgerEntry.objects.credit()``, ``.debit()`` and ``.balance()``.
+The rules are the manager of the entries' table, ``LedgerEntry.objects``: ``credit()``,
+``debit()``, ``balance()`` and ``verify_balances()``. Like any Django manager module this one
+sits below the models: the manager works on the tables its model names (``self.model``, and
+the balances it moves, ``LedgerEntry.balance_model``) and imports none of them.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.db import OperationalError, connections, router, transaction
+from django.db import OperationalError, connections, models, router, transaction
 from django.db.models.functions import Now
 
 from stripe_idempotency.backends import DatabaseBackend, for_connection
 from stripe_idempotency.exceptions import InsufficientFunds, InvalidLedgerEntry, LedgerConflict, LedgerError
-from stripe_idempotency.models import LedgerBalance, LedgerEntry
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 
 T = TypeVar("T")
 
@@ -43,48 +48,129 @@ class _Refused:
     error: LedgerError
 
 
-def credit(*, amount: int, using: str | None = None, **fields: Any) -> tuple[LedgerEntry, bool]:
-    """``LedgerEntry.objects.credit()`` (its signature and documentation): a credit never overdraws."""
-    return _apply(amount=_positive(amount), allow_negative=True, using=using, **fields)
+class LedgerEntryManager(models.Manager["LedgerEntry"]):
+    """``LedgerEntry.objects``: the only way entries are written, and the ledger's rules."""
+
+    def credit(
+        self,
+        *,
+        account: str,
+        amount: int,
+        currency: str,
+        entry_type: str,
+        reference: str | None = None,
+        event: StripeEvent | None = None,
+        metadata: dict[str, Any] | None = None,
+        using: str | None = None,
+    ) -> tuple[LedgerEntry, bool]:
+        """Add ``amount`` (positive, minor units) to ``account``'s balance in ``currency``.
+
+        Returns ``(entry, created)``. With a ``reference``, a second call with the
+        same (account, currency, entry_type, reference) returns the first entry
+        with ``created=False`` and changes nothing; with a different amount it
+        raises :class:`~stripe_idempotency.exceptions.LedgerConflict`. Runs inside
+        the caller's transaction when there is one (a receiver's), so it commits
+        or rolls back with it. ``event`` is the :class:`~stripe_idempotency.models.StripeEvent`
+        the money moved for, if any.
+        """
+        entry = self._entry(account, _positive(amount), currency, entry_type, reference, event, metadata)
+        # A credit never overdraws.
+        return _apply(entry, self.model.balance_model, allow_negative=True, using=using)
+
+    def debit(
+        self,
+        *,
+        account: str,
+        amount: int,
+        currency: str,
+        entry_type: str,
+        reference: str | None = None,
+        event: StripeEvent | None = None,
+        metadata: dict[str, Any] | None = None,
+        allow_negative: bool = False,
+        using: str | None = None,
+    ) -> tuple[LedgerEntry, bool]:
+        """Take ``amount`` (positive, minor units) from the balance; stored as a negative amount.
+
+        Raises :class:`~stripe_idempotency.exceptions.InsufficientFunds`, writing
+        nothing, when the balance would go below zero, unless
+        ``allow_negative=True``. A repeated reference behaves as for
+        :meth:`credit` (and is returned even if the balance could not pay for it again).
+        """
+        entry = self._entry(account, -_positive(amount), currency, entry_type, reference, event, metadata)
+        return _apply(entry, self.model.balance_model, allow_negative=allow_negative, using=using)
+
+    def balance(self, *, account: str, currency: str, using: str | None = None) -> int:
+        """The balance of ``account`` in ``currency`` (0 for an account never written to)."""
+        balances = self.model.balance_model
+        value = (
+            balances.objects.using(using or router.db_for_read(balances))
+            .filter(account=account, currency=_currency(currency))
+            .values_list("balance", flat=True)
+            .first()
+        )
+        return value or 0
+
+    def verify_balances(
+        self, *, account: str | None = None, using: str | None = None
+    ) -> Iterator[AccountCheck]:
+        """Check every balance against its entries, one (account, currency) at a time.
+
+        The balance must equal the sum of the amounts, and each entry's
+        ``balance_after`` the running sum in primary-key order. Streams the
+        entries in that order, so memory does not grow with their number.
+        """
+        using = using or router.db_for_read(self.model)
+        balances_query = self.model.balance_model.objects.using(using)
+        entries_query = self.using(using)
+        if account is not None:
+            balances_query = balances_query.filter(account=account)
+            entries_query = entries_query.filter(account=account)
+        rows = entries_query.order_by("account", "currency", "id").values_list(
+            "account", "currency", "id", "amount", "balance_after"
+        )
+        return _verify(
+            {(a, c): b for a, c, b in balances_query.values_list("account", "currency", "balance")},
+            rows.iterator(chunk_size=5000),
+        )
+
+    def _entry(
+        self,
+        account: Any,
+        amount: int,
+        currency: Any,
+        entry_type: Any,
+        reference: Any,
+        event: StripeEvent | None,
+        metadata: Any,
+    ) -> LedgerEntry:
+        """The entry to write, every argument checked before any SQL runs (``balance_after`` is
+        set under the balance's lock)."""
+        account = _text("account", account, 255)
+        currency = _currency(currency)
+        entry_type = _text("entry_type", entry_type, 64)
+        if reference is not None:
+            reference = _text("reference", reference, 255)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidLedgerEntry("metadata must be a dict or None.")
+        return self.model(
+            account=account,
+            amount=amount,
+            currency=currency,
+            entry_type=entry_type,
+            reference=reference,
+            event=event,
+            metadata=_metadata(metadata or {}),
+            balance_after=0,
+        )
 
 
-def debit(
-    *, amount: int, allow_negative: bool = False, using: str | None = None, **fields: Any
+def _apply(
+    entry: LedgerEntry, balances: type[LedgerBalance], *, allow_negative: bool, using: str | None
 ) -> tuple[LedgerEntry, bool]:
-    """``LedgerEntry.objects.debit()`` (its signature and documentation): stored as a negative amount."""
-    return _apply(amount=-_positive(amount), allow_negative=allow_negative, using=using, **fields)
-
-
-def balance(*, account: str, currency: str, using: str | None = None) -> int:
-    """The balance of ``account`` in ``currency`` (0 for an account never written to)."""
-    using = using or router.db_for_read(LedgerBalance)
-    value = (
-        LedgerBalance.objects.using(using)
-        .filter(account=account, currency=_currency(currency))
-        .values_list("balance", flat=True)
-        .first()
-    )
-    return value or 0
-
-
-def _apply(*, using: str | None, allow_negative: bool, **fields: Any) -> tuple[LedgerEntry, bool]:
-    fields["account"] = _text("account", fields["account"], 255)
-    fields["currency"] = _currency(fields["currency"])
-    fields["entry_type"] = _text("entry_type", fields["entry_type"], 64)
-    if fields["reference"] is not None:
-        fields["reference"] = _text("reference", fields["reference"], 255)
-    if fields["metadata"] is not None and not isinstance(fields["metadata"], dict):
-        raise InvalidLedgerEntry("metadata must be a dict or None.")
-    fields["metadata"] = _metadata(fields["metadata"] or {})
-    using = using or router.db_for_write(LedgerEntry)
+    using = using or router.db_for_write(type(entry))
     backend = for_connection(connections[using])
-
-    def apply() -> tuple[LedgerEntry, bool] | _Refused:
-        # balance_after is set under the balance's lock.
-        entry = LedgerEntry(balance_after=0, **fields)
-        return _apply_locked(backend, using, entry, allow_negative)
-
-    result = _retrying(backend, using, apply)
+    result = _retrying(backend, using, lambda: _apply_locked(backend, using, entry, balances, allow_negative))
     if isinstance(result, _Refused):
         # Raised outside the atomic block, so a caller's transaction that
         # catches it is still usable.
@@ -93,7 +179,11 @@ def _apply(*, using: str | None, allow_negative: bool, **fields: Any) -> tuple[L
 
 
 def _apply_locked(
-    backend: DatabaseBackend, using: str, entry: LedgerEntry, allow_negative: bool
+    backend: DatabaseBackend,
+    using: str,
+    entry: LedgerEntry,
+    balances: type[LedgerBalance],
+    allow_negative: bool,
 ) -> tuple[LedgerEntry, bool] | _Refused:
     """Write ``entry`` under its balance's lock, or decide why not. Runs in a transaction.
 
@@ -103,21 +193,21 @@ def _apply_locked(
     """
     account, currency, amount, reference = entry.account, entry.currency, entry.amount, entry.reference
     with transaction.atomic(using=using, savepoint=False):
-        if backend.apply_in_one_statement(entry, allow_negative):
+        if backend.apply_in_one_statement(entry, balances, allow_negative=allow_negative):
             return entry, True
         # The general path: a new account, a refusal, a repeated reference, or a
         # database that cannot say it all in one statement (which, where it
         # tried, already holds the balance's lock if the row exists).
-        balances = LedgerBalance.objects.using(using).select_for_update()
-        row = balances.filter(account=account, currency=currency).first()
+        locked = balances.objects.using(using).select_for_update()
+        row = locked.filter(account=account, currency=currency).first()
         if row is None and amount < 0 and not allow_negative:
             # No balance row, so no entries: nothing to find, nothing to pay with.
             return _Refused(InsufficientFunds(account=account, currency=currency, balance=0, amount=-amount))
         if row is None:
             # Concurrent first writers to an account both land here; one
             # inserts the row, and both then queue on its lock.
-            backend.create_balance_row(account, currency)
-            row = balances.get(account=account, currency=currency)
+            backend.create_balance_row(balances, account, currency)
+            row = locked.get(account=account, currency=currency)
         if reference is not None and backend.looks_up_reference_first:
             existing = _existing(using, entry)
             if existing is not None:
@@ -141,7 +231,7 @@ def _apply_locked(
             if existing is None:
                 raise LookupError(f"Ledger reference {reference!r} vanished while being written.")
             return _repeat(existing, amount)
-        LedgerBalance.objects.using(using).filter(pk=row.pk).update(balance=balance_after, updated_at=Now())
+        balances.objects.using(using).filter(pk=row.pk).update(balance=balance_after, updated_at=Now())
         return entry, True
 
 
@@ -151,7 +241,8 @@ def _existing(using: str, entry: LedgerEntry) -> LedgerEntry | None:
     A locking read sees the newest committed row even under REPEATABLE READ.
     """
     return (
-        LedgerEntry.objects.using(using)
+        type(entry)
+        .objects.using(using)
         .select_for_update()
         .filter(
             account=entry.account,
@@ -187,7 +278,7 @@ def _retrying(backend: DatabaseBackend, using: str, apply: Callable[[], T]) -> T
 
 @dataclass(frozen=True, slots=True)
 class AccountCheck:
-    """The invariants of one (account, currency), as :func:`verify_balances` found them."""
+    """The invariants of one (account, currency), as ``LedgerEntry.objects.verify_balances()`` found them."""
 
     account: str
     currency: str
@@ -205,27 +296,14 @@ class AccountCheck:
         )
 
 
-def verify_balances(*, account: str | None = None, using: str | None = None) -> Iterator[AccountCheck]:
-    """Check every balance against its entries, one (account, currency) at a time.
-
-    The balance must equal the sum of the amounts, and each entry's
-    ``balance_after`` the running sum in primary-key order. Streams the
-    entries in that order, so memory does not grow with their number.
-    """
-    using = using or router.db_for_read(LedgerEntry)
-    balances_query = LedgerBalance.objects.using(using)
-    entries_query = LedgerEntry.objects.using(using)
-    if account is not None:
-        balances_query = balances_query.filter(account=account)
-        entries_query = entries_query.filter(account=account)
-    balances = {(a, c): b for a, c, b in balances_query.values_list("account", "currency", "balance")}
-    rows = entries_query.order_by("account", "currency", "id").values_list(
-        "account", "currency", "id", "amount", "balance_after"
-    )
+def _verify(
+    balances: dict[tuple[str, str], int], rows: Iterable[tuple[str, str, int, int, int]]
+) -> Iterator[AccountCheck]:
+    """Each (account, currency) of ``rows`` (entries in running-sum order) checked against ``balances``."""
     key: tuple[str, str] | None = None
     count = total = 0
     chain_break: tuple[int, int, int] | None = None
-    for row_account, row_currency, pk, amount, balance_after in rows.iterator(chunk_size=5000):
+    for row_account, row_currency, pk, amount, balance_after in rows:
         if (row_account, row_currency) != key:
             if key is not None:
                 yield AccountCheck(*key, count, balances.pop(key, None), total, chain_break)

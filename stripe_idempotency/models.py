@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import reduce
 from operator import or_
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db import models
 from django.db.models import Case, Q, Value, When
@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from stripe_idempotency import fetching
 from stripe_idempotency.events import is_thin
 from stripe_idempotency.exceptions import LedgerEntryImmutable
+from stripe_idempotency.ledger import LedgerEntryManager
 
 
 class EventState(models.TextChoices):
@@ -254,9 +255,6 @@ class StripeEvent(models.Model):
         return fetching.fetch_related_object(self.payload, api_key=api_key)
 
 
-#: Passed to ``LedgerEntry.save()`` by the ledger's operations only: any other save is refused.
-LEDGER_WRITE = object()
-
 _USE_CREDIT_OR_DEBIT = "Write ledger entries with LedgerEntry.objects.credit() or .debit()."
 
 
@@ -286,85 +284,6 @@ class LedgerEntryQuerySet(models.QuerySet["LedgerEntry"]):
 
     def update_or_create(self, *args: Any, **kwargs: Any) -> tuple[LedgerEntry, bool]:
         raise LedgerEntryImmutable(_USE_CREDIT_OR_DEBIT)
-
-
-class LedgerEntryManager(models.Manager["LedgerEntry"]):
-    """``LedgerEntry.objects``: the only way entries are written (the rules are in
-    :mod:`stripe_idempotency.ledger`)."""
-
-    def credit(
-        self,
-        *,
-        account: str,
-        amount: int,
-        currency: str,
-        entry_type: str,
-        reference: str | None = None,
-        event: StripeEvent | None = None,
-        metadata: dict[str, Any] | None = None,
-        using: str | None = None,
-    ) -> tuple[LedgerEntry, bool]:
-        """Add ``amount`` (positive, minor units) to ``account``'s balance in ``currency``.
-
-        Returns ``(entry, created)``. With a ``reference``, a second call with the
-        same (account, currency, entry_type, reference) returns the first entry
-        with ``created=False`` and changes nothing; with a different amount it
-        raises :class:`~stripe_idempotency.exceptions.LedgerConflict`. Runs inside
-        the caller's transaction when there is one (a receiver's), so it commits
-        or rolls back with it.
-        """
-        from stripe_idempotency import ledger
-
-        return ledger.credit(
-            account=account,
-            amount=amount,
-            currency=currency,
-            entry_type=entry_type,
-            reference=reference,
-            event=event,
-            metadata=metadata,
-            using=using,
-        )
-
-    def debit(
-        self,
-        *,
-        account: str,
-        amount: int,
-        currency: str,
-        entry_type: str,
-        reference: str | None = None,
-        event: StripeEvent | None = None,
-        metadata: dict[str, Any] | None = None,
-        allow_negative: bool = False,
-        using: str | None = None,
-    ) -> tuple[LedgerEntry, bool]:
-        """Take ``amount`` (positive, minor units) from the balance; stored as a negative amount.
-
-        Raises :class:`~stripe_idempotency.exceptions.InsufficientFunds`, writing
-        nothing, when the balance would go below zero, unless
-        ``allow_negative=True``. A repeated reference behaves as for
-        :meth:`credit` (and is returned even if the balance could not pay for it again).
-        """
-        from stripe_idempotency import ledger
-
-        return ledger.debit(
-            account=account,
-            amount=amount,
-            currency=currency,
-            entry_type=entry_type,
-            reference=reference,
-            event=event,
-            metadata=metadata,
-            allow_negative=allow_negative,
-            using=using,
-        )
-
-    def balance(self, *, account: str, currency: str, using: str | None = None) -> int:
-        """The balance of ``account`` in ``currency`` (0 for an account never written to)."""
-        from stripe_idempotency import ledger
-
-        return ledger.balance(account=account, currency=currency, using=using)
 
 
 class LedgerBalance(models.Model):
@@ -424,6 +343,8 @@ class LedgerEntry(models.Model):
     metadata = models.JSONField(_("metadata"), default=dict, blank=True)
 
     objects = LedgerEntryManager.from_queryset(LedgerEntryQuerySet)()
+    #: The running balances these entries move: the manager's rules lock and update its rows.
+    balance_model: ClassVar[type[LedgerBalance]] = LedgerBalance
 
     class Meta:
         verbose_name = _("ledger entry")
@@ -445,12 +366,12 @@ class LedgerEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.entry_type} {self.amount} {self.currency} for {self.account} ({self.reference})"
 
-    def save(self, *args: Any, ledger_write: object = None, **kwargs: Any) -> None:
-        if ledger_write is not LEDGER_WRITE or not self._state.adding:
-            raise LedgerEntryImmutable(
-                "Ledger entries are written by LedgerEntry.objects.credit()/debit() and never changed."
-            )
-        super().save(*args, **kwargs)
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The ledger's rules insert entries themselves, past this method: every caller of it is
+        # refused, so no code but theirs writes an entry, and none changes one.
+        raise LedgerEntryImmutable(
+            "Ledger entries are written by LedgerEntry.objects.credit()/debit() and never changed."
+        )
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise LedgerEntryImmutable("Ledger entries are never deleted; record a reversing entry.")

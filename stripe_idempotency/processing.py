@@ -96,7 +96,7 @@ def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Dupl
             "Events must be accepted outside transaction.atomic(): the row has to commit before the answer."
         )
     with telemetry.span("accept"):
-        if not for_connection(connection).insert_unclaimed(event):
+        if not for_connection(connection).insert_unclaimed(StripeEvent, event):
             processed = StripeEvent.objects.using(using).filter(event_id=event.id, processed_at__isnull=False)
             if processed.exists():
                 return Duplicate(event_id=event.id)

@@ -51,15 +51,15 @@ def test_a_claim_a_refusal_and_the_fence():
     backend = for_connection(connection)
     event = incoming(id="evt_backend")
     mine = uuid.uuid4()
-    first = backend.claim(event, mine, claimed_by="a", ttl=300)
+    first = backend.claim(StripeEvent, event, mine, claimed_by="a", ttl=300)
     assert (first.event.claim_token, first.event.claimed_by, first.event.attempts) == (mine, "a", 1)
     assert first.event.payload == event.payload
-    refused = backend.claim(event, uuid.uuid4(), claimed_by="b", ttl=300)
+    refused = backend.claim(StripeEvent, event, uuid.uuid4(), claimed_by="b", ttl=300)
     assert refused.event.claim_token == mine
     assert 299 < refused.lease_left <= 300
-    assert backend.complete(first.event.pk, uuid.uuid4()) is False
-    assert backend.complete(first.event.pk, mine) is True
-    assert backend.complete(first.event.pk, mine) is False
+    assert backend.complete(StripeEvent, first.event.pk, uuid.uuid4()) is False
+    assert backend.complete(StripeEvent, first.event.pk, mine) is True
+    assert backend.complete(StripeEvent, first.event.pk, mine) is False
     assert state("evt_backend") == EventState.PROCESSED
 
 
@@ -67,9 +67,9 @@ def test_release_clears_only_its_own_claim():
     backend = for_connection(connection)
     event = incoming(id="evt_released")
     mine = uuid.uuid4()
-    row = backend.claim(event, mine, claimed_by="a", ttl=300).event
-    assert backend.release(row.pk, uuid.uuid4(), "not mine", retry_in=60) is False
-    assert backend.release(row.pk, mine, "boom", retry_in=60) is True
+    row = backend.claim(StripeEvent, event, mine, claimed_by="a", ttl=300).event
+    assert backend.release(StripeEvent, row.pk, uuid.uuid4(), "not mine", retry_in=60) is False
+    assert backend.release(StripeEvent, row.pk, mine, "boom", retry_in=60) is True
     stored = StripeEvent.objects.annotate(now=Now()).get()
     assert (stored.claim_token, stored.claim_expires_at, stored.last_error) == (None, None, "boom")
     # The reaper's next attempt, on the database's clock.
@@ -80,8 +80,8 @@ def test_release_clears_only_its_own_claim():
 def test_an_unclaimed_insert_stores_once_and_leaves_the_event_pending():
     backend = for_connection(connection)
     event = incoming(id="evt_pending", type="invoice.paid")
-    assert backend.insert_unclaimed(event) is True
-    assert backend.insert_unclaimed(event) is False
+    assert backend.insert_unclaimed(StripeEvent, event) is True
+    assert backend.insert_unclaimed(StripeEvent, event) is False
     stored = StripeEvent.objects.get()
     assert (stored.event_id, stored.type, stored.payload, stored.attempts) == (
         "evt_pending",
@@ -94,7 +94,7 @@ def test_an_unclaimed_insert_stores_once_and_leaves_the_event_pending():
     assert state("evt_pending") == EventState.PENDING
     # A pending event is claimable at once.
     token = uuid.uuid4()
-    assert backend.claim(event, token, claimed_by="worker", ttl=300).event.claim_token == token
+    assert backend.claim(StripeEvent, event, token, claimed_by="worker", ttl=300).event.claim_token == token
     assert state("evt_pending") == EventState.CLAIMED
 
 
@@ -102,22 +102,25 @@ def test_an_unclaimed_insert_of_a_processed_event_changes_nothing():
     backend = for_connection(connection)
     event = incoming(id="evt_done")
     token = uuid.uuid4()
-    row = backend.claim(event, token, claimed_by="a", ttl=300).event
-    backend.complete(row.pk, token)
-    assert backend.insert_unclaimed(event) is False
+    row = backend.claim(StripeEvent, event, token, claimed_by="a", ttl=300).event
+    backend.complete(StripeEvent, row.pk, token)
+    assert backend.insert_unclaimed(StripeEvent, event) is False
     assert state("evt_done") == EventState.PROCESSED
 
 
 def test_statements_are_cached_by_everything_they_are_built_from():
     backend = for_connection(connection)
     assert isinstance(backend, SQLBackend)
-    one = backend.event_statement("SELECT {part} FROM {table}", part="1")
-    two = backend.event_statement("SELECT {part} FROM {table}", part="2")
-    assert (one, two) == (
+    one = backend.event_statement(StripeEvent, "SELECT {part} FROM {table}", part="1")
+    two = backend.event_statement(StripeEvent, "SELECT {part} FROM {table}", part="2")
+    # The table is the model's the statement is asked for: a backend imports no model.
+    other_table = backend.event_statement(LedgerBalance, "SELECT {part} FROM {table}", part="1")
+    assert (one, two, other_table) == (
         f"SELECT 1 FROM {connection.ops.quote_name(StripeEvent._meta.db_table)}",
         f"SELECT 2 FROM {connection.ops.quote_name(StripeEvent._meta.db_table)}",
+        f"SELECT 1 FROM {connection.ops.quote_name(LedgerBalance._meta.db_table)}",
     )
-    assert backend.event_statement("SELECT {part} FROM {table}", part="1") is one
+    assert backend.event_statement(StripeEvent, "SELECT {part} FROM {table}", part="1") is one
 
 
 @pytest.mark.only_on(
@@ -130,7 +133,7 @@ def test_a_real_deadlock_is_one_the_backend_retries():
     # Two connections lock two balance rows in opposite orders; the database
     # picks one as the victim, and its error must read as "run it again".
     for account in ("a", "b"):
-        for_connection(connection).create_balance_row(account, "usd")
+        for_connection(connection).create_balance_row(LedgerBalance, account, "usd")
     both_hold_one = threading.Barrier(2, timeout=10)
 
     def lock(first: str, second: str):
@@ -162,7 +165,7 @@ def test_a_mariadb_claim_never_waits_for_a_row_another_transaction_holds():
     # shared lock). A claim that queued for it would hold a web worker for the whole
     # dispatch; on MariaDB it is answered at once with the row as it stands: busy.
     event = IncomingEvent.from_payload(build_event(id="evt_held"))
-    for_connection(connection).insert_unclaimed(event)
+    for_connection(connection).insert_unclaimed(StripeEvent, event)
     table = connection.ops.quote_name(StripeEvent._meta.db_table)
     holding, release = threading.Event(), threading.Event()
 
@@ -175,7 +178,9 @@ def test_a_mariadb_claim_never_waits_for_a_row_another_transaction_holds():
     other, _ = in_thread(other_transaction)
     assert holding.wait(30)
     ours, result = in_thread(
-        lambda: for_connection(connections["default"]).claim(event, uuid.uuid4(), claimed_by="ours", ttl=300)
+        lambda: for_connection(connections["default"]).claim(
+            StripeEvent, event, uuid.uuid4(), claimed_by="ours", ttl=300
+        )
     )
     ours.join(20)  # far past anything but a lock wait (the server's default is 50 s)
     finished_while_held = not ours.is_alive()
@@ -191,7 +196,7 @@ def test_a_mariadb_claim_never_waits_for_a_row_another_transaction_holds():
 @pytest.mark.only_on("postgresql", reason="SQLSTATE 40001 is PostgreSQL's serialisation failure.")
 def test_a_real_serialisation_failure_is_one_the_backend_retries():
     # A REPEATABLE READ transaction updates a row another committed after its snapshot.
-    for_connection(connection).create_balance_row("a", "usd")
+    for_connection(connection).create_balance_row(LedgerBalance, "a", "usd")
     balances = LedgerBalance.objects.filter(account="a")
 
     def update_what_another_changed_since_the_snapshot():

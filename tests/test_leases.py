@@ -97,9 +97,9 @@ class ReleasedEveryTime:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def claim(self, event, token, **kwargs):
+    def claim(self, model, event, token, **kwargs):
         self.claims += 1
-        row = StripeEvent(event_id=event.id, type=event.type, claim_token=uuid.uuid4(), **self.row)
+        row = model(event_id=event.id, type=event.type, claim_token=uuid.uuid4(), **self.row)
         return ClaimRow(event=row, lease_left=self.lease_left)
 
     lease_left = None
@@ -265,15 +265,15 @@ def test_mysql_without_returning():
 
     backend = WithoutReturning(connections["default"])
     event = verified()
-    first = backend.claim(event, uuid.uuid4(), claimed_by="a", ttl=300)
+    first = backend.claim(StripeEvent, event, uuid.uuid4(), claimed_by="a", ttl=300)
     assert first.event.claim_token is not None
     assert first.event.claimed_by == "a"
     assert 299 < first.lease_left <= 300
-    refused = backend.claim(event, uuid.uuid4(), claimed_by="b", ttl=300)
+    refused = backend.claim(StripeEvent, event, uuid.uuid4(), claimed_by="b", ttl=300)
     assert refused.event.claim_token == first.event.claim_token
     assert StripeEvent.objects.get().attempts == 1
     expire(event.id)
     token = uuid.uuid4()
-    taken = backend.claim(event, token, claimed_by="b", ttl=300)
+    taken = backend.claim(StripeEvent, event, token, claimed_by="b", ttl=300)
     assert (taken.event.claim_token, taken.event.claimed_by) == (token, "b")
     assert StripeEvent.objects.get().attempts == 2

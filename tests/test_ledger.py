@@ -19,7 +19,6 @@ from stripe_idempotency.exceptions import (
     StripeIdempotencyError,
 )
 from stripe_idempotency.factories import StripeEventFactory
-from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.signals import event_received
 from stripe_idempotency.testing import build_event
@@ -49,7 +48,7 @@ def balance(account="cus_1", currency="usd"):
 
 
 def assert_consistent():
-    checks = list(verify_balances())
+    checks = list(LedgerEntry.objects.verify_balances())
     assert all(check.ok for check in checks), checks
 
 

@@ -11,7 +11,6 @@ import pytest
 from django.db import connection, connections, transaction
 
 from stripe_idempotency.exceptions import InsufficientFunds
-from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerEntry
 from tests.concurrency import close_connections_and_pools
 
@@ -112,7 +111,7 @@ def test_every_reference_credited_once_per_account_under_contention():
             LedgerEntry.objects.filter(account=account).values_list("reference", flat=True)
         ) == sorted(f"cs_{n}" for n in range(REFERENCES))
         assert LedgerEntry.objects.balance(account=account, currency="usd") == expected
-    checks = list(verify_balances())
+    checks = list(LedgerEntry.objects.verify_balances())
     assert [(c.account, c.entries, c.balance, c.total, c.chain_break) for c in checks] == [
         ("cus_hot", REFERENCES, expected, expected, None),
         ("cus_other", REFERENCES, expected, expected, None),
@@ -132,7 +131,7 @@ def test_concurrent_debits_never_take_the_balance_below_zero():
     assert outcomes == {("debit", "cus_1", "created"): 142, ("debit", "cus_1", "refused"): 258}
     assert LedgerEntry.objects.balance(account="cus_1", currency="usd") == 6
     assert min(LedgerEntry.objects.values_list("balance_after", flat=True)) == 6
-    assert all(check.ok for check in verify_balances())
+    assert all(check.ok for check in LedgerEntry.objects.verify_balances())
 
 
 def _first_credits_in_transactions(worker, accounts, start, queue):
@@ -188,4 +187,4 @@ def test_first_credits_to_new_accounts_in_callers_transactions_never_deadlock():
     assert outcomes == {"created": WORKERS * len(accounts)}
     for account in accounts:
         assert LedgerEntry.objects.balance(account=account, currency="usd") == 5 * WORKERS
-    assert all(check.ok for check in verify_balances())
+    assert all(check.ok for check in LedgerEntry.objects.verify_balances())

@@ -9,6 +9,10 @@ decide what those results mean; a backend only says its SQL.
 Finding claimable events needs no vendor SQL (the ORM says it, on the database
 clock, through the index): it is :meth:`StripeEventQuerySet.claimable
 <stripe_idempotency.models.StripeEventQuerySet.claimable>`.
+
+A backend is handed the table it works on (``model``, the first argument of each operation,
+as Django's schema editor is), and imports no model: the models sit above the backends, and
+the ledger's manager uses them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache, lru_cache
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from django.db import OperationalError
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -27,8 +31,10 @@ from django.db.models.expressions import Col
 from django.db.models.functions import Now
 
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 from stripe_idempotency.sql import concrete_field, quoted_columns
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 
 Row = Sequence[Any]
 
@@ -49,24 +55,29 @@ class DatabaseBackend(Protocol):
         """Django's ``connection.vendor`` for the databases this backend serves."""
         ...
 
-    def claim(self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float) -> ClaimRow:
-        """Store ``event`` claimed under ``token``, or take its row over if it is claimable.
+    def claim(
+        self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> ClaimRow:
+        """Store ``event`` claimed under ``token`` in ``model``'s table, or take its row over if it
+        is claimable.
 
         One atomic statement (or a retried pair on MySQL), in autocommit. The
         returned row says who holds the event now: ``token`` if the claim won.
         """
         ...
 
-    def complete(self, pk: int, token: uuid.UUID) -> bool:
+    def complete(self, model: type[StripeEvent], pk: int, token: uuid.UUID) -> bool:
         """Mark the event processed if ``token`` still holds it; ``False`` if it does not (the fence)."""
         ...
 
-    def release(self, pk: int, token: uuid.UUID, error: str, *, retry_in: float) -> bool:
+    def release(
+        self, model: type[StripeEvent], pk: int, token: uuid.UUID, error: str, *, retry_in: float
+    ) -> bool:
         """Clear the claim ``token`` holds, recording ``error`` and the reaper's next attempt,
         ``retry_in`` seconds from now on the database clock; ``False`` if it no longer held it."""
         ...
 
-    def insert_unclaimed(self, event: IncomingEvent) -> bool:
+    def insert_unclaimed(self, model: type[StripeEvent], event: IncomingEvent) -> bool:
         """Store ``event`` unclaimed unless its id is stored; ``True`` if this call stored it."""
         ...
 
@@ -76,12 +87,14 @@ class DatabaseBackend(Protocol):
         because this database's insert has no cheap way to say "it existed"."""
         ...
 
-    def apply_in_one_statement(self, entry: LedgerEntry, allow_negative: bool) -> bool:
-        """Lock the balance, insert ``entry`` and move the balance in one statement, if this
-        database can; ``False`` when nothing was written (the general path decides)."""
+    def apply_in_one_statement(
+        self, entry: LedgerEntry, balances: type[LedgerBalance], *, allow_negative: bool
+    ) -> bool:
+        """Lock the balance (a row of ``balances``), insert ``entry`` and move the balance in one
+        statement, if this database can; ``False`` when nothing was written (the general path decides)."""
         ...
 
-    def create_balance_row(self, account: str, currency: str) -> None:
+    def create_balance_row(self, model: type[LedgerBalance], account: str, currency: str) -> None:
         """Insert the (account, currency) balance row at 0 unless it exists, taking no lock
         that a later ``SELECT ... FOR UPDATE`` would have to upgrade."""
         ...
@@ -122,77 +135,81 @@ class SQLBackend:
             sql = _statements[full_key] = build()
         return sql
 
-    def event_statement(self, template: str, **parts: str) -> str:
+    def event_statement(self, model: type[StripeEvent], template: str, **parts: str) -> str:
         """``template`` over the events table: ``{table}``, ``{inserted}``, ``{columns}``, ``{now}``
         and each of ``parts`` (which may use the first and last of those themselves)."""
 
         def build() -> str:
-            table = self.connection.ops.quote_name(StripeEvent._meta.db_table)
+            table = self.connection.ops.quote_name(model._meta.db_table)
             names = {"table": table, "now": self.now}
             return template.format(
                 inserted=INSERTED,
-                columns=quoted_columns(self.connection, returned_fields()),
+                columns=quoted_columns(self.connection, returned_fields(model)),
                 **names,
                 **{name: part.format(**names) for name, part in parts.items()},
             )
 
-        return self.statement((template, *sorted(parts.items())), build)
+        return self.statement((model, template, *sorted(parts.items())), build)
 
     def prepare(self, model: type[Any], name: str, value: Any) -> Any:
         """``value`` as the database stores ``model.name`` (a UUID as hex on MySQL, JSON as text...)."""
         return concrete_field(model, name).get_db_prep_save(value, self.connection)
 
-    def event_params(self, event: IncomingEvent) -> dict[str, Any]:
+    def event_params(self, model: type[StripeEvent], event: IncomingEvent) -> dict[str, Any]:
         """The event's own columns, as every backend's insert takes them."""
         return {
             "event_id": event.id,
             "type": event.type,
             "livemode": event.livemode,
             "api_version": event.api_version or "",
-            "created": self.prepare(StripeEvent, "created", event.created),
-            "payload": self.prepare(StripeEvent, "payload", event.payload),
+            "created": self.prepare(model, "created", event.created),
+            "payload": self.prepare(model, "payload", event.payload),
             "endpoint": event.endpoint,
             "account": event.account,
             "object_id": event.object_id,
         }
 
-    def claim_params(self, event: IncomingEvent, token: uuid.UUID, claimed_by: str) -> dict[str, Any]:
+    def claim_params(
+        self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, claimed_by: str
+    ) -> dict[str, Any]:
         """A claim's parameters but its lease's length, which each backend encodes its own way."""
         return {
-            **self.event_params(event),
+            **self.event_params(model, event),
             "claimed_by": claimed_by,
-            "token": self.prepare(StripeEvent, "claim_token", token),
+            "token": self.prepare(model, "claim_token", token),
         }
 
-    def claim_row(self, row: Row | None, payload: dict[str, Any]) -> ClaimRow:
+    def claim_row(self, model: type[StripeEvent], row: Row | None, payload: dict[str, Any]) -> ClaimRow:
         """A claim statement's row (every returned column, then the lease left) as a model instance."""
         if row is None:
             # The upsert either inserts, updates or finds the row; only a delete
             # racing with it could leave nothing.
             raise LookupError("The event's row vanished while it was being claimed.")
         values = []
-        for (column, converters), value in zip(_row_converters(self.connection), row, strict=False):
+        for (column, converters), value in zip(_row_converters(self.connection, model), row, strict=False):
             for converter in converters:
                 value = converter(value, column, self.connection)
             values.append(value)
-        event = StripeEvent.from_db(self.connection.alias, returned_attnames(), values)
+        event = model.from_db(self.connection.alias, returned_attnames(model), values)
         event.payload = payload
-        lease_left = row[len(returned_fields())]
+        lease_left = row[len(returned_fields(model))]
         return ClaimRow(event, None if lease_left is None else float(lease_left))
 
     # -- the portable operations ------------------------------------------------------------
 
-    def complete(self, pk: int, token: uuid.UUID) -> bool:
+    def complete(self, model: type[StripeEvent], pk: int, token: uuid.UUID) -> bool:
         # Every delivery runs this: built once, not compiled by the ORM each time.
-        sql = self.event_statement(_COMPLETE)
+        sql = self.event_statement(model, _COMPLETE)
         with self.connection.cursor() as cursor:
-            cursor.execute(sql, {"pk": pk, "token": self.prepare(StripeEvent, "claim_token", token)})
+            cursor.execute(sql, {"pk": pk, "token": self.prepare(model, "claim_token", token)})
             updated: int = cursor.rowcount
         return updated == 1
 
-    def release(self, pk: int, token: uuid.UUID, error: str, *, retry_in: float) -> bool:
+    def release(
+        self, model: type[StripeEvent], pk: int, token: uuid.UUID, error: str, *, retry_in: float
+    ) -> bool:
         updated = (
-            StripeEvent.objects.using(self.connection.alias)
+            model.objects.using(self.connection.alias)
             .filter(pk=pk, claim_token=token)
             .update(
                 claim_expires_at=None,
@@ -203,18 +220,22 @@ class SQLBackend:
         )
         return updated == 1
 
-    def apply_in_one_statement(self, entry: LedgerEntry, allow_negative: bool) -> bool:
+    def apply_in_one_statement(
+        self, entry: LedgerEntry, balances: type[LedgerBalance], *, allow_negative: bool
+    ) -> bool:
         return False
 
-    def create_balance_row(self, account: str, currency: str) -> None:
+    def create_balance_row(self, model: type[LedgerBalance], account: str, currency: str) -> None:
         # ON CONFLICT DO NOTHING: the conflict check leaves no lock behind.
-        LedgerBalance.objects.using(self.connection.alias).bulk_create(
-            [LedgerBalance(account=account, currency=currency, balance=0)], ignore_conflicts=True
+        model.objects.using(self.connection.alias).bulk_create(
+            [model(account=account, currency=currency, balance=0)], ignore_conflicts=True
         )
 
     def entry_params(self, entry: LedgerEntry) -> list[Any]:
         """Every non-key column of ``entry``, prepared, in :func:`entry_fields` order."""
-        return [f.get_db_prep_save(getattr(entry, f.attname), self.connection) for f in entry_fields()]
+        return [
+            f.get_db_prep_save(getattr(entry, f.attname), self.connection) for f in entry_fields(type(entry))
+        ]
 
     def saved(self, entry: LedgerEntry, pk: Any) -> None:
         """Mark ``entry`` as the stored row ``pk``, as the ORM's own insert would."""
@@ -228,26 +249,29 @@ class InsertOnConflictDoNothing(SQLBackend):
 
     __slots__ = ()
 
-    def insert_unclaimed(self, event: IncomingEvent) -> bool:
+    def insert_unclaimed(self, model: type[StripeEvent], event: IncomingEvent) -> bool:
         with self.connection.cursor() as cursor:
-            cursor.execute(self.event_statement(_INSERT_UNCLAIMED_ON_CONFLICT), self.event_params(event))
+            sql = self.event_statement(model, _INSERT_UNCLAIMED_ON_CONFLICT)
+            cursor.execute(sql, self.event_params(model, event))
             return cursor.fetchone() is not None
 
     def insert_entry(self, entry: LedgerEntry) -> bool:
         # The unique constraint decides, in one statement: no savepoint, no
         # error. (A NULL reference never conflicts.)
+        model = type(entry)
+
         def build() -> str:
             quote = self.connection.ops.quote_name
             return (
-                f"INSERT INTO {quote(LedgerEntry._meta.db_table)} "
-                f"({quoted_columns(self.connection, entry_fields())}) "
-                f"VALUES ({', '.join(['%s'] * len(entry_fields()))}) "
-                f"ON CONFLICT ({quoted_columns(self.connection, reference_scope())}) DO NOTHING "
-                f"RETURNING {quoted_columns(self.connection, [LedgerEntry._meta.pk])}"
+                f"INSERT INTO {quote(model._meta.db_table)} "
+                f"({quoted_columns(self.connection, entry_fields(model))}) "
+                f"VALUES ({', '.join(['%s'] * len(entry_fields(model)))}) "
+                f"ON CONFLICT ({quoted_columns(self.connection, reference_scope(model))}) DO NOTHING "
+                f"RETURNING {quoted_columns(self.connection, [model._meta.pk])}"
             )
 
         with self.connection.cursor() as cursor:
-            cursor.execute(self.statement(("insert_entry",), build), self.entry_params(entry))
+            cursor.execute(self.statement(("insert_entry", model), build), self.entry_params(entry))
             row = cursor.fetchone()
         if row is None:
             return False
@@ -292,37 +316,42 @@ _INSERT_UNCLAIMED_ON_CONFLICT = (
 )
 
 
+# The column lists below are worked out once per model: a model's fields do not change.
+
+
 @cache
-def returned_fields() -> tuple[Field[Any, Any], ...]:
+def returned_fields(model: type[StripeEvent]) -> tuple[Field[Any, Any], ...]:
     """The columns a claim returns: every one but the payload (the caller holds it decoded)."""
-    return tuple(f for f in StripeEvent._meta.concrete_fields if f.name != "payload")
+    return tuple(f for f in model._meta.concrete_fields if f.name != "payload")
 
 
 @cache
-def returned_attnames() -> list[str]:
+def returned_attnames(model: type[StripeEvent]) -> list[str]:
     # Cached, so the same list serves every call: never mutate it.
-    return [f.attname for f in returned_fields()]
+    return [f.attname for f in returned_fields(model)]
 
 
 @cache
-def entry_fields() -> tuple[Field[Any, Any], ...]:
+def entry_fields(model: type[LedgerEntry]) -> tuple[Field[Any, Any], ...]:
     """A ledger entry's columns as the backends insert them: all but the primary key."""
-    return tuple(f for f in LedgerEntry._meta.concrete_fields if not f.primary_key)
+    return tuple(f for f in model._meta.concrete_fields if not f.primary_key)
 
 
 @cache
-def reference_scope() -> tuple[Field[Any, Any], ...]:
+def reference_scope(model: type[LedgerEntry]) -> tuple[Field[Any, Any], ...]:
     """The columns of the unique constraint that makes a reference idempotent."""
-    return tuple(concrete_field(LedgerEntry, n) for n in ("account", "currency", "entry_type", "reference"))
+    return tuple(concrete_field(model, n) for n in ("account", "currency", "entry_type", "reference"))
 
 
 # Keyed by the connection object (one per thread and alias), whose backend's
 # converters these are; a handful of entries live, the bound only guards churn.
 @lru_cache(maxsize=64)
-def _row_converters(connection: BaseDatabaseWrapper) -> tuple[tuple[Col, tuple[Any, ...]], ...]:
+def _row_converters(
+    connection: BaseDatabaseWrapper, model: type[StripeEvent]
+) -> tuple[tuple[Col, tuple[Any, ...]], ...]:
     """Each returned column with the converters the ORM would apply to it, worked out once."""
-    table = StripeEvent._meta.db_table
-    columns = [field.get_col(table) for field in returned_fields()]
+    table = model._meta.db_table
+    columns = [field.get_col(table) for field in returned_fields(model)]
     return tuple(
         (column, (*connection.ops.get_db_converters(column), *column.field.get_db_converters(connection)))
         for column in columns

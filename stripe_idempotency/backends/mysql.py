@@ -30,10 +30,10 @@ import random
 import time
 import uuid
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import NOT_PROVIDED
+from django.db.models import NOT_PROVIDED, Model
 
 from stripe_idempotency.backends.base import (
     CLAIMABLE,
@@ -44,8 +44,10 @@ from stripe_idempotency.backends.base import (
     returned_attnames,
 )
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.models import LEDGER_WRITE, LedgerBalance, LedgerEntry
 from stripe_idempotency.sql import concrete_field, quoted_columns
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 
 LOCK_WAIT_TIMEOUT = 1205
 DEADLOCK = 1213
@@ -73,33 +75,35 @@ class MySQLBackend(SQLBackend):
         """Whether an upsert can return its row (MariaDB 10.5+)."""
         return self.is_mariadb and self.connection.mysql_version >= (10, 5)  # type: ignore[attr-defined]
 
-    def claim(self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float) -> ClaimRow:
+    def claim(
+        self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> ClaimRow:
         """A plain read first; the upsert only for a new or claimable event, and never waiting for a lock.
 
         The upsert still decides every claim, so a race between the read and
         the upsert changes nothing. A row that another transaction holds
         locked is being worked on: the claim is answered from the read (busy).
         """
-        params = self.upsert_params(event, token, claimed_by=claimed_by, ttl=ttl)
-        return self.claim_row(self._claim(params), event.payload)
+        params = self.upsert_params(model, event, token, claimed_by=claimed_by, ttl=ttl)
+        return self.claim_row(model, self._claim(model, params), event.payload)
 
     def upsert_params(
-        self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
+        self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
     ) -> dict[str, Any]:
         """The parameters of :meth:`upsert_statement` (the lease in whole microseconds)."""
-        return {**self.claim_params(event, token, claimed_by), "ttl_us": round(ttl * 1_000_000)}
+        return {**self.claim_params(model, event, token, claimed_by), "ttl_us": round(ttl * 1_000_000)}
 
-    def _claim(self, params: dict[str, Any]) -> Row | None:
+    def _claim(self, model: type[StripeEvent], params: dict[str, Any]) -> Row | None:
         returning = self.has_returning
-        upsert = self.upsert_statement()
-        read = self.event_statement(_READ)
+        upsert = self.upsert_statement(model)
+        read = self.event_statement(model, _READ)
         existing: Row | None = None
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
                 with self.connection.cursor() as cursor:
                     cursor.execute(read, {"event_id": params["event_id"]})
                     existing = cursor.fetchone()
-                    if existing is not None and _refused(existing):
+                    if existing is not None and _refused(model, existing):
                         return existing
                     cursor.execute(upsert, params)
                     if not returning:
@@ -115,62 +119,62 @@ class MySQLBackend(SQLBackend):
                 time.sleep(random.uniform(0, _CLAIM_RETRY_BASE_SECONDS * 2**attempt))
         raise AssertionError("unreachable")
 
-    def upsert_statement(self) -> str:
+    def upsert_statement(self, model: type[StripeEvent]) -> str:
         """The claim's upsert: returning the row where it can, and on MariaDB never waiting for a lock."""
         template = _UPSERT_RETURNING if self.has_returning else _UPSERT
         if self.is_mariadb:
             template = "SET STATEMENT innodb_lock_wait_timeout=0 FOR " + template
-        return self.event_statement(template, claimable=CLAIMABLE.replace("{t}", "{table}"))
+        return self.event_statement(model, template, claimable=CLAIMABLE.replace("{t}", "{table}"))
 
-    def insert_unclaimed(self, event: IncomingEvent) -> bool:
+    def insert_unclaimed(self, model: type[StripeEvent], event: IncomingEvent) -> bool:
         # A plain insert whose duplicate-key error says "stored already": the
         # upsert's affected-row count cannot (Django connects with FOUND_ROWS,
         # so a no-op update counts 1, as an insert does), and INSERT IGNORE
         # would hide other errors too.
-        sql = self.event_statement(_INSERT_UNCLAIMED)
+        sql = self.event_statement(model, _INSERT_UNCLAIMED)
         # In autocommit a failed statement costs nothing more; in a transaction, a savepoint.
         in_transaction = self.connection.in_atomic_block
         scope = transaction.atomic(using=self.connection.alias) if in_transaction else nullcontext()
         try:
             with scope, self.connection.cursor() as cursor:
-                cursor.execute(sql, self.event_params(event))
+                cursor.execute(sql, self.event_params(model, event))
         except IntegrityError as exc:
             if exc.args[0] != _DUPLICATE_KEY:
                 raise
             return False
         return True
 
-    def create_balance_row(self, account: str, currency: str) -> None:
+    def create_balance_row(self, model: type[LedgerBalance], account: str, currency: str) -> None:
         """An ignored duplicate insert (``INSERT IGNORE``) would leave a shared lock on the row, which
         the ``SELECT ... FOR UPDATE`` that follows must upgrade: two first writers doing that at once
         deadlock, and inside a receiver's transaction a deadlock cannot be retried. A no-op
         ``ON DUPLICATE KEY UPDATE`` takes the exclusive lock at once instead."""
-        row = LedgerBalance(account=account, currency=currency, balance=0)
-        fields = [f for f in LedgerBalance._meta.concrete_fields if not f.primary_key]
+        row = model(account=account, currency=currency, balance=0)
+        fields = [f for f in model._meta.concrete_fields if not f.primary_key]
 
         def build() -> str:
-            balance = quoted_columns(self.connection, [concrete_field(LedgerBalance, "balance")])
+            balance = quoted_columns(self.connection, [concrete_field(model, "balance")])
             return (
-                f"INSERT INTO {self.connection.ops.quote_name(LedgerBalance._meta.db_table)} "
+                f"INSERT INTO {self.connection.ops.quote_name(model._meta.db_table)} "
                 f"({quoted_columns(self.connection, fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
                 f"ON DUPLICATE KEY UPDATE {balance} = {balance}"
             )
 
         params = [f.get_db_prep_save(f.pre_save(row, add=True), self.connection) for f in fields]
         with self.connection.cursor() as cursor:
-            cursor.execute(self.statement(("create_balance_row",), build), params)
+            cursor.execute(self.statement(("create_balance_row", model), build), params)
 
     def insert_entry(self, entry: LedgerEntry) -> bool:
         using = self.connection.alias
         if entry.reference is None:
-            entry.save(using=using, force_insert=True, ledger_write=LEDGER_WRITE)
+            _insert(entry, using)
             return True
         try:
             # The reference was looked up under the balance's lock; only a writer
             # that did not take that lock can have written it since, and then only
             # the savepoint rolls back.
             with transaction.atomic(using=using):
-                entry.save(using=using, force_insert=True, ledger_write=LEDGER_WRITE)
+                _insert(entry, using)
         except IntegrityError as exc:
             if exc.args[0] != _DUPLICATE_KEY:
                 raise
@@ -182,9 +186,15 @@ class MySQLBackend(SQLBackend):
         return bool(error.args) and error.args[0] in (LOCK_WAIT_TIMEOUT, DEADLOCK)
 
 
-def _refused(row: Row) -> bool:
+def _insert(entry: LedgerEntry, using: str) -> None:
+    # Model.save itself: LedgerEntry.save refuses every caller, so that no code but the
+    # ledger's writes an entry (and none changes one).
+    Model.save(entry, using=using, force_insert=True)
+
+
+def _refused(model: type[StripeEvent], row: Row) -> bool:
     """Whether a read row is processed or under a live lease: no claim could take it now."""
-    processed_at = row[returned_attnames().index("processed_at")]
+    processed_at = row[returned_attnames(model).index("processed_at")]
     lease_left = row[-1]
     return processed_at is not None or (lease_left is not None and lease_left > 0)
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.db import OperationalError
 
@@ -24,8 +25,10 @@ from stripe_idempotency.backends.base import (
     reference_scope,
 )
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.models import LedgerBalance, LedgerEntry
 from stripe_idempotency.sql import column, concrete_field, quoted_columns
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
 
 # Serialisation failure and deadlock: the transaction may simply be run again.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
@@ -37,29 +40,39 @@ class PostgreSQLBackend(InsertOnConflictDoNothing):
 
     __slots__ = ()
 
-    def claim(self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float) -> ClaimRow:
-        params = {**self.claim_params(event, token, claimed_by), "ttl": ttl}
+    def claim(
+        self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> ClaimRow:
+        params = {**self.claim_params(model, event, token, claimed_by), "ttl": ttl}
         with self.connection.cursor() as cursor:
-            cursor.execute(self.event_statement(_CLAIM, claimable=CLAIMABLE.replace("{t}", "e")), params)
+            cursor.execute(
+                self.event_statement(model, _CLAIM, claimable=CLAIMABLE.replace("{t}", "e")), params
+            )
             row: Row | None = cursor.fetchone()
             if row is None:
                 # The conflicting row was inserted by a transaction that committed
                 # after this statement took its snapshot: the upsert saw it (and was
                 # refused), the SELECT could not. A new statement sees it.
-                cursor.execute(self.event_statement(_READ), {"event_id": event.id})
+                cursor.execute(self.event_statement(model, _READ), {"event_id": event.id})
                 row = cursor.fetchone()
-        return self.claim_row(row, event.payload)
+        return self.claim_row(model, row, event.payload)
 
-    def apply_in_one_statement(self, entry: LedgerEntry, allow_negative: bool) -> bool:
+    def apply_in_one_statement(
+        self, entry: LedgerEntry, balances: type[LedgerBalance], *, allow_negative: bool
+    ) -> bool:
         # A credit never overdraws; a debit may only where allowed (the general path's rule).
         may_go_negative = allow_negative or entry.amount > 0
+        entries = type(entry)
         params = [
             entry.amount if field.name == "balance_after" else param
-            for field, param in zip(entry_fields(), self.entry_params(entry), strict=True)
+            for field, param in zip(entry_fields(entries), self.entry_params(entry), strict=True)
         ]
         with self.connection.cursor() as cursor:
             cursor.execute(
-                self.statement(("apply_in_one_statement",), self._one_statement),
+                self.statement(
+                    ("apply_in_one_statement", entries, balances),
+                    lambda: self._one_statement(entries, balances),
+                ),
                 [entry.account, entry.currency, *params, may_go_negative, entry.amount],
             )
             row = cursor.fetchone()
@@ -69,26 +82,27 @@ class PostgreSQLBackend(InsertOnConflictDoNothing):
         entry.balance_after = row[1]
         return True
 
-    def _one_statement(self) -> str:
+    def _one_statement(self, entries: type[LedgerEntry], balances: type[LedgerBalance]) -> str:
         """Lock the balance; insert the entry unless it overdraws or its reference exists; move the
         balance by what was inserted. Returns the entry's id and balance_after, or no row."""
         connection = self.connection
         quote = connection.ops.quote_name
-        balance_table = quote(LedgerBalance._meta.db_table)
+        balance_table = quote(balances._meta.db_table)
         balance, account, currency, updated_at = (
-            quote(column(concrete_field(LedgerBalance, name)))
+            quote(column(concrete_field(balances, name)))
             for name in ("balance", "account", "currency", "updated_at")
         )
+        fields = entry_fields(entries)
         # balance_after is the locked balance plus the amount; every other column a parameter.
-        values = [f"locked.{balance} + %s" if f.name == "balance_after" else "%s" for f in entry_fields()]
-        returned = [LedgerEntry._meta.pk, concrete_field(LedgerEntry, "balance_after")]
+        values = [f"locked.{balance} + %s" if f.name == "balance_after" else "%s" for f in fields]
+        returned = [entries._meta.pk, concrete_field(entries, "balance_after")]
         return (
             f"WITH locked AS ("
             f"SELECT id, {balance} FROM {balance_table} WHERE {account} = %s AND {currency} = %s FOR UPDATE"
             f"), inserted AS ("
-            f"INSERT INTO {quote(LedgerEntry._meta.db_table)} ({quoted_columns(connection, entry_fields())}) "
+            f"INSERT INTO {quote(entries._meta.db_table)} ({quoted_columns(connection, fields)}) "
             f"SELECT {', '.join(values)} FROM locked WHERE %s OR locked.{balance} + %s >= 0 "
-            f"ON CONFLICT ({quoted_columns(connection, reference_scope())}) DO NOTHING "
+            f"ON CONFLICT ({quoted_columns(connection, reference_scope(entries))}) DO NOTHING "
             f"RETURNING {quoted_columns(connection, returned)}"
             f"), moved AS ("
             f"UPDATE {balance_table} "

@@ -10,11 +10,15 @@ stores datetimes in.
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.db import OperationalError
 
 from stripe_idempotency.backends.base import CLAIMABLE, ClaimRow, InsertOnConflictDoNothing, Row
 from stripe_idempotency.events import IncomingEvent
+
+if TYPE_CHECKING:
+    from stripe_idempotency.models import StripeEvent
 
 _NOW = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
 
@@ -25,18 +29,20 @@ class SQLiteBackend(InsertOnConflictDoNothing):
 
     __slots__ = ()
 
-    def claim(self, event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float) -> ClaimRow:
+    def claim(
+        self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> ClaimRow:
         # SQLite adds time as a modifier string: '+300.000000 seconds'.
-        params = {**self.claim_params(event, token, claimed_by), "ttl": f"+{ttl:.6f} seconds"}
+        params = {**self.claim_params(model, event, token, claimed_by), "ttl": f"+{ttl:.6f} seconds"}
         with self.connection.cursor() as cursor:
             cursor.execute(
-                self.event_statement(_CLAIM, claimable=CLAIMABLE.replace("{t}", "{table}")), params
+                self.event_statement(model, _CLAIM, claimable=CLAIMABLE.replace("{t}", "{table}")), params
             )
             row: Row | None = cursor.fetchone()
             if row is None:
-                cursor.execute(self.event_statement(_READ), {"event_id": event.id})
+                cursor.execute(self.event_statement(model, _READ), {"event_id": event.id})
                 row = cursor.fetchone()
-        return self.claim_row(row, event.payload)
+        return self.claim_row(model, row, event.payload)
 
     def is_retryable(self, error: OperationalError) -> bool:
         # "database is locked": the busy timeout ran out behind another writer.

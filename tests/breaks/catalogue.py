@@ -596,12 +596,12 @@ BREAKS: tuple[Break, ...] = (
                 LEDGER,
                 "        entry.balance_after = balance_after\n        if not backend.insert_entry(entry):",
                 "        entry.balance_after = balance_after\n"
-                "        LedgerBalance.objects.using(using).filter(pk=row.pk).update(balance=balance_after)\n"
+                "        balances.objects.using(using).filter(pk=row.pk).update(balance=balance_after)\n"
                 "        if not backend.insert_entry(entry):",
             ),
             Edit(
                 LEDGER,
-                "        LedgerBalance.objects.using(using).filter(pk=row.pk).update("
+                "        balances.objects.using(using).filter(pk=row.pk).update("
                 "balance=balance_after, updated_at=Now())\n",
                 "",
             ),
@@ -616,8 +616,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 LEDGER,
-                "balances = LedgerBalance.objects.using(using).select_for_update()",
-                "balances = LedgerBalance.objects.using(using)",
+                "locked = balances.objects.using(using).select_for_update()",
+                "locked = balances.objects.using(using)",
             ),
             Edit(PG, ' AND {currency} = %s FOR UPDATE"', ' AND {currency} = %s"'),
         ),
@@ -671,7 +671,7 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 MY,
-                "                    if existing is not None and _refused(existing):\n"
+                "                    if existing is not None and _refused(model, existing):\n"
                 "                        return existing\n",
                 "",
             ),
@@ -688,8 +688,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 MY,
-                'f"INSERT INTO {self.connection.ops.quote_name(LedgerBalance._meta.db_table)} "',
-                'f"INSERT IGNORE INTO {self.connection.ops.quote_name(LedgerBalance._meta.db_table)} "',
+                'f"INSERT INTO {self.connection.ops.quote_name(model._meta.db_table)} "',
+                'f"INSERT IGNORE INTO {self.connection.ops.quote_name(model._meta.db_table)} "',
             ),
             Edit(MY, 'f"ON DUPLICATE KEY UPDATE {balance} = {balance}"', '""'),
         ),

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from stripe_idempotency.ledger import AccountCheck, verify_balances
+from stripe_idempotency.ledger import AccountCheck
+from stripe_idempotency.models import LedgerEntry
 
 PROGRESS_EVERY = 10_000
 
@@ -28,7 +29,7 @@ class Command(BaseCommand):
     def handle(self, *, account: str | None, database: str | None, verbosity: int, **options: Any) -> None:
         checked = entries = 0
         bad: list[AccountCheck] = []
-        for check in verify_balances(account=account, using=database):
+        for check in LedgerEntry.objects.verify_balances(account=account, using=database):
             checked += 1
             entries += check.entries
             if not check.ok:

@@ -32,7 +32,6 @@ from django.urls import reverse
 from example_project.mail import backend_settings
 from example_project.shop.models import Cancellation, Fulfilment
 from stripe_idempotency.conf import app_settings
-from stripe_idempotency.ledger import verify_balances
 from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
 
@@ -179,7 +178,7 @@ REFUND = 500
 
 
 def _ledger_ok(account: str) -> bool:
-    return all(check.ok for check in verify_balances(account=account))
+    return all(check.ok for check in LedgerEntry.objects.verify_balances(account=account))
 
 
 def _expected_balances(burst: list[dict[str, Any]]) -> dict[str, int]:
