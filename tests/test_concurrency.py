@@ -206,10 +206,10 @@ def test_a_duplicate_whose_read_raced_the_claim_does_not_wait_for_the_receivers(
     def raced_upsert(payload):
         backend = MySQLBackend(connections["default"])  # this thread's own connection
         event = IncomingEvent.from_payload(payload)
-        params = backend.upsert_params(event, uuid.uuid4(), claimed_by="racer", ttl=300)
+        params = backend.upsert_params(StripeEvent, event, uuid.uuid4(), claimed_by="racer", ttl=300)
         with backend.connection.cursor() as cursor:
             try:
-                cursor.execute(backend.upsert_statement(), params)
+                cursor.execute(backend.upsert_statement(StripeEvent), params)
             except OperationalError as exc:
                 return exc.args[0]
             return "upserted"
