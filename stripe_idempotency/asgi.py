@@ -28,6 +28,7 @@ from typing import Any
 from stripe_idempotency import outcomes
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.outcomes import Rejected
+from stripe_idempotency.signals import aannounce, event_rejected
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -104,9 +105,9 @@ def _declared_length(scope: Scope) -> int:
 
 
 async def _refuse(send: Send) -> None:
-    # Imported here: this module may be imported before Django's apps are ready.
+    # Imported here: an ASGI module wraps the application before Django's apps are ready,
+    # and a model cannot be imported until they are.
     from stripe_idempotency.models import StripeEvent
-    from stripe_idempotency.signals import aannounce, event_rejected
 
     await aannounce(event_rejected, StripeEvent, code="body_too_large")
     await send(

@@ -16,9 +16,13 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 from django.utils.module_loading import import_string
 
+from stripe_idempotency import queueing
+from stripe_idempotency.backends import SUPPORTED_VENDORS, mysql
 from stripe_idempotency.conf import DEFAULTS, PROCESSING_MODES, SETTINGS_NAME
 from stripe_idempotency.endpoints import ENDPOINT_KEYS, ENDPOINT_NAME, PAYLOAD_FAMILIES
 from stripe_idempotency.event_types import known_event_types
+from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.ordering import MODES
 from stripe_idempotency.signals import connected_types
 
 _ID = "stripe_idempotency.{}"
@@ -226,8 +230,6 @@ def _check_health_tokens(raw: dict[str, Any]) -> list[CheckMessage]:
 
 
 def _check_ordering(rules: Any) -> list[CheckMessage]:
-    from stripe_idempotency.ordering import MODES
-
     valid = isinstance(rules, dict) and all(
         isinstance(pattern, str) and pattern and mode in MODES for pattern, mode in rules.items()
     )
@@ -306,9 +308,7 @@ def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
 def _check_tasks_backend() -> list[CheckMessage]:
     """Deferred through Django's Tasks framework: a configuration that would run the task in
     the request (or not at all) answers Stripe ``accepted`` and then does the work anyway."""
-    from stripe_idempotency.tasks import tasks_framework
-
-    framework = tasks_framework()
+    framework = queueing.tasks_framework()
     assert framework is not None  # _check_enqueue reported its absence
     messages: list[CheckMessage] = []
     if framework.__name__ == "django_tasks" and "django_tasks" not in settings.INSTALLED_APPS:
@@ -319,8 +319,8 @@ def _check_tasks_backend() -> list[CheckMessage]:
                 id=_ID.format("W010"),
             )
         )
-    tasks = getattr(settings, "TASKS", None)
-    default = tasks.get("default", {}) if isinstance(tasks, dict) else {}
+    tasks_setting = getattr(settings, "TASKS", None)
+    default = tasks_setting.get("default", {}) if isinstance(tasks_setting, dict) else {}
     backend = default.get("BACKEND", "") if isinstance(default, dict) else ""
     if not backend or backend.rpartition(".")[2] == "ImmediateBackend":
         messages.append(
@@ -362,9 +362,7 @@ def _check_tasks_backend() -> list[CheckMessage]:
 
 
 def _check_enqueue(path: Any) -> list[CheckMessage]:
-    from stripe_idempotency.tasks import tasks_framework
-
-    if path == DEFAULTS["ENQUEUE"] and tasks_framework() is None:
+    if path == DEFAULTS["ENQUEUE"] and queueing.tasks_framework() is None:
         return [
             Error(
                 f"{SETTINGS_NAME}['PROCESSING'] is 'deferred', but Django's Tasks framework is missing.",
@@ -436,8 +434,6 @@ def _check_numbers(raw: dict[str, Any]) -> list[CheckMessage]:
 def check_sqlite_transaction_mode(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from stripe_idempotency.models import StripeEvent
-
     alias = router.db_for_write(StripeEvent)
     database = settings.DATABASES.get(alias, {})
     if not database.get("ENGINE", "").endswith("sqlite3"):
@@ -464,8 +460,6 @@ def check_database_support(
     Without it the first delivery would fail; this says so at deploy time.
     Needs no connection: a backend is chosen by the engine's ``vendor``.
     """
-    from stripe_idempotency.backends import SUPPORTED_VENDORS
-
     messages: list[CheckMessage] = []
     for alias in sorted(_writable_aliases()):
         vendor = connections[alias].vendor
@@ -504,8 +498,6 @@ def check_identifier_collations(
     the live columns. A warning, not an error, so that ``migrate`` itself can still run and fix it.
     """
     from django.apps import apps
-
-    from stripe_idempotency.backends import mysql
 
     messages: list[CheckMessage] = []
     for alias in sorted(set(databases or ()) & _writable_aliases()):

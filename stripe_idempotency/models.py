@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from stripe_idempotency import fetching
+from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import is_thin
 from stripe_idempotency.exceptions import LedgerEntryImmutable
 from stripe_idempotency.ledger import LedgerEntryManager
@@ -41,8 +42,6 @@ def state_conditions() -> dict[EventState, Q]:
     Written on the indexed columns (``processed_at``, ``claim_expires_at``)
     so that asking for the unprocessed states uses ``stripe_event_unprocessed_idx``.
     """
-    from stripe_idempotency.conf import app_settings
-
     max_attempts = app_settings.MAX_ATTEMPTS
     unprocessed = Q(processed_at__isnull=True)
     no_live_lease = Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now())

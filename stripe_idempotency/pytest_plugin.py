@@ -56,12 +56,14 @@ class StripeWebhook:
 
         Keyword arguments are those of :func:`stripe_idempotency.testing.deliver`.
         """
+        # Imported on first use, never when pytest starts (see the module's docstring).
         from stripe_idempotency.testing import deliver
 
         return deliver(self.client, event, secret=self.secret if secret is None else secret, **kwargs)
 
     def send(self, type: str, *, data: Mapping[str, Any] | None = None, **fields: Any) -> TestResponse:
         """Build an event of ``type`` with ``data`` as its ``data.object``, and deliver it."""
+        # Imported on first use, never when pytest starts (see the module's docstring).
         from stripe_idempotency.testing import build_event
 
         return self.deliver(build_event(type, data=data, **fields))
@@ -70,6 +72,7 @@ class StripeWebhook:
 @pytest.fixture
 def stripe_event() -> Callable[..., dict[str, Any]]:
     """:func:`stripe_idempotency.testing.build_event`: ``stripe_event("charge.refunded", data={...})``."""
+    # Imported on first use, never when pytest starts (see the module's docstring).
     from stripe_idempotency.testing import build_event
 
     return build_event
@@ -105,6 +108,7 @@ def stripe_webhook(client: Client, transactional_db: None, settings: Any) -> Str
     default test transaction cannot allow: this fixture asks for
     ``transactional_db`` itself, so a test needs no ``django_db`` mark.
     """
+    # Imported on first use, never when pytest starts (see the module's docstring).
     from stripe_idempotency.conf import app_settings
 
     secrets = list(app_settings.WEBHOOK_SECRETS)
@@ -136,6 +140,7 @@ def _factory(name: str, fixture: str) -> type:
         import factory  # noqa: F401
     except ImportError:
         pytest.fail(NEEDS_FACTORY_BOY.format(fixture=fixture), pytrace=False)
+    # Imported on first use, never when pytest starts (see the module's docstring).
     from stripe_idempotency import factories
 
     return getattr(factories, name)  # type: ignore[no-any-return]

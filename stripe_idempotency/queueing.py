@@ -2,17 +2,21 @@
 
 The row is committed before this runs, so the queue is only a wake-up: a publish that fails or
 hangs loses nothing (the reaper takes the event after ``PENDING_GRACE_SECONDS``), it only must
-not hold the delivery. What the queued task does is :mod:`stripe_idempotency.tasks`.
+not hold the delivery. What the queued task does is :mod:`stripe_idempotency.tasks`; which
+Django Tasks framework is installed is :func:`tasks_framework`, asked here without importing the
+task (defining it validates the ``TASKS`` backend, which the system checks judge first).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from types import ModuleType
 
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
@@ -21,10 +25,20 @@ from stripe_idempotency import telemetry
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.log import fields, logger
 
-__all__ = ["Enqueue", "enqueue"]
+__all__ = ["Enqueue", "enqueue", "tasks_framework"]
 
 #: The signature of an ``ENQUEUE`` callable: queue the processing of one stored event.
 Enqueue = Callable[[str, str], object]
+
+
+def tasks_framework() -> ModuleType | None:
+    """``django.tasks`` (Django 6) or the ``django_tasks`` backport; ``None`` if neither is there."""
+    for name in ("django.tasks", "django_tasks"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
 
 
 @functools.cache

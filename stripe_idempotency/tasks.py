@@ -14,25 +14,14 @@ the task arriving: an accepted event no task processed is taken by the reaper af
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from stripe_idempotency import outcomes, processing
 from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.queueing import tasks_framework
 
-__all__ = ["enqueue_django_task", "process", "process_stripe_event", "tasks_framework"]
-
-
-def tasks_framework() -> ModuleType | None:
-    """``django.tasks`` (Django 6) or the ``django_tasks`` backport; ``None`` if neither is there."""
-    for name in ("django.tasks", "django_tasks"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
+__all__ = ["enqueue_django_task", "process", "process_stripe_event"]
 
 
 def process(event_id: str, database: str) -> str:

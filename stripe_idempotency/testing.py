@@ -33,6 +33,7 @@ import stripe
 from django.test import Client
 from django.urls import reverse
 
+from stripe_idempotency.endpoints import endpoints
 from stripe_idempotency.object_shapes import object_for
 
 if TYPE_CHECKING:
@@ -247,8 +248,6 @@ def deliver_concurrently(
 
 
 def _default_secret(endpoint: str = "") -> str:
-    from stripe_idempotency.endpoints import endpoints
-
     configured = next((e.secrets for e in endpoints() if e.name == endpoint), ())
     if not configured:
         where = f'ENDPOINTS["{endpoint}"]' if endpoint else "WEBHOOK_SECRETS"

@@ -224,7 +224,7 @@ def test_processing_modes_and_the_tasks_framework(monkeypatch):
     assert ids(ENQUEUE_TIMEOUT_SECONDS=0) == ["stripe_idempotency.E024"]
     assert ids(ENQUEUE_TIMEOUT_SECONDS="5") == ["stripe_idempotency.E024"]
     assert ids(ENQUEUE_TIMEOUT_SECONDS=0.5) == []
-    monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
+    monkeypatch.setattr("stripe_idempotency.queueing.tasks_framework", lambda: None)
     assert ids(PROCESSING="deferred") == ["stripe_idempotency.E016"]
     assert ids() == []  # inline mode needs no tasks
 
@@ -346,7 +346,7 @@ def test_with_named_endpoints_the_default_one_may_have_no_secrets():
 
 
 def test_a_deferred_endpoint_needs_a_queue_even_when_the_default_is_inline(monkeypatch):
-    monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: None)
+    monkeypatch.setattr("stripe_idempotency.queueing.tasks_framework", lambda: None)
     with endpoint_settings(later={"WEBHOOK_SECRETS": ["whsec_later"], "PROCESSING": "deferred"}):
         assert ids(check_settings()) == ["stripe_idempotency.E016"]
 
@@ -461,7 +461,7 @@ def test_deferred_through_the_backport_not_in_installed_apps_is_w010(monkeypatch
     from django.conf import settings
 
     backport = types.ModuleType("django_tasks")
-    monkeypatch.setattr("stripe_idempotency.tasks.tasks_framework", lambda: backport)
+    monkeypatch.setattr("stripe_idempotency.queueing.tasks_framework", lambda: backport)
     apps = [app for app in settings.INSTALLED_APPS if app != "django_tasks"]
     with override_settings(INSTALLED_APPS=apps):
         assert deferred_ids() == ["stripe_idempotency.W010"]

@@ -15,8 +15,9 @@ from stripe_idempotency import leases, processing, retention
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import LedgerBalance, LedgerEntry, PruneWatermark, StripeEvent
 from stripe_idempotency.outcomes import Processed, Superseded
+from stripe_idempotency.queueing import tasks_framework
 from stripe_idempotency.signals import event_received
-from stripe_idempotency.tasks import process_stripe_event, tasks_framework
+from stripe_idempotency.tasks import process_stripe_event
 from stripe_idempotency.testing import build_event, deliver
 from tests.concurrency import wait_for
 

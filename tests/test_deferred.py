@@ -22,7 +22,8 @@ from stripe_idempotency import processing
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Accepted, Duplicate, Processed
-from stripe_idempotency.tasks import process_stripe_event, tasks_framework
+from stripe_idempotency.queueing import tasks_framework
+from stripe_idempotency.tasks import process_stripe_event
 from stripe_idempotency.testing import build_event, deliver
 from tests.concurrency import wait_for
 from tests.conftest import per_backend

@@ -14,29 +14,26 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from stripe_idempotency.backends.base import ClaimRow, DatabaseBackend
+from stripe_idempotency.backends.mysql import MySQLBackend
+from stripe_idempotency.backends.postgresql import PostgreSQLBackend
+from stripe_idempotency.backends.sqlite import SQLiteBackend
 from stripe_idempotency.exceptions import UnsupportedDatabase
 
 __all__ = ["SUPPORTED_VENDORS", "ClaimRow", "DatabaseBackend", "UnsupportedDatabase", "for_connection"]
 
 
-def _backends() -> dict[str, Callable[[BaseDatabaseWrapper], DatabaseBackend]]:
-    from stripe_idempotency.backends.mysql import MySQLBackend
-    from stripe_idempotency.backends.postgresql import PostgreSQLBackend
-    from stripe_idempotency.backends.sqlite import SQLiteBackend
-
-    return {"postgresql": PostgreSQLBackend, "mysql": MySQLBackend, "sqlite": SQLiteBackend}
-
+_BACKENDS: dict[str, Callable[[BaseDatabaseWrapper], DatabaseBackend]] = {
+    "postgresql": PostgreSQLBackend,
+    "mysql": MySQLBackend,
+    "sqlite": SQLiteBackend,
+}
 
 #: The ``connection.vendor`` values with a backend here.
-SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
-
-_BACKENDS: dict[str, Callable[[BaseDatabaseWrapper], DatabaseBackend]] = {}
+SUPPORTED_VENDORS = tuple(_BACKENDS)
 
 
 def for_connection(connection: BaseDatabaseWrapper) -> DatabaseBackend:
     """The backend for ``connection``; :class:`UnsupportedDatabase` if its database has none."""
-    if not _BACKENDS:
-        _BACKENDS.update(_backends())
     backend = _BACKENDS.get(connection.vendor)
     if backend is None:
         raise UnsupportedDatabase(connection.alias, connection.vendor, supported=SUPPORTED_VENDORS)
