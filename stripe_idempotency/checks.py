@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from numbers import Real
 from typing import Any
 
 from django.apps import AppConfig
@@ -18,11 +17,10 @@ from django.utils.module_loading import import_string
 
 from stripe_idempotency import queueing
 from stripe_idempotency.backends import SUPPORTED_VENDORS, mysql
-from stripe_idempotency.conf import DEFAULTS, PROCESSING_MODES, SETTINGS_NAME
-from stripe_idempotency.endpoints import ENDPOINT_KEYS, ENDPOINT_NAME, PAYLOAD_FAMILIES
+from stripe_idempotency.conf import DEFAULTS, SETTINGS_NAME, AppSettings, Setting
+from stripe_idempotency.endpoints import ENDPOINT_KEYS, ENDPOINT_NAME, INHERITED, where_of
 from stripe_idempotency.event_types import known_event_types
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.ordering import MODES
 from stripe_idempotency.signals import connected_types
 
 _ID = "stripe_idempotency.{}"
@@ -41,27 +39,28 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
         ]
     messages: list[CheckMessage] = []
     named = raw.get("ENDPOINTS", {})
-    # With named endpoints, the default one may go unused: no secrets then switch it off.
-    if raw.get("WEBHOOK_SECRETS") or not named:
-        messages += _check_secrets(raw.get("WEBHOOK_SECRETS", []), SETTINGS_NAME)
-    messages += _check_numbers(raw)
-    messages += _check_endpoint_values(raw, SETTINGS_NAME)
-    messages += _check_endpoints(named, raw)
+    for setting in AppSettings.declared():
+        if setting is AppSettings.WEBHOOK_SECRETS:
+            # With named endpoints, the default one may go unused: no secrets then switch it off.
+            if raw.get("WEBHOOK_SECRETS") or not named:
+                messages += _check_secrets(raw, SETTINGS_NAME)
+        else:
+            messages += _problems(setting, raw, SETTINGS_NAME)
+    if AppSettings.ENDPOINTS.accepts(named):
+        messages += _check_endpoints(named, raw)
     messages += _check_processing(raw)
     messages += _check_health_tokens(raw)
-    messages += _check_ordering(raw.get("ORDERING", {}))
-    messages += _check_event_types(raw.get("EXTRA_EVENT_TYPES", []))
-    instance_id = raw.get("INSTANCE_ID")
-    if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME}['INSTANCE_ID'] must be a non-empty string or None.",
-                hint="None uses '<hostname>:<pid>'.",
-                id=_ID.format("E008"),
-            )
-        )
+    messages += _check_event_types(raw)
     messages += _unknown_keys(raw, DEFAULTS, SETTINGS_NAME, "W002")
     return messages
+
+
+def _problems(setting: Setting[Any], config: dict[str, Any], where: str) -> list[CheckMessage]:
+    """``setting``'s value in ``config`` (its own, or the default), judged by its declaration."""
+    problem = setting.problem(setting.raw(config), where)
+    if problem is None:
+        return []
+    return [Error(problem.message, hint=problem.hint, id=_ID.format(problem.check_id))]
 
 
 def _unknown_keys(
@@ -80,16 +79,12 @@ def _unknown_keys(
     ]
 
 
-def _check_secrets(secrets: Any, where: str) -> list[CheckMessage]:
-    """``where`` is the dict holding them: the settings, or one endpoint's."""
-    if isinstance(secrets, str) or not isinstance(secrets, (list, tuple)):
-        return [
-            Error(
-                f"{where}['WEBHOOK_SECRETS'] must be a list of strings.",
-                hint='Write ["whsec_..."], even for a single secret.',
-                id=_ID.format("E011"),
-            )
-        ]
+def _check_secrets(config: dict[str, Any], where: str) -> list[CheckMessage]:
+    """``config`` holds them: the settings, or one endpoint's dict (``where`` names it)."""
+    messages = _problems(AppSettings.WEBHOOK_SECRETS, config, where)
+    secrets = config.get("WEBHOOK_SECRETS", [])
+    if messages:
+        return messages
     if not secrets:
         return [
             Error(
@@ -99,67 +94,24 @@ def _check_secrets(secrets: Any, where: str) -> list[CheckMessage]:
                 id=_ID.format("E001"),
             )
         ]
-    messages: list[CheckMessage] = []
-    for secret in secrets:
-        if not isinstance(secret, str) or not secret.strip():
-            messages.append(
-                Error(
-                    f"{where}['WEBHOOK_SECRETS'] contains an empty or non-string value.",
-                    hint="Each secret is a string such as 'whsec_...'.",
-                    id=_ID.format("E012"),
-                )
-            )
-        elif not secret.startswith("whsec_"):
-            messages.append(
-                Warning(
-                    f"A value in {where}['WEBHOOK_SECRETS'] does not start with 'whsec_'.",
-                    hint="Webhook signing secrets start with 'whsec_'; an API key "
-                    "(sk_...) is not a signing secret.",
-                    id=_ID.format("W001"),
-                )
-            )
-    return messages
-
-
-def _check_endpoint_values(config: dict[str, Any], where: str) -> list[CheckMessage]:
-    """The values every endpoint has: the settings' own (the default endpoint's) or a named one's."""
-    messages: list[CheckMessage] = []
-    if config.get("LIVEMODE") not in (None, True, False):
-        messages.append(
-            Error(
-                f"{where}['LIVEMODE'] must be None, True or False.",
-                hint="None accepts both live and test events.",
-                id=_ID.format("E007"),
-            )
+    return [
+        Warning(
+            f"A value in {where}['WEBHOOK_SECRETS'] does not start with 'whsec_'.",
+            hint="Webhook signing secrets start with 'whsec_'; an API key (sk_...) is not a signing secret.",
+            id=_ID.format("W001"),
         )
-    payload = config.get("PAYLOAD", DEFAULTS["PAYLOAD"])
-    if payload not in PAYLOAD_FAMILIES:
-        messages.append(
-            Error(
-                f"{where}['PAYLOAD'] must be 'snapshot', 'thin' or 'any'; it is {payload!r}.",
-                hint="'snapshot': events with data.object (\"object\": \"event\"); 'thin': event "
-                'notifications ("object": "v2.core.event"); \'any\' (the default): both.',
-                id=_ID.format("E021"),
-            )
-        )
-    return messages
+        for secret in secrets
+        if not secret.startswith("whsec_")
+    ]
 
 
-def _check_endpoints(named: Any, raw: dict[str, Any]) -> list[CheckMessage]:
-    if not isinstance(named, dict) or not all(isinstance(config, dict) for config in named.values()):
-        return [
-            Error(
-                f"{SETTINGS_NAME}['ENDPOINTS'] must be a dict: endpoint name -> a dict of its settings.",
-                hint='{"connect": {"WEBHOOK_SECRETS": ["whsec_..."]}}',
-                id=_ID.format("E019"),
-            )
-        ]
+def _check_endpoints(named: dict[str, dict[str, Any]], raw: dict[str, Any]) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     owners: dict[str, list[str]] = {}
     for secret in raw.get("WEBHOOK_SECRETS", []) if isinstance(raw.get("WEBHOOK_SECRETS"), list) else []:
         owners.setdefault(secret, []).append("the default endpoint")
     for name, config in named.items():
-        where = f"{SETTINGS_NAME}['ENDPOINTS'][{name!r}]"
+        where = where_of(name)
         if not isinstance(name, str) or not ENDPOINT_NAME.fullmatch(name):
             messages.append(
                 Error(
@@ -170,19 +122,12 @@ def _check_endpoints(named: Any, raw: dict[str, Any]) -> list[CheckMessage]:
                 )
             )
             continue
-        messages += _check_secrets(config.get("WEBHOOK_SECRETS", []), where)
-        messages += _check_endpoint_values(config, where)
-        mode = config.get("PROCESSING", raw.get("PROCESSING", DEFAULTS["PROCESSING"]))
-        if mode not in PROCESSING_MODES:
-            messages.append(
-                Error(
-                    f"{where}['PROCESSING'] must be 'inline' or 'deferred'; it is {mode!r}.",
-                    hint="Leave it out to use the top-level PROCESSING.",
-                    id=_ID.format("E014"),
-                )
-            )
-        elif mode == "deferred" and raw.get("PROCESSING", DEFAULTS["PROCESSING"]) != "deferred":
-            messages += _check_enqueue(raw.get("ENQUEUE", DEFAULTS["ENQUEUE"]))
+        messages += _check_secrets(config, where)
+        for setting in INHERITED:  # the endpoint's own values; the top-level ones are judged above
+            messages += _problems(setting, config, where)
+        processing = AppSettings.PROCESSING
+        if config.get(processing.name) == "deferred" and processing.raw(raw) != "deferred":
+            messages += _check_enqueue(raw)
         messages += _unknown_keys(config, ENDPOINT_KEYS, where, "W007")
         secrets = config.get("WEBHOOK_SECRETS", [])
         for secret in secrets if isinstance(secrets, list) else []:
@@ -206,17 +151,9 @@ HEALTH_TOKEN_MIN_LENGTH = 32
 
 
 def _check_health_tokens(raw: dict[str, Any]) -> list[CheckMessage]:
-    tokens = raw.get("HEALTH_TOKENS", [])
-    if isinstance(tokens, str) or not isinstance(tokens, (list, tuple)):
-        tokens = [None]  # reported below, as one bad value
-    if any(not isinstance(token, str) or not token.strip() for token in tokens):
-        return [
-            Error(
-                f"{SETTINGS_NAME}['HEALTH_TOKENS'] must be a list of non-empty strings.",
-                hint="Write [env('STRIPE_HEALTH_TOKEN')], even for a single token.",
-                id=_ID.format("E018"),
-            )
-        ]
+    tokens = AppSettings.HEALTH_TOKENS.raw(raw)
+    if not AppSettings.HEALTH_TOKENS.accepts(tokens):
+        return []  # its declaration's problem, reported already
     if any(len(token) < HEALTH_TOKEN_MIN_LENGTH for token in tokens):
         return [
             Warning(
@@ -229,34 +166,12 @@ def _check_health_tokens(raw: dict[str, Any]) -> list[CheckMessage]:
     return []
 
 
-def _check_ordering(rules: Any) -> list[CheckMessage]:
-    valid = isinstance(rules, dict) and all(
-        isinstance(pattern, str) and pattern and mode in MODES for pattern, mode in rules.items()
-    )
-    if valid:
-        return []
-    return [
-        Error(
-            f"{SETTINGS_NAME}['ORDERING'] must map event types (or patterns such as "
-            f"'customer.subscription.*') to one of {', '.join(map(repr, MODES))}; it is {rules!r}.",
-            hint="'serialize' runs one event of an object at a time; 'skip_superseded' also completes "
-            "an event without its receivers once a later event of its object is processed.",
-            id=_ID.format("E022"),
-        )
-    ]
-
-
-def _check_event_types(extra: Any) -> list[CheckMessage]:
+def _check_event_types(raw: dict[str, Any]) -> list[CheckMessage]:
     """A receiver of a type Stripe never sends is never called: its events are processed
     without it and are duplicates ever after, the work lost without an error."""
-    if not isinstance(extra, list | tuple) or not all(isinstance(name, str) and name for name in extra):
-        return [
-            Error(
-                f"{SETTINGS_NAME}['EXTRA_EVENT_TYPES'] must be a list of event type names; it is {extra!r}.",
-                hint="For example ['invoice.overdue'] for a type newer than the installed stripe library.",
-                id=_ID.format("E023"),
-            )
-        ]
+    extra = AppSettings.EXTRA_EVENT_TYPES.raw(raw)
+    if not AppSettings.EXTRA_EVENT_TYPES.accepts(extra):
+        return []  # its declaration's problem, reported already
     known = known_event_types()
     if not known:  # the installed stripe names no types: nothing to judge against
         return []
@@ -279,16 +194,8 @@ def _check_event_types(extra: Any) -> list[CheckMessage]:
 
 
 def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
-    mode = raw.get("PROCESSING", DEFAULTS["PROCESSING"])
-    if mode not in PROCESSING_MODES:
-        return [
-            Error(
-                f"{SETTINGS_NAME}['PROCESSING'] must be 'inline' or 'deferred'; it is {mode!r}.",
-                hint="'inline' (the default) runs the receivers inside Stripe's request.",
-                id=_ID.format("E014"),
-            )
-        ]
-    if mode == "inline":
+    mode = AppSettings.PROCESSING.raw(raw)
+    if mode != "deferred":  # inline, or a value its declaration's check reports
         if "ENQUEUE" in raw:
             return [
                 Warning(
@@ -298,9 +205,8 @@ def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
                 )
             ]
         return []
-    path = raw.get("ENQUEUE", DEFAULTS["ENQUEUE"])
-    messages = _check_enqueue(path)
-    if not messages and path == DEFAULTS["ENQUEUE"]:
+    messages = _check_enqueue(raw)
+    if not messages and AppSettings.ENQUEUE.raw(raw) == AppSettings.ENQUEUE.default:
         messages += _check_tasks_backend()
     return messages
 
@@ -361,8 +267,13 @@ def _check_tasks_backend() -> list[CheckMessage]:
     return messages
 
 
-def _check_enqueue(path: Any) -> list[CheckMessage]:
-    if path == DEFAULTS["ENQUEUE"] and queueing.tasks_framework() is None:
+def _check_enqueue(raw: dict[str, Any]) -> list[CheckMessage]:
+    """Deferred processing: the ``ENQUEUE`` callable can be imported (and Django's Tasks are there
+    when it is the default)."""
+    path = AppSettings.ENQUEUE.raw(raw)
+    if not AppSettings.ENQUEUE.accepts(path):
+        return []  # its declaration's problem, reported already
+    if path == AppSettings.ENQUEUE.default and queueing.tasks_framework() is None:
         return [
             Error(
                 f"{SETTINGS_NAME}['PROCESSING'] is 'deferred', but Django's Tasks framework is missing.",
@@ -374,8 +285,6 @@ def _check_enqueue(path: Any) -> list[CheckMessage]:
             )
         ]
     try:
-        if not isinstance(path, str):
-            raise TypeError(f"it is {type(path).__name__}, not a dotted path")
         found = import_string(path)
         if not callable(found):
             raise TypeError(f"{path} is not callable")
@@ -383,51 +292,11 @@ def _check_enqueue(path: Any) -> list[CheckMessage]:
         return [
             Error(
                 f"{SETTINGS_NAME}['ENQUEUE'] must name a callable (event_id, database): {exc}.",
-                hint="'stripe_idempotency.tasks.enqueue_django_task' (the default) or "
-                "'stripe_idempotency.contrib.celery.enqueue' (Celery installed).",
-                id=_ID.format("E017"),
+                hint=AppSettings.ENQUEUE.hint,
+                id=_ID.format(AppSettings.ENQUEUE.check_id),
             )
         ]
     return []
-
-
-# key -> (check id, smallest allowed value, whether fractions are allowed)
-_NUMBERS = {
-    "CLAIM_TTL_SECONDS": ("E003", 0, True),
-    "TOLERANCE_SECONDS": ("E004", 1, False),
-    "RETRY_AFTER_MAX_SECONDS": ("E005", 1, False),
-    "MAX_BODY_BYTES": ("E006", 1, False),
-    "MAX_ATTEMPTS": ("E009", 1, False),
-    "RETRY_HORIZON_SECONDS": ("E013", 0, True),
-    "PENDING_GRACE_SECONDS": ("E015", 0, True),
-    "ENQUEUE_TIMEOUT_SECONDS": ("E024", 0, True),
-}
-
-
-_STRICTLY_POSITIVE = {"CLAIM_TTL_SECONDS", "RETRY_HORIZON_SECONDS", "ENQUEUE_TIMEOUT_SECONDS"}
-
-
-def _check_numbers(raw: dict[str, Any]) -> list[CheckMessage]:
-    messages: list[CheckMessage] = []
-    for key, (check_id, minimum, fractions) in _NUMBERS.items():
-        value = raw.get(key, DEFAULTS[key])
-        kind = (Real,) if fractions else (int,)
-        valid = isinstance(value, kind) and not isinstance(value, bool)
-        # Durations must be strictly positive; the others have an inclusive minimum.
-        strict = key in _STRICTLY_POSITIVE
-        if valid and (value <= minimum if strict else value < minimum):
-            valid = False
-        if not valid:
-            bound = f"greater than {minimum}" if strict else f"at least {minimum}"
-            messages.append(
-                Error(
-                    f"{SETTINGS_NAME}['{key}'] must be a {'number' if fractions else 'whole number'} "
-                    f"{bound}; it is {value!r}.",
-                    hint=f"The default is {DEFAULTS[key]!r}.",
-                    id=_ID.format(check_id),
-                )
-            )
-    return messages
 
 
 @register()

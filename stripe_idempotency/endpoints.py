@@ -23,9 +23,9 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from stripe_idempotency.conf import app_settings
+from stripe_idempotency.conf import PAYLOAD_FAMILIES, SETTINGS_NAME, AppSettings, app_settings
 
 __all__ = [
     "DEFAULT",
@@ -47,11 +47,12 @@ ENDPOINT_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{NAME_MAX_LENGTH}}}")
 #: What traces and metrics call an endpoint that is not configured (no name can be this).
 UNKNOWN = "(unknown)"
 
-#: The values of ``PAYLOAD``: snapshot events only, thin event notifications only, or both.
-PAYLOAD_FAMILIES = ("snapshot", "thin", "any")
+#: What a named endpoint's dict may set besides its own ``WEBHOOK_SECRETS``: each defaults to
+#: the top-level value.
+INHERITED = (AppSettings.LIVEMODE, AppSettings.PAYLOAD, AppSettings.PROCESSING)
 
 #: The keys an endpoint's dict may hold.
-ENDPOINT_KEYS = ("WEBHOOK_SECRETS", "LIVEMODE", "PAYLOAD", "PROCESSING")
+ENDPOINT_KEYS = (AppSettings.WEBHOOK_SECRETS.name, *(setting.name for setting in INHERITED))
 
 
 class UnknownEndpoint(LookupError):
@@ -109,28 +110,28 @@ def endpoints() -> list[Endpoint]:
 
 
 def _default() -> Endpoint:
-    return Endpoint(
-        name=DEFAULT,
-        secrets=tuple(app_settings.WEBHOOK_SECRETS),
-        livemode=app_settings.LIVEMODE,
-        payload=app_settings.PAYLOAD,
-        processing=_mode(app_settings.PROCESSING),
-    )
+    return _endpoint(DEFAULT, app_settings.user_settings(), inherit=None)
 
 
 def _named(name: str, config: dict[str, Any]) -> Endpoint:
-    secrets = config.get("WEBHOOK_SECRETS", [])
-    livemode = config.get("LIVEMODE", app_settings.LIVEMODE)
+    return _endpoint(name, config, inherit=app_settings.user_settings())
+
+
+def _endpoint(name: str, config: dict[str, Any], *, inherit: dict[str, Any] | None) -> Endpoint:
+    """The endpoint ``config`` describes; a named one's (``inherit``: the top-level settings)
+    takes the top-level ``LIVEMODE``, ``PAYLOAD`` and ``PROCESSING`` it does not set."""
+    where = where_of(name)
     return Endpoint(
         name=name,
-        # A lone string is a common slip (check E011 says so); never iterate it by character.
-        secrets=(secrets,) if isinstance(secrets, str) else tuple(secrets),
-        livemode=None if livemode is None else bool(livemode),
-        payload=str(config.get("PAYLOAD", app_settings.PAYLOAD)),
-        processing=_mode(config.get("PROCESSING", app_settings.PROCESSING)),
+        secrets=tuple(AppSettings.WEBHOOK_SECRETS.read(config, where=where)),
+        livemode=AppSettings.LIVEMODE.read(config, inherit=inherit, where=where),
+        payload=AppSettings.PAYLOAD.read(config, inherit=inherit, where=where),
+        processing=cast(
+            Literal["inline", "deferred"], AppSettings.PROCESSING.read(config, inherit=inherit, where=where)
+        ),
     )
 
 
-def _mode(value: object) -> Literal["inline", "deferred"]:
-    # Any other value is reported by check E014; until fixed, it is the default.
-    return "deferred" if value == "deferred" else "inline"
+def where_of(name: str) -> str:
+    """How messages name the dict holding an endpoint's settings."""
+    return SETTINGS_NAME if name == DEFAULT else f"{SETTINGS_NAME}['ENDPOINTS'][{name!r}]"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.core.exceptions import ImproperlyConfigured
+
 
 class StripeIdempotencyError(Exception):
     """Base class of every exception raised by stripe_idempotency."""
@@ -24,6 +26,14 @@ class WebhookRejected(StripeIdempotencyError):
         self.code = code
         self.status = status
         self.event_id = event_id
+
+
+class SettingInvalid(StripeIdempotencyError, ImproperlyConfigured):
+    """A ``STRIPE_IDEMPOTENCY`` value its declaration refuses, found when it was read.
+
+    The system check the message names reports it at deploy time; a request that meets it
+    is answered 503 ``unavailable``, so Stripe keeps the event until it is fixed.
+    """
 
 
 class ClaimInsideTransaction(StripeIdempotencyError):

@@ -26,6 +26,7 @@ from django.views.decorators.cache import never_cache
 
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.durations import parse_count, parse_duration
+from stripe_idempotency.exceptions import SettingInvalid
 from stripe_idempotency.log import logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Rejected, Unavailable
@@ -53,7 +54,11 @@ class HealthView(View):
         return login_not_required(never_cache(super().as_view(**initkwargs)))
 
     def get(self, request: HttpRequest) -> JsonResponse:
-        refusal = _refusal(request)
+        try:
+            refusal = _refusal(request)
+        except SettingInvalid as error:
+            logger.error("The health view cannot check access: %s", error)
+            return Answer(Unavailable(), logged_here=False)
         if refusal is not None:
             return refusal
         try:

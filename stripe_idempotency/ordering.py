@@ -32,16 +32,13 @@ Both run; skipping is reserved for an order that is certain.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Literal
 
-from stripe_idempotency.conf import app_settings
+from stripe_idempotency.conf import ORDERING_MODES, OrderingMode, app_settings
 
 __all__ = ["MODES", "OrderingMode", "mode_for"]
 
-OrderingMode = Literal["serialize", "skip_superseded"]
-
 #: The values of ``ORDERING``.
-MODES: tuple[OrderingMode, ...] = ("serialize", "skip_superseded")
+MODES = ORDERING_MODES
 
 
 def mode_for(event_type: str) -> OrderingMode | None:

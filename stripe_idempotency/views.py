@@ -12,9 +12,9 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from stripe_idempotency import endpoints, outcomes, processing, telemetry
-from stripe_idempotency.conf import app_settings
+from stripe_idempotency.conf import AppSettings, app_settings
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.exceptions import UnsupportedDatabase, WebhookRejected
+from stripe_idempotency.exceptions import SettingInvalid, UnsupportedDatabase, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Busy, Ignored, Outcome, Rejected, Reply, Unavailable
@@ -45,12 +45,19 @@ class WebhookView(View):
         return view
 
     def post(self, request: HttpRequest, endpoint: str = endpoints.DEFAULT) -> HttpResponse:
-        # A name from the URL that is not configured is anyone's to invent: it never becomes
-        # a metric's attribute value, whose every distinct value is a time series.
-        label = endpoint if endpoints.is_configured(endpoint) else endpoints.UNKNOWN
-        with telemetry.span("delivery", **{telemetry.ENDPOINT: label}) as delivery:
-            response = self._deliver(request, endpoint, delivery)
-            delivery.set_attribute(telemetry.OUTCOME, response.outcome)
+        try:
+            # A name from the URL that is not configured is anyone's to invent: it never becomes
+            # a metric's attribute value, whose every distinct value is a time series.
+            label = endpoint if endpoints.is_configured(endpoint) else endpoints.UNKNOWN
+            with telemetry.span("delivery", **{telemetry.ENDPOINT: label}) as delivery:
+                response = self._deliver(request, endpoint, delivery)
+                delivery.set_attribute(telemetry.OUTCOME, response.outcome)
+        except SettingInvalid as error:
+            # A deployment mistake (its system check says so first): keep the event at
+            # Stripe, which retries, until it is fixed.
+            logger.error("Cannot receive Stripe events: %s", error, extra=fields(outcome="unavailable"))
+            retry_after = AppSettings.RETRY_AFTER_MAX_SECONDS.default  # the configured one may be the mistake
+            return Answer(Unavailable(None, retry_after))
         telemetry.count_delivery(response.outcome, label)
         return response
 

@@ -88,3 +88,35 @@ def test_other_paths_and_small_bodies_pass_through(uvicorn):
 def test_the_example_project_is_wrapped():
     asgi = Path(__file__).resolve().parent.parent / "example_project" / "asgi.py"
     assert "WebhookBodyLimit(get_asgi_application())" in asgi.read_text()
+
+
+def test_a_refused_body_limit_setting_is_left_to_the_view_to_answer():
+    # The guard cannot bound by a size that is not one; the view behind it reads the same
+    # setting and answers the mistake 503 as JSON (test_views), so the request goes through.
+    import asyncio
+
+    from django.test import override_settings
+
+    from stripe_idempotency.asgi import WebhookBodyLimit
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def nothing():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def ignore(message):
+        raise AssertionError(f"The guard answered itself: {message}")
+
+    guard = WebhookBodyLimit(app, path="/stripe/webhook/")
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/stripe/webhook/",
+        "headers": [(b"content-length", b"9")],
+    }
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_x"], "MAX_BODY_BYTES": "1MB"}):
+        asyncio.run(guard(scope, nothing, ignore))
+    assert reached == ["/stripe/webhook/"]

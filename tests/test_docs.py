@@ -577,8 +577,26 @@ def test_the_snippet_runs_as_pasted(page, index, shop, monkeypatch):
     RUNNERS[page, index](shop, snippets(page)[index], monkeypatch)
 
 
-def test_every_setting_is_in_the_settings_table():
-    from stripe_idempotency.conf import DEFAULTS
+@pytest.mark.parametrize("page", ["README.md", "docs/settings.md"])
+def test_the_settings_table_has_every_declared_setting_with_its_default(page):
+    from stripe_idempotency.conf import AppSettings
 
-    table = (ROOT / "docs" / "settings.md").read_text()
-    assert [key for key in DEFAULTS if f"| `{key}` |" not in table] == []
+    rows = {}
+    for line in (ROOT / page).read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].strip("`").isupper():
+            rows[cells[0].strip("`")] = cells[1]
+    declared = AppSettings.declared()
+    assert sorted(rows) == sorted(setting.name for setting in declared)
+    wrong = {s.name: rows[s.name] for s in declared if not rows[s.name].startswith(f"`{s.shown_default}`")}
+    assert wrong == {}
+
+
+def test_every_check_id_a_setting_declares_is_on_the_checks_page():
+    from stripe_idempotency.conf import AppSettings
+
+    page = (ROOT / "docs" / "checks.md").read_text()
+    ids = {s.check_id for s in AppSettings.declared()} | {
+        s.item_check_id for s in AppSettings.declared() if getattr(s, "item_check_id", "")
+    }
+    assert sorted(i for i in ids if f"| `stripe_idempotency.{i}` |" not in page) == []

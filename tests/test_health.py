@@ -40,6 +40,15 @@ def pipeline():
     )
 
 
+@override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": [WEBHOOK_SECRET], "HEALTH_TOKENS": TOKEN})
+def test_tokens_its_declaration_refuses_are_a_503_json_that_shows_nothing(pipeline, caplog):
+    # A lone string is no list of tokens: read as one, each of its characters would be a token.
+    with caplog.at_level(logging.ERROR, logger="stripe_idempotency"):
+        response = get(token=TOKEN[0])
+    assert (response.status_code, response.json()) == (503, {"status": "unavailable"})
+    assert "E018" in caplog.text
+
+
 @TOKENS
 def test_with_the_token_the_figures_are_answered_as_json(pipeline):
     response = get()

@@ -313,6 +313,26 @@ def test_database_unavailable_is_503_with_json(csrf_client):
     assert StripeEvent.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "invalid",
+    [{"PROCESSING": "defered"}, {"MAX_BODY_BYTES": "1MB"}, {"WEBHOOK_SECRETS": ["whsec_test", ""]}],
+    ids=["misspelt-mode", "size-as-text", "empty-secret"],
+)
+def test_a_setting_its_declaration_refuses_is_a_503_and_runs_nothing(csrf_client, record_effects, invalid):
+    # Never a silent fallback (a misspelt "deferred" run inline) nor an HTML 500: Stripe keeps the
+    # event, and delivers it again once the setting is fixed.
+    event = build_event()
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test"], **invalid}):
+        response = deliver(csrf_client, event, secret="whsec_test")
+    assert (response.status_code, response["Content-Type"], response["Retry-After"]) == (
+        503,
+        "application/json",
+        "60",
+    )
+    assert body_of(response) == {"status": "unavailable"}
+    assert (StripeEvent.objects.count(), Effect.objects.count()) == (0, 0)
+
+
 def test_a_connection_lost_mid_request_is_503_with_json(csrf_client, monkeypatch):
     # The driver's InterfaceError (psycopg2's "connection already closed", a MySQL connector's
     # lost connection) is no DatabaseError in DB-API terms: it must be named to be caught.

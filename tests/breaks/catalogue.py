@@ -1194,6 +1194,14 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "invalid-setting-read-as-it-is",
+        "A setting its declaration refuses is a check error and a 503 when read, never a silent fallback.",
+        (Edit("stripe_idempotency/conf.py", "        if problem is not None:\n", "        if False:\n"),),
+        ("tests/test_conf.py", "tests/test_views.py"),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
         "statements-import-the-tables",
         "The package's layers import one way, with no circle, function-local imports included.",
         (
