@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from stripe_idempotency.events import IncomingEvent
 
 
 class StripeIdempotencyError(Exception):
@@ -34,6 +38,17 @@ class SettingInvalid(StripeIdempotencyError, ImproperlyConfigured):
     The system check the message names reports it at deploy time; a request that meets it
     is answered 503 ``unavailable``, so Stripe keeps the event until it is fixed.
     """
+
+
+class EventIgnored(StripeIdempotencyError):
+    """An authentic, well-formed event its endpoint does not take: one of the live mode the
+    endpoint is not for (``reason``: ``livemode_mismatch``). Nothing is stored; it is answered 200,
+    so that Stripe neither retries it nor disables the endpoint."""
+
+    def __init__(self, event: IncomingEvent, reason: str) -> None:
+        super().__init__(f"{event.id} is ignored: {reason}.")
+        self.event = event
+        self.reason = reason
 
 
 class ClaimInsideTransaction(StripeIdempotencyError):

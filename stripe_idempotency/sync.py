@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from stripe_idempotency import fetching, outcomes, processing, retention, verification
 from stripe_idempotency.endpoints import Endpoint
-from stripe_idempotency.exceptions import EventsListingInvalid, WebhookRejected
+from stripe_idempotency.exceptions import EventIgnored, EventsListingInvalid, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import EventState, EventSyncWatermark, StripeEvent
 
@@ -272,7 +272,7 @@ def _feed(feed: Feed, endpoint: Endpoint, using: str) -> str:
             extra=fields(event_id=feed.id, outcome="rejected", code=rejection.code),
         )
         return "refused"
-    if not endpoint.accepts_livemode(event.livemode):
+    except EventIgnored:
         return "ignored"
     outcome = processing.receive(event, using=using, mode=endpoint.processing)
     return outcomes.report(outcome).status

@@ -19,15 +19,15 @@ from stripe_idempotency import endpoints, fetching
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.endpoints import Endpoint
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.exceptions import WebhookRejected
+from stripe_idempotency.exceptions import EventIgnored, WebhookRejected
 
 
 def verify(body: bytes, signature_header: str | None, endpoint: Endpoint | None = None) -> IncomingEvent:
     """Authenticate ``body`` with its ``Stripe-Signature`` header and validate the event.
 
-    ``endpoint`` (default: the default endpoint) gives the secrets that may have signed it
-    and the payload family it takes; its live-mode policy is the caller's to apply (a
-    mismatch is ignored, not refused). Raises :class:`WebhookRejected` with one of the
+    ``endpoint`` (default: the default endpoint) gives the secrets that may have signed it,
+    and its policy (:func:`admit`) the rest. Raises :class:`EventIgnored` for an event of the
+    live mode the endpoint is not for, and :class:`WebhookRejected` with one of the
     codes ``missing_signature``, ``invalid_encoding``, ``invalid_signature``,
     ``timestamp_outside_tolerance``, ``invalid_json``, ``unstorable_payload``,
     ``not_an_event``, ``invalid_id``, ``invalid_type``, ``invalid_livemode``,
@@ -53,6 +53,15 @@ def validate(text: str, endpoint: Endpoint) -> IncomingEvent:
     event = IncomingEvent.from_payload(payload, endpoint=endpoint.name)
     if event.thin:
         _parse_with_stripe(text, event.id)
+    return admit(event, endpoint)
+
+
+def admit(event: IncomingEvent, endpoint: Endpoint) -> IncomingEvent:
+    """``event``, if ``endpoint``'s policy takes it: the whole policy, in one place, for a
+    delivery and for the catch-up alike. Another payload family is refused
+    (:class:`WebhookRejected` ``payload_not_accepted``: Stripe is sending it somewhere it should
+    not); the other live mode is ignored (:class:`EventIgnored`: a live Connect endpoint receives
+    its accounts' test events too, and refusing them would have Stripe disable the endpoint)."""
     if not endpoint.accepts_family(thin=event.thin):
         raise WebhookRejected(
             "payload_not_accepted",
@@ -60,6 +69,8 @@ def validate(text: str, endpoint: Endpoint) -> IncomingEvent:
             f"{'thin event notification' if event.thin else 'snapshot event'}.",
             event_id=event.id,
         )
+    if not endpoint.accepts_livemode(event.livemode):
+        raise EventIgnored(event, "livemode_mismatch")
     return event
 
 

@@ -13,8 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from stripe_idempotency import endpoints, outcomes, processing, telemetry
 from stripe_idempotency.conf import AppSettings, app_settings
-from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.exceptions import SettingInvalid, UnsupportedDatabase, WebhookRejected
+from stripe_idempotency.exceptions import EventIgnored, SettingInvalid, UnsupportedDatabase, WebhookRejected
 from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Busy, Ignored, Outcome, Rejected, Reply, Unavailable
@@ -90,10 +89,12 @@ class WebhookView(View):
             else:
                 logger.warning("Rejected a webhook request: %s (%s)", rejection.code, rejection, extra=logged)
             return rejected(rejection.code, status=rejection.status)
+        except EventIgnored as ignored:
+            delivery.set_attribute(telemetry.EVENT_ID, ignored.event.id)
+            delivery.set_attribute(telemetry.EVENT_TYPE, ignored.event.type)
+            return _ignored(ignored, endpoint)
         delivery.set_attribute(telemetry.EVENT_ID, verified.id)
         delivery.set_attribute(telemetry.EVENT_TYPE, verified.type)
-        if not endpoint.accepts_livemode(verified.livemode):
-            return _ignored_livemode(verified, endpoint)
         unavailable = fields(event_id=verified.id, event_type=verified.type, outcome="unavailable")
         try:
             outcome = processing.receive(verified, mode=endpoint.processing)
@@ -193,9 +194,10 @@ def rejected(code: str, *, status: int) -> Answer:
     return Answer(Rejected(code, status))
 
 
-def _ignored_livemode(event: IncomingEvent, endpoint: endpoints.Endpoint) -> Answer:
+def _ignored(ignored: EventIgnored, endpoint: endpoints.Endpoint) -> Answer:
     # Not an error Stripe should retry: a live Connect endpoint receives its accounts' test
     # events too, and a 4xx would be retried for three days, then have the endpoint disabled.
+    event = ignored.event
     logger.info(
         "Ignored Stripe event %s: a %s-mode event on an endpoint for %s-mode events.",
         event.id,
@@ -205,7 +207,7 @@ def _ignored_livemode(event: IncomingEvent, endpoint: endpoints.Endpoint) -> Ans
             event_id=event.id, event_type=event.type, outcome="ignored", endpoint=endpoint.name or None
         ),
     )
-    return Answer(Ignored(event.id, "livemode_mismatch"))
+    return Answer(Ignored(event.id, ignored.reason))
 
 
 def _unavailable(event_id: str) -> Answer:

@@ -881,6 +881,23 @@ BREAKS: tuple[Break, ...] = (
         (SQLITE,),
     ),
     Break(
+        "livemode-policy-left-to-the-caller",
+        "An endpoint's whole policy applies to the catch-up as to a delivery: the other mode is ignored.",
+        (
+            Edit(
+                VERIFICATION,
+                "    if not endpoint.accepts_livemode(event.livemode):\n"
+                '        raise EventIgnored(event, "livemode_mismatch")\n',
+                "",
+            ),
+        ),
+        (
+            "tests/test_endpoints.py",
+            "tests/test_sync_stripe_events.py::test_an_endpoint_s_live_mode_and_name_apply",
+        ),
+        (SQLITE,),
+    ),
+    Break(
         "events-with-money-deletable",
         "An event that ledger entries point at cannot be deleted: the money trail outlives clean-ups.",
         (
