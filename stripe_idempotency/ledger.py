@@ -17,7 +17,6 @@ the balances it moves, ``LedgerEntry.balance_model``) and imports none of them.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from django.db import OperationalError, connections, models, router, transaction
 from django.db.models.functions import Now
 
+from stripe_idempotency import storable
 from stripe_idempotency.backends import DatabaseBackend, for_connection
 from stripe_idempotency.exceptions import InsufficientFunds, InvalidLedgerEntry, LedgerConflict, LedgerError
 
@@ -335,21 +335,9 @@ def _currency(currency: Any) -> str:
 
 def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """``metadata`` if every database can store it as JSON; checked before any SQL runs."""
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidLedgerEntry(f"metadata must be JSON without NaN or Infinity: {error}.") from None
-    stack: list[Any] = [metadata]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value)
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str) and "\x00" in value:
-            # PostgreSQL's jsonb cannot hold NUL.
-            raise InvalidLedgerEntry("metadata must not contain NUL characters.")
+    reason = storable.problem(metadata)
+    if reason is not None:
+        raise InvalidLedgerEntry(f"metadata cannot be stored: {reason}.")
     return metadata
 
 

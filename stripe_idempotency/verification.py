@@ -7,15 +7,13 @@ unauthenticated sender writes is ever decoded as JSON.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
 from typing import Any
 
 import stripe
 
-from stripe_idempotency import endpoints, fetching
+from stripe_idempotency import endpoints, fetching, storable
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.endpoints import Endpoint
 from stripe_idempotency.events import IncomingEvent
@@ -160,94 +158,17 @@ def _signed_by_any(text: str, header: str, secrets: tuple[str, ...], tolerance: 
     return False
 
 
-# -- storability --------------------------------------------------------------------------
-#
-# A verified body must be stored as it is processed, on every backend, or be
-# refused with a reason: a 500 would have Stripe retry for three days and then
-# drop the event, seen by nobody. What JSON allows but the databases do not:
-
-#: Containers nested deeper than this are refused: MariaDB's JSON_VALID (the
-#: check on its JSON columns) fails past 31, and Stripe's events nest about 10.
-MAX_PAYLOAD_DEPTH = 30
-
-
-class _NonFinite(ValueError):
-    """``NaN``, ``Infinity`` or a number too large for a float: no JSON column stores them."""
-
-
-def _non_finite_constant(name: str) -> float:
-    raise _NonFinite(name)
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _NonFinite(text)
-    return value
-
-
-# NUL (PostgreSQL's jsonb and text refuse it) and lone surrogates (not encodable
-# as UTF-8, so no database takes them).
-_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
-_CONTAINERS = (dict, list)
-
-
 def _decode(text: str) -> Any:
-    """The body's JSON, if every backend can store it; otherwise a rejection naming why.
-
-    Every delivery pays for this, so each check runs only where it can find
-    something: numbers are checked as they are parsed, the depth only when
-    the text has more brackets than the limit, strings only when the text has
-    a \\u escape (the one way NUL or a lone surrogate can arrive: raw control
-    characters are invalid JSON, and valid UTF-8 holds no surrogates).
-    """
+    """The body's JSON, if every backend can store it (:mod:`stripe_idempotency.storable`);
+    otherwise a rejection naming why. A verified body must be stored as it is processed, or be
+    refused with a reason: a 500 would have Stripe retry for three days and then drop the event,
+    seen by nobody."""
     try:
-        payload = json.loads(text, parse_constant=_non_finite_constant, parse_float=_float)
-    except _NonFinite:
-        raise _unstorable(text, "it holds NaN, Infinity or a number too large for a float") from None
-    except RecursionError:
-        raise _unstorable(text, f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep") from None
+        return storable.decode(text)
+    except storable.Unstorable as unstorable:
+        raise _unstorable(text, unstorable.reason, unstorable.value) from None
     except ValueError:
         raise WebhookRejected("invalid_json", "The body is not valid JSON.") from None
-    if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and _deeper_than(payload, MAX_PAYLOAD_DEPTH):
-        raise _unstorable(text, f"it is nested more than {MAX_PAYLOAD_DEPTH} levels deep", payload)
-    if "\\u" in text and _holds_unstorable_text(payload):
-        raise _unstorable(
-            text, "a key or a string holds NUL or a lone surrogate (\\u0000, \\ud800...)", payload
-        )
-    return payload
-
-
-def _deeper_than(payload: Any, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` deep: a walk by levels, over containers only."""
-    level = [payload] if isinstance(payload, _CONTAINERS) else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for container in level:
-            values = container.values() if isinstance(container, dict) else container
-            below.extend(value for value in values if isinstance(value, _CONTAINERS))
-        level = below
-    return False
-
-
-def _holds_unstorable_text(payload: Any) -> bool:
-    """Whether a key or a string anywhere holds NUL or a lone surrogate (a walk without recursion)."""
-    stack = [payload]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            if any(_UNSTORABLE_CHARACTER.search(key) for key in value):
-                return True
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str) and _UNSTORABLE_CHARACTER.search(value):
-            return True
-    return False
 
 
 _EVENT_ID_TEXT = re.compile(r"[\x21-\x7e]{1,255}")

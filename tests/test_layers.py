@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "outcomes",
             "signals",
             "sql",
+            "storable",
             "telemetry",
         },
     ),

@@ -19,6 +19,7 @@ MY = "stripe_idempotency/backends/mysql.py"
 PROCESSING = "stripe_idempotency/processing.py"
 LEDGER = "stripe_idempotency/ledger.py"
 VERIFICATION = "stripe_idempotency/verification.py"
+STORABLE = "stripe_idempotency/storable.py"
 LEASES = "stripe_idempotency/leases.py"
 SYNC = "stripe_idempotency/sync.py"
 MODELS = "stripe_idempotency/models.py"
@@ -718,12 +719,13 @@ BREAKS: tuple[Break, ...] = (
         "An authentic body holding NUL or a lone surrogate is refused by name, not a 500 with no row.",
         (
             Edit(
-                VERIFICATION,
-                'if "\\\\u" in text and _holds_unstorable_text(payload):',
+                STORABLE,
+                'if "\\\\u" in text and _holds_unstorable_text(value):',
                 "if False:",
             ),
+            Edit(STORABLE, "    if _holds_unstorable_text(value):\n", "    if False:\n"),
         ),
-        ("tests/test_hostile_input.py",),
+        ("tests/test_hostile_input.py", "tests/test_ledger.py"),
         (SQLITE, POSTGRES),
         quick=(POSTGRES,),
     ),
@@ -732,7 +734,7 @@ BREAKS: tuple[Break, ...] = (
         "An authentic body holding NaN, Infinity or 1e999 is refused by name on every backend.",
         (
             Edit(
-                VERIFICATION,
+                STORABLE,
                 "json.loads(text, parse_constant=_non_finite_constant, parse_float=_float)",
                 "json.loads(text)",
             ),
@@ -745,13 +747,13 @@ BREAKS: tuple[Break, ...] = (
         "An authentic body nested past what MariaDB's JSON check takes is refused by name.",
         (
             Edit(
-                VERIFICATION,
-                'if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and _deeper_than(payload, '
-                "MAX_PAYLOAD_DEPTH):",
+                STORABLE,
+                'if text.count("{") + text.count("[") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):',
                 "if False:",
             ),
+            Edit(STORABLE, "    if _deeper_than(value, MAX_DEPTH):\n", "    if False:\n"),
         ),
-        ("tests/test_hostile_input.py",),
+        ("tests/test_hostile_input.py", "tests/test_ledger.py"),
         (SQLITE, MARIADB),
     ),
     Break(
