@@ -106,13 +106,12 @@ def _give_way(claimed: Claimed) -> Busy | None:
     event = claimed.event
     if event.object_id is None or ordering.mode_for(event.type) is None:
         return None
-    lease_left = ExpressionWrapper(F("claim_expires_at") - Now(), output_field=DurationField())
     holder = (
         StripeEvent.objects.using(claimed.using)
         .about_same_object(event)
         .in_state(EventState.CLAIMED)
         .order_by("claim_expires_at")
-        .values_list(lease_left, flat=True)
+        .leases_left()
         .first()
     )
     if holder is None:
@@ -275,11 +274,10 @@ def reclaim_processed(event: StripeEvent, *, using: str | None = None) -> Claime
 
 def busy_retry_after(event_id: str, *, using: str) -> int:
     """The ``Retry-After`` for an event whose lease someone else holds (1 if nobody does)."""
-    lease_left = ExpressionWrapper(F("claim_expires_at") - Now(), output_field=DurationField())
     left = (
         StripeEvent.objects.using(using)
         .filter(event_id=event_id, processed_at__isnull=True)
-        .values_list(lease_left, flat=True)
+        .leases_left()
         .first()
     )
     return retry_after(left.total_seconds() if left is not None else None)

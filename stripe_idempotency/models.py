@@ -8,7 +8,7 @@ from operator import or_
 from typing import Any, ClassVar
 
 from django.db import models
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, ExpressionWrapper, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -94,6 +94,12 @@ class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
 
     def dead(self) -> StripeEventQuerySet:
         return self.in_state(EventState.DEAD)
+
+    def leases_left(self) -> models.QuerySet[StripeEvent, timedelta | None]:
+        """Each event's lease left, on the database clock, as a flat list: negative once it has
+        run out, ``None`` for an event under no lease."""
+        left = ExpressionWrapper(models.F("claim_expires_at") - Now(), output_field=models.DurationField())
+        return self.values_list(left, flat=True)
 
     def about_same_object(self, event: StripeEvent) -> StripeEventQuerySet:
         """The other events about ``event``'s object (none for an event about no object)."""

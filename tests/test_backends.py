@@ -108,6 +108,25 @@ def test_an_unclaimed_insert_of_a_processed_event_changes_nothing():
     assert state("evt_done") == EventState.PROCESSED
 
 
+def test_the_claim_s_sql_and_the_orm_agree_on_what_is_claimable():
+    # The upserts say "claimable" in SQL (CLAIMABLE), the reaper and the admin through the ORM
+    # (StripeEventQuerySet.claimable): two writings of one rule, held to each other here.
+    from stripe_idempotency.backends.base import CLAIMABLE
+    from stripe_idempotency.factories import StripeEventFactory
+
+    for state in ("processed", "claimed", "stale", "failed", "dead"):
+        StripeEventFactory(event_id=f"evt_{state}", **{state: True})
+    StripeEventFactory(event_id="evt_pending")
+    backend = for_connection(connection)
+    table = connection.ops.quote_name(StripeEvent._meta.db_table)
+    where = CLAIMABLE.format(t=table, now=backend.now.replace("%%", "%"))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT event_id FROM {table} WHERE {where}")
+        in_sql = sorted(row[0] for row in cursor.fetchall())
+    assert in_sql == sorted(StripeEvent.objects.claimable().values_list("event_id", flat=True))
+    assert in_sql == ["evt_dead", "evt_failed", "evt_pending", "evt_stale"]
+
+
 def test_statements_are_cached_by_everything_they_are_built_from():
     backend = for_connection(connection)
     assert isinstance(backend, SQLBackend)
