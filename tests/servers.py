@@ -378,3 +378,9 @@ class LocalStripe:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def show(capsys, summary: str) -> None:
+    """Print a run's figures to the terminal, past pytest's capture: they belong in CI's log."""
+    with capsys.disabled():
+        print(f"\n{summary}")  # noqa: T201

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from stripe_idempotency.testing import deliver_concurrently, sign
-from tests.servers import Gunicorn, LocalStripe, answer_status, post
-from tests.test_chaos import show
+from tests.servers import Gunicorn, LocalStripe, answer_status, post, show
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
 

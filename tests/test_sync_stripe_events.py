@@ -27,9 +27,8 @@ from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import build_event, deliver, deliver_concurrently, sign
 from tests.concurrency import wait_for
 from tests.events_api import EventsAPI, page
-from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, free_port, post
+from tests.servers import ROOT, Gunicorn, LocalStripe, answer_status, app_environment, free_port, post, show
 from tests.settings import WEBHOOK_SECRET
-from tests.test_chaos import show
 from tests.test_localstripe import SECRET, shop_at
 from tests.testapp.models import Effect
 

@@ -78,7 +78,7 @@ def test_garbled_signature_header(csrf_client):
 
 
 def test_a_non_ascii_signature_header(csrf_client):
-    # Found by tests/test_hostile_input.py: stripe's comparison raises TypeError on non-ASCII.
+    # Found by tests/test_verification.py: stripe's comparison raises TypeError on non-ASCII.
     response = deliver(csrf_client, build_event(), signature="t=1,v1=\x80")
     assert_rejected(response, 400, "invalid_signature")
 

@@ -7,6 +7,6 @@ folder, applies one break at a time, runs those tests there, and says which
 failed. A break whose tests all pass is a guarantee nothing guards.
 
 The edits are exact: one that no longer matches the source (the code moved on)
-fails ``tests/test_breaks.py`` in the ordinary suite, so the catalogue cannot
+fails ``tests/guarantees/test_breaks.py`` in the ordinary suite, so the catalogue cannot
 rot unnoticed.
 """

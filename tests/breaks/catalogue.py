@@ -56,7 +56,7 @@ BREAKS: tuple[Break, ...] = (
                 'CLAIMABLE = "{t}.processed_at IS NULL"',
             ),
         ),
-        ("tests/test_leases.py", "tests/test_backends.py", "tests/test_concurrency.py"),
+        ("tests/test_leases.py", "tests/test_backends.py", "tests/guarantees/test_concurrency.py"),
         (SQLITE, POSTGRES),
         quick=(SQLITE, POSTGRES),
     ),
@@ -164,7 +164,7 @@ BREAKS: tuple[Break, ...] = (
                 "        if True:\n            later = _superseding(event)\n",
             ),
         ),
-        ("tests/test_processing.py", "tests/test_concurrency.py"),
+        ("tests/test_processing.py", "tests/guarantees/test_concurrency.py"),
         (SQLITE, POSTGRES),
     ),
     Break(
@@ -193,7 +193,7 @@ BREAKS: tuple[Break, ...] = (
         ),
         (
             "tests/test_processing.py",
-            "tests/test_app_servers.py::test_a_worker_killed_by_gunicorns_timeout_releases_its_claim",
+            "tests/guarantees/test_app_servers.py::test_a_worker_killed_by_gunicorns_timeout_releases_its_claim",
         ),
         (SQLITE, POSTGRES),
     ),
@@ -533,7 +533,7 @@ BREAKS: tuple[Break, ...] = (
         ),
         (
             "tests/test_deferred.py",
-            "tests/test_workers.py::test_an_event_whose_task_was_never_queued_is_processed_once_by_the_reaper",
+            "tests/guarantees/test_workers.py::test_an_event_whose_task_was_never_queued_is_processed_once_by_the_reaper",
         ),
         (SQLITE, POSTGRES),
     ),
@@ -550,7 +550,7 @@ BREAKS: tuple[Break, ...] = (
         ),
         (
             "tests/test_deferred.py",
-            "tests/test_workers.py::test_each_accepted_event_is_processed_once_by_the_workers",
+            "tests/guarantees/test_workers.py::test_each_accepted_event_is_processed_once_by_the_workers",
         ),
         (SQLITE, POSTGRES),
         quick=(POSTGRES,),
@@ -572,7 +572,7 @@ BREAKS: tuple[Break, ...] = (
                 "        _record_callback_failures(claimed, callback_failures)\n",
             ),
         ),
-        ("tests/test_lifecycle_signals.py",),
+        ("tests/test_signals.py",),
         (SQLITE,),
     ),
     Break(
@@ -622,7 +622,7 @@ BREAKS: tuple[Break, ...] = (
             ),
             Edit(PG, ' AND {currency} = %s FOR UPDATE"', ' AND {currency} = %s"'),
         ),
-        ("tests/test_ledger_concurrency.py", "tests/test_ledger.py"),
+        ("tests/guarantees/test_ledger_concurrency.py", "tests/test_ledger.py"),
         (POSTGRES, MARIADB),
     ),
     Break(
@@ -635,7 +635,7 @@ BREAKS: tuple[Break, ...] = (
                 "if True:",
             ),
         ),
-        ("tests/test_ledger.py", "tests/test_ledger_concurrency.py", "tests/test_backends.py"),
+        ("tests/test_ledger.py", "tests/guarantees/test_ledger_concurrency.py", "tests/test_backends.py"),
         (POSTGRES, MARIADB),
         quick=(POSTGRES,),
     ),
@@ -649,7 +649,7 @@ BREAKS: tuple[Break, ...] = (
                 "return False",
             ),
         ),
-        ("tests/test_backends.py", "tests/test_ledger_concurrency.py"),
+        ("tests/test_backends.py", "tests/guarantees/test_ledger_concurrency.py"),
         (MARIADB,),
     ),
     Break(
@@ -678,7 +678,7 @@ BREAKS: tuple[Break, ...] = (
             ),
         ),
         (
-            "tests/test_concurrency.py::"
+            "tests/guarantees/test_concurrency.py::"
             "test_a_duplicate_arriving_while_the_receivers_hold_a_foreign_key_does_not_deadlock",
         ),
         (MARIADB,),
@@ -695,7 +695,7 @@ BREAKS: tuple[Break, ...] = (
             Edit(MY, 'f"ON DUPLICATE KEY UPDATE {balance} = {balance}"', '""'),
         ),
         (
-            "tests/test_ledger_concurrency.py::"
+            "tests/guarantees/test_ledger_concurrency.py::"
             "test_first_credits_to_new_accounts_in_callers_transactions_never_deadlock",
         ),
         (MARIADB,),
@@ -710,7 +710,7 @@ BREAKS: tuple[Break, ...] = (
                 "FROM locked WHERE %s OR %s IS NOT NULL",
             ),
         ),
-        ("tests/test_ledger.py", "tests/test_ledger_concurrency.py"),
+        ("tests/test_ledger.py", "tests/guarantees/test_ledger_concurrency.py"),
         (POSTGRES,),
     ),
     # -- the edges (issue 12) ---------------------------------------------------------------
@@ -725,7 +725,7 @@ BREAKS: tuple[Break, ...] = (
             ),
             Edit(STORABLE, "    if _holds_unstorable_text(value):\n", "    if False:\n"),
         ),
-        ("tests/test_hostile_input.py", "tests/test_ledger.py"),
+        ("tests/test_verification.py", "tests/test_ledger.py"),
         (SQLITE, POSTGRES),
         quick=(POSTGRES,),
     ),
@@ -739,7 +739,7 @@ BREAKS: tuple[Break, ...] = (
                 "json.loads(text)",
             ),
         ),
-        ("tests/test_hostile_input.py",),
+        ("tests/test_verification.py",),
         (SQLITE, POSTGRES),
     ),
     Break(
@@ -753,7 +753,7 @@ BREAKS: tuple[Break, ...] = (
             ),
             Edit(STORABLE, "    if _deeper_than(value, MAX_DEPTH):\n", "    if False:\n"),
         ),
-        ("tests/test_hostile_input.py", "tests/test_ledger.py"),
+        ("tests/test_verification.py", "tests/test_ledger.py"),
         (SQLITE, MARIADB),
     ),
     Break(
@@ -766,7 +766,7 @@ BREAKS: tuple[Break, ...] = (
                 "if False:",
             ),
         ),
-        ("tests/test_hostile_input.py",),
+        ("tests/test_verification.py",),
         (POSTGRES,),
     ),
     Break(
@@ -779,7 +779,7 @@ BREAKS: tuple[Break, ...] = (
                 'text = body.decode("latin-1")',
             ),
         ),
-        ("tests/test_hostile_input.py",),
+        ("tests/test_verification.py",),
         (SQLITE,),
         quick=(SQLITE,),
     ),
@@ -787,7 +787,7 @@ BREAKS: tuple[Break, ...] = (
         "future-signatures-accepted",
         "A signature timestamped in the future is held to the tolerance, as an old one is.",
         (Edit(VERIFICATION, "if timestamp > time.time() + tolerance:", "if False:"),),
-        ("tests/test_hostile_input.py",),
+        ("tests/test_verification.py",),
         (SQLITE,),
         quick=(SQLITE,),
     ),
@@ -853,7 +853,7 @@ BREAKS: tuple[Break, ...] = (
                 "        except ZeroDivisionError:\n",
             ),
         ),
-        ("tests/test_faults.py",),
+        ("tests/guarantees/test_faults.py",),
         (POSTGRES,),
     ),
     Break(
@@ -1098,8 +1098,8 @@ BREAKS: tuple[Break, ...] = (
             Edit(VERIFICATION, "    return int(timestamps[0]), signatures\n", "    return 0, signatures\n"),
         ),
         (
-            "tests/test_hostile_input.py::test_a_body_signed_ahead_cannot_hide_its_timestamp_behind_a_decoy",
-            "tests/test_hostile_input.py::test_any_arrangement_of_a_header_is_judged_on_the_timestamp_it_was_signed_with",
+            "tests/test_verification.py::test_a_body_signed_ahead_cannot_hide_its_timestamp_behind_a_decoy",
+            "tests/test_verification.py::test_any_arrangement_of_a_header_is_judged_on_the_timestamp_it_was_signed_with",
         ),
         (SQLITE,),
         quick=(SQLITE,),
@@ -1114,7 +1114,7 @@ BREAKS: tuple[Break, ...] = (
                 "        if False:\n",
             ),
         ),
-        ("tests/test_hostile_input.py::test_a_thin_event_whose_context_is_not_a_string_is_refused",),
+        ("tests/test_verification.py::test_a_thin_event_whose_context_is_not_a_string_is_refused",),
         (SQLITE,),
     ),
     Break(
@@ -1232,7 +1232,7 @@ BREAKS: tuple[Break, ...] = (
                 "        if row is None:\n            # The upsert either inserts",
             ),
         ),
-        ("tests/test_layers.py",),
+        ("tests/guarantees/test_layers.py",),
         (SQLITE,),
         quick=(SQLITE,),
     ),

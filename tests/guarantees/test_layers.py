@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "stripe_idempotency"
+PACKAGE = Path(__file__).resolve().parents[2] / "stripe_idempotency"
 
 #: Bottom first. A module may import its own layer and those listed before it.
 LAYERS: list[tuple[str, set[str]]] = [
@@ -282,3 +282,49 @@ def test_a_circle_is_found_through_a_function_local_import():
         Import("backends", "backends.base", 1, False, ""),
     ]
     assert circles(imports) == [["backends", "backends.base", "ledger", "models"]]
+
+
+#: Modules whose behaviour is tested in another module's test file, and why there.
+TESTED_WITH = {
+    "apps": ("test_checks.py", "ready() only registers the checks"),
+    "urls": ("test_views.py", "every request the views are sent goes through the routes"),
+    "exceptions": ("test_views.py", "each exception is tested where it is raised and answered"),
+    "sql": ("test_backends.py", "the column helpers exist for the backends' statements"),
+    "backends.base": ("test_backends.py", "one contract, each database's statements held to it"),
+    "backends.mysql": ("test_backends.py", "one contract, each database's statements held to it"),
+    "backends.postgresql": ("test_backends.py", "one contract, each database's statements held to it"),
+    "backends.sqlite": ("test_backends.py", "one contract, each database's statements held to it"),
+    "fetching": ("test_thin_events.py", "it fetches what thin events name"),
+    "event_types": ("test_checks.py", "read by check W008 only"),
+    "object_shapes": ("test_testing.py", "the shapes build_event gives data.object"),
+    "queueing": ("test_deferred.py", "deferred mode's handover, beside the task it queues"),
+    "tasks": ("test_deferred.py", "deferred mode's task, beside its handover"),
+    "contrib.celery": ("test_deferred.py", "deferred mode through Celery"),
+    "reaper": ("test_reap_stale_claims.py", "the library function and its command, tested together"),
+    "retention": ("test_prune_stripe_events.py", "the library function and its command, tested together"),
+    "sync": ("test_sync_stripe_events.py", "the library function and its command, tested together"),
+    "status": ("test_stripe_events_status.py", "the library function and its command, tested together"),
+    "management.commands.replay_stripe_event": (
+        "test_reap_stale_claims.py",
+        "replay and the reaper share the claim",
+    ),
+}
+
+
+def test_every_module_has_its_own_test_file_or_says_where_it_is_tested():
+    tests = PACKAGE.parent / "tests"
+    files = {path.name for path in tests.rglob("test_*.py")}
+    homeless = []
+    for module in package_modules():
+        name = module.rpartition(".")[2]
+        if (
+            not module
+            or name == "__init__"
+            or module in {"management", "management.commands", "backends", "contrib"}
+        ):
+            continue
+        home = TESTED_WITH.get(module, (f"test_{name}.py", ""))[0]
+        if home not in files:
+            homeless.append(f"{module} (expected {home})")
+    assert homeless == []
+    assert all(f"test_{module.rpartition('.')[2]}.py" not in files for module in TESTED_WITH)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
-from tests.servers import ROOT, Gunicorn, answer_status, app_environment, post
+from tests.servers import ROOT, Gunicorn, answer_status, app_environment, post, show
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chaos]
 
@@ -392,8 +392,3 @@ def test_exactly_once_under_chaos_deferred(server_database, queue: str, tmp_path
     assert kills["web"] > 0, summary
     assert scheduled_reaps > 0, summary
     assert reaped == left_for_reapers, summary
-
-
-def show(capsys, summary: str) -> None:
-    with capsys.disabled():
-        print(f"\n{summary}")  # noqa: T201 (the run's figures, in CI's log)
