@@ -256,7 +256,7 @@ def reclaim_processed(event: StripeEvent, *, using: str | None = None) -> Claime
     updated = (
         StripeEvent.objects.using(using)
         .filter(pk=event.pk, processed_at__isnull=False)
-        .filter(Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()))
+        .without_live_lease()
         .update(
             processed_at=None,
             claim_token=token,

@@ -44,7 +44,7 @@ def state_conditions() -> dict[EventState, Q]:
     """
     max_attempts = app_settings.MAX_ATTEMPTS
     unprocessed = Q(processed_at__isnull=True)
-    no_live_lease = Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now())
+    no_live_lease = _no_live_lease()
     ever_claimed = Q(claimed_at__isnull=False)
     return {
         EventState.PROCESSED: Q(processed_at__isnull=False),
@@ -73,9 +73,11 @@ class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
 
     def claimable(self) -> StripeEventQuerySet:
         """Not processed and not under a live lease: pending, stale, failed or dead. What a claim may take."""
-        return self.filter(
-            Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()), processed_at__isnull=True
-        )
+        return self.without_live_lease().filter(processed_at__isnull=True)
+
+    def without_live_lease(self) -> StripeEventQuerySet:
+        """No lease, or one that has run out, on the database clock: nobody is processing them."""
+        return self.filter(_no_live_lease())
 
     def processed(self) -> StripeEventQuerySet:
         return self.in_state(EventState.PROCESSED)
@@ -119,6 +121,10 @@ class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
             .filter(created__gte=_next_second(event.created), processed_at__isnull=False)
             .order_by(models.F("created").desc(), models.F("processed_at").desc())
         )
+
+
+def _no_live_lease() -> Q:
+    return Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now())
 
 
 def _next_second(when: datetime) -> datetime:

@@ -244,9 +244,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 MODELS,
-                "Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lte=Now()), "
-                "processed_at__isnull=True",
-                "processed_at__isnull=True",
+                "        return self.without_live_lease().filter(processed_at__isnull=True)\n",
+                "        return self.filter(processed_at__isnull=True)\n",
             ),
         ),
         ("tests/test_reap_stale_claims.py", "tests/test_factories.py", "tests/test_admin.py"),
