@@ -146,6 +146,30 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+#: The part of docs/proof.md a full run rewrites: its figures and the table.
+PROOF = ROOT / "docs" / "proof.md"
+START, END = "<!-- breaks: written by python -m tests.breaks --write -->", "<!-- breaks: end -->"
+
+
+def write_proof(results: list[Result], page: Path, *, when: str) -> None:
+    """Put a full run's figures and table in ``page``, between its markers; the rest is untouched."""
+    text = page.read_text()
+    before, start, rest = text.partition(START)
+    _, end, after = rest.partition(END)
+    if not start or not end:
+        raise ValueError(f"{page} has no {START} ... {END} part to write the results in.")
+    runs, caught = len(results), sum(r.caught for r in results)
+    quick = sum(r.backend in r.brk.quick for r in results)
+    breaks = len({r.brk.name for r in results})
+    summary = (
+        f"The last full run (`python -m tests.breaks --write`, {when}): **{breaks} breaks on {runs} "
+        f"backend runs, {caught} caught**; {quick} of those runs are the `--quick` subset CI runs. "
+        "Each row is one break with, per backend it was tried on, the first tests that failed "
+        "(the command prints them all)."
+    )
+    page.write_text(f"{before}{START}\n{summary}\n\n{markdown(results)}\n{END}{after}")
+
+
 def selected(args: argparse.Namespace) -> list[tuple[Break, str]]:
     runs = []
     for brk in BREAKS:
@@ -165,12 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the catalogue and run nothing")
     parser.add_argument("--markdown", action="store_true", help="also print the results as a Markdown table")
     parser.add_argument(
+        "--write",
+        action="store_true",
+        help="a full run only: write its figures and table into docs/proof.md",
+    )
+    parser.add_argument(
         "--tree", type=Path, default=ROOT, help="the checkout to copy and break (default: this one)"
     )
     args = parser.parse_args(argv)
     unknown = set(args.only or ()) - {b.name for b in BREAKS}
     if unknown:
         parser.error(f"no break named {', '.join(sorted(unknown))}")
+    if args.write and (args.only or args.backend or args.quick):
+        parser.error("--write records a full run: every break on every backend it names")
     runs = selected(args)
     if args.list:
         for brk in BREAKS:
@@ -191,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(result), flush=True)
     if args.markdown:
         print(markdown(results))
+    if args.write:
+        write_proof(results, PROOF, when=time.strftime("%Y-%m-%d", time.gmtime()))
+        print(f"wrote {PROOF.relative_to(ROOT)}")
     caught = sum(r.caught for r in results)
     print(f"{len(results)} breaks, {caught} caught")
     return 0 if results and caught == len(results) else 1

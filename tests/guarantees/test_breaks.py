@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.breaks.__main__ import ROOT, BreakDoesNotApply, apply, copy_repository, edited_files, main, run
+from tests.breaks.__main__ import (
+    END,
+    ROOT,
+    START,
+    BreakDoesNotApply,
+    Result,
+    apply,
+    copy_repository,
+    edited_files,
+    main,
+    run,
+    write_proof,
+)
 from tests.breaks.catalogue import ALL, BREAKS, Break, Edit, get
 
 # tox runs the suite from a copy without the package's source, against the installed wheel:
@@ -84,3 +96,37 @@ def test_an_unknown_break_is_a_usage_error(capsys):
         main(["--only", "no-such-break"])
     assert exited.value.code == 2
     assert "no break named no-such-break" in capsys.readouterr().err
+
+
+def test_a_full_run_is_written_between_the_page_s_markers_and_nowhere_else(tmp_path: Path):
+    page = tmp_path / "proof.md"
+    page.write_text(f"# Proof\n\nbefore\n\n{START}\nold figures\n\n| old | table |\n{END}\n\n## After\n")
+    fence, other = get("no-fence"), get("reaper-takes-live-claims")
+    results = [
+        Result(fence, "postgres", ("tests/test_leases.py::test_complete_is_fenced_by_the_token",), 3.0),
+        Result(fence, "sqlite", ("tests/test_leases.py::test_complete_is_fenced_by_the_token",), 2.0),
+        Result(other, "sqlite", (), 1.0),
+    ]
+    write_proof(results, page, when="2026-12-07")
+    text = page.read_text()
+    assert text.startswith(
+        f"# Proof\n\nbefore\n\n{START}\nThe last full run (`python -m tests.breaks --write`, 2026-12-07)"
+    )
+    assert text.endswith(f"{END}\n\n## After\n")
+    assert "old figures" not in text
+    quick = sum(r.backend in r.brk.quick for r in results)
+    assert f"**2 breaks on 3 backend runs, 2 caught**; {quick} of those runs" in text
+    assert f"| `{other.name}` | {other.undoes} | sqlite: NOT caught |" in text
+
+
+def test_the_proof_page_has_one_part_for_a_full_run_to_write():
+    page = (ROOT / "docs" / "proof.md").read_text()
+    assert (page.count(START), page.count(END)) == (1, 1)
+    assert "| break | undoes | caught by |" in page.partition(START)[2].partition(END)[0]
+
+
+def test_only_a_full_run_is_written(capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["--write", "--only", "no-fence"])
+    assert refused.value.code == 2
+    assert "--write records a full run" in capsys.readouterr().err
