@@ -42,8 +42,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     for setting in AppSettings.declared():
         if setting is AppSettings.WEBHOOK_SECRETS:
             # With named endpoints, the default one may go unused: no secrets then switch it off.
-            if raw.get("WEBHOOK_SECRETS") or not named:
-                messages += _check_secrets(raw, SETTINGS_NAME)
+            messages += _check_secrets(raw, SETTINGS_NAME, required=not named)
         else:
             messages += _problems(setting, raw, SETTINGS_NAME)
     if AppSettings.ENDPOINTS.accepts(named):
@@ -79,13 +78,14 @@ def _unknown_keys(
     ]
 
 
-def _check_secrets(config: dict[str, Any], where: str) -> list[CheckMessage]:
-    """``config`` holds them: the settings, or one endpoint's dict (``where`` names it)."""
+def _check_secrets(config: dict[str, Any], where: str, *, required: bool = True) -> list[CheckMessage]:
+    """``config`` holds them: the settings, or one endpoint's dict (``where`` names it). Only a
+    ``required`` list must not be empty."""
     messages = _problems(AppSettings.WEBHOOK_SECRETS, config, where)
     secrets = config.get("WEBHOOK_SECRETS", [])
     if messages:
         return messages
-    if not secrets:
+    if not secrets and required:
         return [
             Error(
                 f"{where}['WEBHOOK_SECRETS'] is empty: every webhook would be rejected.",

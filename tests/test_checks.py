@@ -467,3 +467,12 @@ def test_deferred_through_the_backport_not_in_installed_apps_is_w010(monkeypatch
         assert deferred_ids() == ["stripe_idempotency.W010"]
     with override_settings(INSTALLED_APPS=[*apps, "django_tasks"]):
         assert deferred_ids() == []
+
+
+def test_with_named_endpoints_an_empty_default_list_passes_and_a_wrong_kind_does_not():
+    # [] switches the default endpoint off; "" is a lone string the app refuses to read.
+    endpoints = {"connect": {"WEBHOOK_SECRETS": ["whsec_connect"]}}
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": [], "ENDPOINTS": endpoints}):
+        assert check_settings() == []
+    with override_settings(STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": "", "ENDPOINTS": endpoints}):
+        assert ids(check_settings()) == ["stripe_idempotency.E011"]
