@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connections
+from django.db import connection, connections
 from django.test import Client, override_settings
 from django.urls import reverse
 
 from stripe_idempotency import leases, ordering, processing
+from stripe_idempotency.backends import for_connection
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import InsufficientFunds
 from stripe_idempotency.models import EventState, LedgerEntry, StripeEvent
@@ -38,6 +39,12 @@ ONE_WRITER_AT_A_TIME = pytest.mark.only_on(
     "postgresql", "mariadb", "mysql", reason="SQLite's one writer: a claim waits for the dispatch's lock."
 )
 SERIALIZE = {"WEBHOOK_SECRETS": [WEBHOOK_SECRET], "ORDERING": {"charge.*": "serialize"}}
+
+
+def stored_not_run(event: dict) -> None:
+    """Store ``event`` as a deferred delivery does, its object and ``created`` read from it, and
+    run nothing: it stays pending."""
+    for_connection(connection).insert_unclaimed(StripeEvent, IncomingEvent.from_payload(event))
 
 
 def subscription_event(event_type: str, status: str, created: int, sub: str = "sub_1") -> dict:
@@ -111,13 +118,7 @@ def test_superseded_by_names_the_latest_created_then_the_last_processed(subscrip
     old = subscription_event("customer.subscription.created", "incomplete", T0, sub="sub_3")
     first = subscription_event("customer.subscription.updated", "active", T0 + 5, sub="sub_3")
     then = subscription_event("customer.subscription.updated", "past_due", T0 + 5, sub="sub_3")
-    StripeEvent.objects.create(
-        event_id=then["id"],
-        type=then["type"],
-        payload=then,
-        object_id="sub_3",
-        created=datetime.fromtimestamp(T0 + 5, UTC),
-    )
+    stored_not_run(then)
     for event in (first, then, old):
         processing.receive(IncomingEvent.from_payload(event))
     assert StripeEvent.objects.get(event_id=then["id"]).pk < StripeEvent.objects.get(event_id=first["id"]).pk
@@ -172,13 +173,7 @@ def test_only_a_later_event_that_is_processed_supersedes(subscriptions, connect,
     created = subscription_event("customer.subscription.created", "incomplete", T0)
     updated = subscription_event("customer.subscription.updated", "active", T0 + 3)
     if later_state == "pending":
-        StripeEvent.objects.create(
-            event_id=updated["id"],
-            type=updated["type"],
-            payload=updated,
-            object_id="sub_1",
-            created=datetime.fromtimestamp(T0 + 3, UTC),
-        )
+        stored_not_run(updated)
     else:
 
         def fail(sender, event, **kwargs):
@@ -514,8 +509,8 @@ def test_pairs_delivered_in_both_orders_from_processes_end_at_the_newer_state(su
     events = [event for pair in pairs(30) for event in pair]
     random.Random(7).shuffle(events)
     burst(events, processes=3, threads=3)
-    for connection in connections.all():
-        connection.close()
+    for open_connection in connections.all():
+        open_connection.close()
     retry_until_done(events)
     assert_each_pair_ends_at_the_newer_state(30)
 
