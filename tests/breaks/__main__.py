@@ -110,8 +110,10 @@ def run(brk: Break, backend: str, copy: Path) -> Result:
             path.write_text(text)
     seconds = time.monotonic() - started
     failed = tuple(dict.fromkeys(m.group(2) for m in FAILED_LINE.finditer(completed.stdout)))
-    if completed.returncode not in (0, 1):
-        # Interrupted, an internal error, a usage error, no tests: nothing was tested.
+    if completed.returncode not in (0, 1) or (completed.returncode == 1 and not failed):
+        # Interrupted, an internal error, a usage error, no tests, or Python itself failing
+        # before pytest ran (an edit that leaves the package unimportable exits 1 too):
+        # nothing was tested.
         tail = "\n".join((completed.stdout + completed.stderr).strip().splitlines()[-15:])
         return Result(brk, backend, failed, seconds, f"pytest exited {completed.returncode}:\n{tail}")
     return Result(brk, backend, failed, seconds)
@@ -151,7 +153,7 @@ PROOF = ROOT / "docs" / "proof.md"
 START, END = "<!-- breaks: written by python -m tests.breaks --write -->", "<!-- breaks: end -->"
 
 
-def write_proof(results: list[Result], page: Path, *, when: str) -> None:
+def write_proof(results: list[Result], page: Path, *, when: str, minutes: float) -> None:
     """Put a full run's figures and table in ``page``, between its markers; the rest is untouched."""
     text = page.read_text()
     before, start, rest = text.partition(START)
@@ -162,8 +164,9 @@ def write_proof(results: list[Result], page: Path, *, when: str) -> None:
     quick = sum(r.backend in r.brk.quick for r in results)
     breaks = len({r.brk.name for r in results})
     summary = (
-        f"The last full run (`python -m tests.breaks --write`, {when}): **{breaks} breaks on {runs} "
-        f"backend runs, {caught} caught**; {quick} of those runs are the `--quick` subset CI runs. "
+        f"The last full run (`python -m tests.breaks --write`, {when}, {minutes:.0f} minutes): **{breaks} "
+        f"breaks on {runs} backend runs, {caught} caught**; {quick} of those runs are the `--quick` "
+        "subset CI runs. "
         "Each row is one break with, per backend it was tried on, the first tests that failed "
         "(the command prints them all)."
     )
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for brk, _ in runs:
         edited_files(brk, tree)  # every edit still applies, before anything runs
     print(f"{len(runs)} breaks to try, one at a time, on a scratch copy of {tree}", flush=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="stripe-idempotency-breaks-") as scratch:
         copy = copy_repository(tree, Path(scratch))
         results = []
@@ -223,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown(results))
     if args.write:
-        write_proof(results, PROOF, when=time.strftime("%Y-%m-%d", time.gmtime()))
+        minutes = (time.monotonic() - started) / 60
+        write_proof(results, PROOF, when=time.strftime("%Y-%m-%d", time.gmtime()), minutes=minutes)
         print(f"wrote {PROOF.relative_to(ROOT)}")
     caught = sum(r.caught for r in results)
     print(f"{len(results)} breaks, {caught} caught")

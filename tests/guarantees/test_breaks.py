@@ -107,11 +107,10 @@ def test_a_full_run_is_written_between_the_page_s_markers_and_nowhere_else(tmp_p
         Result(fence, "sqlite", ("tests/test_leases.py::test_complete_is_fenced_by_the_token",), 2.0),
         Result(other, "sqlite", (), 1.0),
     ]
-    write_proof(results, page, when="2026-12-07")
+    write_proof(results, page, when="2026-12-07", minutes=31.4)
     text = page.read_text()
-    assert text.startswith(
-        f"# Proof\n\nbefore\n\n{START}\nThe last full run (`python -m tests.breaks --write`, 2026-12-07)"
-    )
+    written = "The last full run (`python -m tests.breaks --write`, 2026-12-07, 31 minutes)"
+    assert text.startswith(f"# Proof\n\nbefore\n\n{START}\n{written}")
     assert text.endswith(f"{END}\n\n## After\n")
     assert "old figures" not in text
     quick = sum(r.backend in r.brk.quick for r in results)
@@ -130,3 +129,26 @@ def test_only_a_full_run_is_written(capsys):
         main(["--write", "--only", "no-fence"])
     assert refused.value.code == 2
     assert "--write records a full run" in capsys.readouterr().err
+
+
+@pytest.mark.skipif("DATABASE_URL" in os.environ, reason="it runs pytest on SQLite itself: once is enough")
+def test_an_edit_that_leaves_the_package_unimportable_is_never_reported_as_passing(tmp_path: Path):
+    # Python exits 1 before pytest runs: the same status as failing tests, with none named.
+    copy = copy_repository(ROOT, tmp_path)
+    unimportable = Break(
+        "unimportable",
+        "nothing: the package no longer imports",
+        (
+            Edit(
+                "stripe_idempotency/backends/mysql.py",
+                "class MySQLBackend(SQLBackend):",
+                "class MySQLBackend(",
+            ),
+        ),
+        ("tests/test_storable.py",),
+        ("sqlite",),
+    )
+    result = run(unimportable, "sqlite", copy)
+    assert not result.caught
+    assert result.problem is not None
+    assert "pytest exited 1" in result.problem
