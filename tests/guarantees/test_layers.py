@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "stripe_idempotency"
+import stripe_idempotency
+
+# The package as imported: the work tree's, or the wheel's when the suite runs installed.
+PACKAGE = Path(stripe_idempotency.__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 #: Bottom first. A module may import its own layer and those listed before it.
 LAYERS: list[tuple[str, set[str]]] = [
@@ -217,6 +221,19 @@ def circles(imports: list[Import]) -> list[list[str]]:
     return groups
 
 
+def test_the_package_read_is_the_one_imported_whole():
+    # Every other test here would pass on an empty package.
+    modules = package_modules()
+    assert {
+        "",
+        "conf",
+        "models",
+        "processing",
+        "backends.base",
+        "management.commands.reap_stale_claims",
+    } <= set(modules)
+
+
 def test_every_module_has_a_layer():
     unplaced = []
     for module in package_modules():
@@ -312,8 +329,7 @@ TESTED_WITH = {
 
 
 def test_every_module_has_its_own_test_file_or_says_where_it_is_tested():
-    tests = PACKAGE.parent / "tests"
-    files = {path.name for path in tests.rglob("test_*.py")}
+    files = {path.name for path in TESTS.rglob("test_*.py")}
     homeless = []
     for module in package_modules():
         name = module.rpartition(".")[2]
