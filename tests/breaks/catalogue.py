@@ -236,7 +236,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_leases.py",),
         ALL,
-        quick=(SQLITE,),
     ),
     Break(
         "reaper-takes-live-claims",
@@ -250,7 +249,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_reap_stale_claims.py", "tests/test_factories.py", "tests/test_admin.py"),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "reaper-ignores-the-backoff",
@@ -786,7 +784,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_verification.py",),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "future-signatures-accepted",
@@ -808,7 +805,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_processing.py",),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "takeover-keeps-the-old-body",
@@ -820,7 +816,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_processing.py",),
         ALL,
-        quick=(SQLITE,),
     ),
     Break(
         "identifiers-compare-as-text",
@@ -949,7 +944,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_endpoints.py",),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "thin-event-apart-from-its-snapshot",
@@ -1002,7 +996,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_prune_stripe_events.py",),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     # -- ordering ---------------------------------------------------------------------------
     Break(
@@ -1030,7 +1023,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_ordering.py",),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     # -- catching up from the Events API ------------------------------------------------------
     Break(
@@ -1107,7 +1099,6 @@ BREAKS: tuple[Break, ...] = (
             "tests/test_verification.py::test_any_arrangement_of_a_header_is_judged_on_the_timestamp_it_was_signed_with",
         ),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "thin-event-context-unchecked",
@@ -1165,7 +1156,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_health.py", "tests/test_stripe_events_status.py", "tests/test_durations.py"),
         (SQLITE, POSTGRES),
-        quick=(SQLITE,),
     ),
     Break(
         "misspelt-event-types-unchecked",
@@ -1223,7 +1213,6 @@ BREAKS: tuple[Break, ...] = (
         (Edit("stripe_idempotency/conf.py", "        if problem is not None:\n", "        if False:\n"),),
         ("tests/test_conf.py", "tests/test_views.py"),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "statements-import-the-tables",
