@@ -17,10 +17,17 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
-from stripe_idempotency import endpoints, outcomes, processing, status
+from stripe_idempotency import effects, endpoints, outcomes, processing, status
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.exceptions import ClaimInsideTransaction
-from stripe_idempotency.models import EventState, EventSyncWatermark, LedgerBalance, LedgerEntry, StripeEvent
+from stripe_idempotency.models import (
+    EventEffect,
+    EventState,
+    EventSyncWatermark,
+    LedgerBalance,
+    LedgerEntry,
+    StripeEvent,
+)
 from stripe_idempotency.outcomes import error_summary
 
 if TYPE_CHECKING:
@@ -132,6 +139,39 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
+class EffectColumns:
+    """The columns an effect is shown with, in its list and on its event's page."""
+
+    @admin.display(description=_("state"), ordering="state")
+    def state(self, effect: EventEffect) -> str:
+        return str(EventState(effect.state).label)  # type: ignore[attr-defined]
+
+    @admin.display(description=_("error"))
+    def error(self, effect: EventEffect) -> str:
+        if not effect.last_error:
+            return "-"
+        return Truncator(error_summary(effect.last_error)).chars(ERROR_SUMMARY_CHARS)
+
+
+class EventEffectInline(EffectColumns, admin.TabularInline):  # type: ignore[type-arg]
+    """The effects the event's receivers scheduled, on the event's page."""
+
+    model = EventEffect
+    fields = readonly_fields = ("name", "key", "state", "attempts", "completed_at", "error")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[EventEffect]:
+        return super().get_queryset(request).with_state().order_by("pk")  # type: ignore[attr-defined,no-any-return]
+
+
 @admin.register(StripeEvent)
 class StripeEventAdmin(ReadOnlyAdmin):
     list_display = [
@@ -160,6 +200,7 @@ class StripeEventAdmin(ReadOnlyAdmin):
     ordering = ["-received_at"]
     show_full_result_count = False  # no COUNT(*) over a large table on every page
     actions = ["reprocess_selected"]
+    inlines = [EventEffectInline]
     fieldsets = _EVENT_FIELDSETS
     readonly_fields = flatten_fieldsets(_EVENT_FIELDSETS)
     change_list_template = "admin/stripe_idempotency/stripeevent/change_list.html"
@@ -234,6 +275,70 @@ class StripeEventAdmin(ReadOnlyAdmin):
 
 
 ERROR_SUMMARY_CHARS = 100
+
+
+_EFFECT_RUN_MESSAGES = {
+    "processed": (_("Ran: %(keys)s."), messages.SUCCESS),
+    "failed": (_("Failed again (see their last error): %(keys)s."), messages.ERROR),
+    "dead": (_("Failed again, and dead (see their last error): %(keys)s."), messages.ERROR),
+    "fenced": (_("Ran, but another run took them over meanwhile: %(keys)s."), messages.WARNING),
+    "busy": (_("Left alone (another process holds them, or they are done): %(keys)s."), messages.WARNING),
+}
+
+
+@admin.register(EventEffect)
+class EventEffectAdmin(EffectColumns, ReadOnlyAdmin):
+    """Every effect, where it stands, and an action that runs the selected ones now."""
+
+    list_display = ["idempotency_key", "name", "state", "attempts", "scheduled_at", "completed_at", "error"]
+    list_filter = [StateFilter, "name"]
+    search_fields = ["=idempotency_key", "name"]
+    ordering = ["-pk"]
+    show_full_result_count = False
+    list_select_related = False
+    actions = ["run_selected"]
+    fields = readonly_fields = (
+        "event",
+        "name",
+        "key",
+        "idempotency_key",
+        "arguments",
+        "state",
+        "scheduled_at",
+        "attempts",
+        "max_attempts",
+        "next_attempt_at",
+        "claimed_by",
+        "claimed_at",
+        "claim_expires_at",
+        "completed_at",
+        "last_error",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[EventEffect]:
+        return super().get_queryset(request).with_state()  # type: ignore[attr-defined,no-any-return]
+
+    @admin.action(description=_("Run the selected effects now"), permissions=["run"])
+    def run_selected(self, request: HttpRequest, queryset: QuerySet[EventEffect]) -> None:
+        """Claim and run each selected effect (dead ones too): a run like any other, so one held
+        by another process, or done, is left alone."""
+        ran: dict[str, list[str]] = {}
+        for row in queryset.order_by("pk"):
+            try:
+                outcome = effects.run(row, dead_too=True)
+            except ClaimInsideTransaction:
+                self.message_user(
+                    request, _("Effects cannot be claimed inside a transaction."), messages.ERROR
+                )
+                return
+            ran.setdefault(outcome, []).append(row.idempotency_key)
+        for ended, keys in ran.items():
+            text, level = _EFFECT_RUN_MESSAGES[ended]
+            self.message_user(request, text % {"keys": ", ".join(keys)}, level)
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{EventEffect._meta.app_label}.change_eventeffect")
+
 
 _ALARMING = (EventState.STALE, EventState.FAILED, EventState.DEAD)
 # The overview counts the events processed in the last hour (its caption says so): a count of

@@ -93,6 +93,19 @@ class LeaseLost(StripeIdempotencyError):
     """
 
 
+class InvalidEffect(StripeIdempotencyError, ValueError):
+    """An effect scheduled with arguments it cannot be run with: a value that is not JSON every
+    supported database stores, a keyword the function does not take, a key used twice in one
+    dispatch. Nothing was stored; raised in the receiver, it fails the delivery as any receiver
+    error does (the attempt rolls back and is retried)."""
+
+
+class EffectOutsideDispatch(StripeIdempotencyError):
+    """``schedule()`` was called outside the dispatch of the event it names: an effect is
+    stored in the receivers' transaction of its event, so that it exists exactly when their
+    work committed."""
+
+
 class LedgerError(StripeIdempotencyError):
     """Base class of the ledger's refusals."""
 

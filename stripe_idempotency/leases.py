@@ -28,7 +28,7 @@ from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.exceptions import ClaimInsideTransaction, LeaseLost
 from stripe_idempotency.log import fields, logger
-from stripe_idempotency.models import EventState, StripeEvent
+from stripe_idempotency.models import EventEffect, EventState, StripeEvent
 from stripe_idempotency.outcomes import Busy, Duplicate
 
 __all__ = [
@@ -36,11 +36,14 @@ __all__ = [
     "Claimed",
     "claim",
     "complete",
+    "complete_row",
     "find_stale",
     "reclaim_processed",
     "release",
+    "release_row",
     "retry_after",
     "retry_delay",
+    "take",
 ]
 
 
@@ -166,8 +169,7 @@ def complete(claimed: Claimed) -> None:
     is updated and :class:`LeaseLost` is raised, so that work rolls back.
     """
     with telemetry.span("complete"):
-        backend = for_connection(connections[claimed.using])
-        completed = backend.complete(StripeEvent, claimed.event.pk, claimed.token)
+        completed = complete_row(StripeEvent, claimed.event.pk, claimed.token, using=claimed.using)
     if not completed:
         raise LeaseLost(f"Another instance took over the lease on {claimed.event.event_id}.")
 
@@ -179,21 +181,69 @@ def release(claimed: Claimed, error: str) -> bool:
     lease to run out; the reaper waits for :func:`retry_delay` first. Returns
     ``False`` when the lease was no longer ours, in which case nothing is changed.
     """
-    backend = for_connection(connections[claimed.using])
-    retry_in = retry_delay(claimed.event.attempts)
-    return backend.release(StripeEvent, claimed.event.pk, claimed.token, error, retry_in=retry_in)
+    return release_row(
+        StripeEvent,
+        claimed.event.pk,
+        claimed.token,
+        error,
+        using=claimed.using,
+        retry_in=retry_delay(claimed.event.attempts),
+    )
 
 
-def retry_delay(attempts: int) -> float:
-    """Seconds the reaper waits before its next attempt at an event that failed ``attempts`` times.
+# -- any table worked under leases (events, effects) ------------------------------------------
 
-    The delays double, and all of them together (``MAX_ATTEMPTS - 1`` retries)
-    span ``RETRY_HORIZON_SECONDS``: by default Stripe's own three days of
-    retries, so that an event is not declared dead while Stripe may still
-    deliver it. Stripe's deliveries never wait for this: a delivery claims a
-    failed (or dead) event at once.
+
+def take(model: type[EventEffect], pk: int, *, using: str, dead_too: bool = False) -> uuid.UUID | None:
+    """Claim the stored row ``pk`` for this process, if it is claimable (not done, under no live
+    lease) and, unless ``dead_too``, not dead: one ``UPDATE`` whose ``WHERE`` is the state's own
+    definition, on the database clock. Returns the claim's token, or ``None`` if another
+    process holds the row or nothing is left to do. Counts an attempt."""
+    if connections[using].in_atomic_block:
+        raise ClaimInsideTransaction("Claims must be made outside transaction.atomic().")
+    token = uuid.uuid4()
+    rows = model.objects.using(using).filter(pk=pk).claimable()
+    if not dead_too:
+        rows = rows.filter(attempts__lt=model.dead_after())
+    claimed = rows.update(
+        claim_token=token,
+        claimed_at=Now(),
+        claimed_by=app_settings.INSTANCE_ID,
+        claim_expires_at=Now() + timedelta(seconds=app_settings.CLAIM_TTL_SECONDS),
+        attempts=F("attempts") + 1,
+    )
+    return token if claimed == 1 else None
+
+
+def complete_row(model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID, *, using: str) -> bool:
+    """Mark row ``pk`` done if ``token`` still holds it: the fence; ``False`` if it does not."""
+    return for_connection(connections[using]).complete(model, pk, token)
+
+
+def release_row(
+    model: type[StripeEvent | EventEffect],
+    pk: int,
+    token: uuid.UUID,
+    error: str,
+    *,
+    using: str,
+    retry_in: float,
+) -> bool:
+    """Clear ``token``'s claim on row ``pk``, recording ``error`` and the next attempt ``retry_in``
+    seconds from now; ``False`` if the claim was no longer ours (nothing changed)."""
+    return for_connection(connections[using]).release(model, pk, token, error, retry_in=retry_in)
+
+
+def retry_delay(attempts: int, *, max_attempts: int | None = None) -> float:
+    """Seconds the reaper waits before its next attempt at an event (an effect) that failed
+    ``attempts`` times.
+
+    The delays double, and all of them together (``max_attempts - 1`` retries, by default
+    ``MAX_ATTEMPTS - 1``) span ``RETRY_HORIZON_SECONDS``: by default Stripe's own three days
+    of retries, so that an event is not declared dead while Stripe may still deliver it.
+    Stripe's deliveries never wait for this: a delivery claims a failed (or dead) event at once.
     """
-    retries = app_settings.MAX_ATTEMPTS - 1
+    retries = (app_settings.MAX_ATTEMPTS if max_attempts is None else max_attempts) - 1
     if retries < 1 or attempts < 1:
         return 0.0
     share: float = 2 ** (min(attempts, retries) - 1) / (2**retries - 1)

@@ -6,10 +6,12 @@ a JSON formatter, or :class:`FieldsFormatter`, shows them), never the payload:
 * ``event_id``, ``event_type``: the Stripe event, when it is known (a request rejected
   before its signature was verified has neither);
 * ``outcome``: ``rejected``, ``busy``, ``unavailable``, ``ignored`` (the answer's ``status``),
-  ``failed``, ``fenced``, ``not_queued``, ``callback_failed``;
+  ``failed``, ``fenced``, ``not_queued``, ``callback_failed``; for an effect's run ``failed``,
+  ``dead``, ``fenced`` or ``not_run`` (the database stopped it; the reaper runs it);
 * ``code``: a rejection's code (``invalid_signature``...);
 * ``endpoint``: the endpoint that received the request (``""`` for the default one);
-* ``attempts``: the dispatches started so far, on a failure.
+* ``attempts``: the dispatches (an effect's runs) started so far, on a failure;
+* ``effect``: an effect's idempotency key, on the lines about one of its runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["FIELDS", "FieldsFormatter", "fields", "logger"]
 logger = logging.getLogger("stripe_idempotency")
 
 #: The names of the structured fields, in the order :class:`FieldsFormatter` writes them.
-FIELDS = ("event_id", "event_type", "outcome", "code", "endpoint", "attempts")
+FIELDS = ("event_id", "event_type", "outcome", "code", "endpoint", "attempts", "effect")
 
 
 def fields(**values: str | int | None) -> dict[str, str | int]:

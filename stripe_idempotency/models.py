@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import reduce
 from operator import or_
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 
 from django.db import models
-from django.db.models import Case, ExpressionWrapper, Q, Value, When
+from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -19,89 +19,113 @@ from stripe_idempotency.events import is_thin
 from stripe_idempotency.exceptions import LedgerEntryImmutable
 from stripe_idempotency.ledger import LedgerEntryManager
 
+_Row = TypeVar("_Row", bound=models.Model)
+
 
 class EventState(models.TextChoices):
-    """Where an event stands. One definition (:func:`state_conditions`), used everywhere."""
+    """Where an event (or an effect) stands. One definition (:func:`state_conditions`), used
+    everywhere."""
 
-    #: Stored, never claimed (deferred processing: waiting for a worker).
+    #: Stored, never claimed (deferred processing, or an effect: waiting for a worker).
     PENDING = "pending", _("pending")
     #: Under a live lease: being processed right now.
     CLAIMED = "claimed", _("claimed")
     #: Not processed, its lease expired: its holder died or was too slow.
     STALE = "stale", _("stale")
-    #: Released after a receiver raised; will be retried.
+    #: Released after a receiver (an effect) raised; will be retried.
     FAILED = "failed", _("failed")
-    #: ``MAX_ATTEMPTS`` dispatches started and none succeeded: the reaper stops retrying.
+    #: ``MAX_ATTEMPTS`` runs started and none succeeded: the reaper stops retrying.
     DEAD = "dead", _("dead")
     PROCESSED = "processed", _("processed")
 
 
-def state_conditions() -> dict[EventState, Q]:
+def state_conditions(*, done: str = "processed_at", dead_after: int | F | None = None) -> dict[EventState, Q]:
     """Each state as a filter on the database clock; the filters exclude one another.
 
-    Written on the indexed columns (``processed_at``, ``claim_expires_at``)
-    so that asking for the unprocessed states uses ``stripe_event_unprocessed_idx``.
+    ``done`` is the column set when the work is done (an event's ``processed_at``, an effect's
+    ``completed_at``), ``dead_after`` the attempts that make a row dead (``MAX_ATTEMPTS``, or
+    an effect's own ``max_attempts`` column). Written on the indexed columns (``done``,
+    ``claim_expires_at``) so that asking for the unfinished states uses their index.
     """
-    max_attempts = app_settings.MAX_ATTEMPTS
-    unprocessed = Q(processed_at__isnull=True)
+    limit = app_settings.MAX_ATTEMPTS if dead_after is None else dead_after
+    unfinished = Q(**{f"{done}__isnull": True})
     no_live_lease = _no_live_lease()
     ever_claimed = Q(claimed_at__isnull=False)
     return {
-        EventState.PROCESSED: Q(processed_at__isnull=False),
-        EventState.CLAIMED: unprocessed & Q(claim_expires_at__gt=Now()),
-        EventState.PENDING: unprocessed & Q(claimed_at__isnull=True, claim_expires_at__isnull=True),
-        EventState.DEAD: unprocessed & no_live_lease & ever_claimed & Q(attempts__gte=max_attempts),
-        EventState.FAILED: unprocessed
-        & ever_claimed
-        & Q(claim_expires_at__isnull=True, attempts__lt=max_attempts),
-        EventState.STALE: unprocessed & Q(claim_expires_at__lte=Now(), attempts__lt=max_attempts),
+        EventState.PROCESSED: Q(**{f"{done}__isnull": False}),
+        EventState.CLAIMED: unfinished & Q(claim_expires_at__gt=Now()),
+        EventState.PENDING: unfinished & Q(claimed_at__isnull=True, claim_expires_at__isnull=True),
+        EventState.DEAD: unfinished & no_live_lease & ever_claimed & Q(attempts__gte=limit),
+        EventState.FAILED: unfinished & ever_claimed & Q(claim_expires_at__isnull=True, attempts__lt=limit),
+        EventState.STALE: unfinished & Q(claim_expires_at__lte=Now(), attempts__lt=limit),
     }
 
 
-class StripeEventQuerySet(models.QuerySet["StripeEvent"]):
-    """The states of events, judged in SQL on the database clock."""
+class Leased(Protocol):
+    """What the states need of a table worked under leases (events, effects)."""
 
-    def with_state(self) -> StripeEventQuerySet:
-        """Annotate each event with ``state``, an :class:`EventState` value."""
-        whens = [When(condition, then=Value(state.value)) for state, condition in state_conditions().items()]
+    #: The column set when the row's work is done.
+    done_field: ClassVar[str]
+
+    @classmethod
+    def dead_after(cls) -> int | F:
+        """The attempts after which a row is dead."""
+        ...
+
+
+class LeasedQuerySet(models.QuerySet[_Row]):
+    """The states of rows worked under leases, judged in SQL on the database clock."""
+
+    def _conditions(self) -> dict[EventState, Q]:
+        model = cast("type[Leased]", self.model)
+        return state_conditions(done=model.done_field, dead_after=model.dead_after())
+
+    def with_state(self) -> Self:
+        """Annotate each row with ``state``, an :class:`EventState` value."""
+        whens = [When(condition, then=Value(state.value)) for state, condition in self._conditions().items()]
         return self.annotate(state=Case(*whens, output_field=models.CharField()))
 
-    def in_state(self, *states: EventState | str) -> StripeEventQuerySet:
-        """Only events in one of ``states``."""
-        conditions = state_conditions()
+    def in_state(self, *states: EventState | str) -> Self:
+        """Only rows in one of ``states``."""
+        conditions = self._conditions()
         return self.filter(reduce(or_, (conditions[EventState(state)] for state in states)))
 
-    def claimable(self) -> StripeEventQuerySet:
-        """Not processed and not under a live lease: pending, stale, failed or dead. What a claim may take."""
-        return self.without_live_lease().filter(processed_at__isnull=True)
+    def claimable(self) -> Self:
+        """Not done and not under a live lease: pending, stale, failed or dead. What a claim may take."""
+        done = cast("type[Leased]", self.model).done_field
+        return self.without_live_lease().filter(**{f"{done}__isnull": True})
 
-    def without_live_lease(self) -> StripeEventQuerySet:
-        """No lease, or one that has run out, on the database clock: nobody is processing them."""
+    def without_live_lease(self) -> Self:
+        """No lease, or one that has run out, on the database clock: nobody is working on them."""
         return self.filter(_no_live_lease())
 
-    def processed(self) -> StripeEventQuerySet:
+    def processed(self) -> Self:
         return self.in_state(EventState.PROCESSED)
 
-    def claimed(self) -> StripeEventQuerySet:
+    def claimed(self) -> Self:
         return self.in_state(EventState.CLAIMED)
 
-    def pending(self) -> StripeEventQuerySet:
+    def pending(self) -> Self:
         return self.in_state(EventState.PENDING)
 
-    def stale(self) -> StripeEventQuerySet:
+    def stale(self) -> Self:
         return self.in_state(EventState.STALE)
 
-    def failed(self) -> StripeEventQuerySet:
+    def failed(self) -> Self:
         return self.in_state(EventState.FAILED)
 
-    def dead(self) -> StripeEventQuerySet:
+    def dead(self) -> Self:
         return self.in_state(EventState.DEAD)
 
-    def leases_left(self) -> models.QuerySet[StripeEvent, timedelta | None]:
-        """Each event's lease left, on the database clock, as a flat list: negative once it has
-        run out, ``None`` for an event under no lease."""
+    def leases_left(self) -> models.QuerySet[_Row, timedelta | None]:
+        """Each row's lease left, on the database clock, as a flat list: negative once it has
+        run out, ``None`` for a row under no lease."""
         left = ExpressionWrapper(models.F("claim_expires_at") - Now(), output_field=models.DurationField())
         return self.values_list(left, flat=True)
+
+
+class StripeEventQuerySet(LeasedQuerySet["StripeEvent"]):
+    """The states of events, and the questions ordering asks about an object's events."""
 
     def about_same_object(self, event: StripeEvent) -> StripeEventQuerySet:
         """The other events about ``event``'s object (none for an event about no object)."""
@@ -202,6 +226,7 @@ class StripeEvent(models.Model):
     )
 
     objects = StripeEventQuerySet.as_manager()
+    done_field: ClassVar[str] = "processed_at"
 
     class Meta:
         verbose_name = _("Stripe event")
@@ -224,6 +249,11 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} ({self.type})"
+
+    @classmethod
+    def dead_after(cls) -> int:
+        """An event is dead after ``MAX_ATTEMPTS`` dispatches."""
+        return app_settings.MAX_ATTEMPTS
 
     @property
     def is_processed(self) -> bool:
@@ -264,6 +294,85 @@ class StripeEvent(models.Model):
         """A thin event's object (``related_object``) as Stripe's API has it now; ``None`` for a
         thin event about no object. A request to Stripe each call."""
         return fetching.fetch_related_object(self.payload, api_key=api_key)
+
+
+class EventEffectQuerySet(LeasedQuerySet["EventEffect"]):
+    """The states of effects, and the ones a worker should run now."""
+
+    def due(self) -> EventEffectQuerySet:
+        """Effects to run now: not done, under no live lease, not dead, and past their backoff
+        after a failure. Served by ``stripe_effect_unfinished_idx``."""
+        return (
+            self.claimable()
+            .filter(attempts__lt=F("max_attempts"))
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        )
+
+
+class EventEffect(models.Model):
+    """Work outside the database that an event's receivers scheduled (an email, a call to an
+    API): stored in their transaction, run after it commits, until one run succeeds.
+
+    A row exists exactly when the receivers' work committed. Its runs are claimed as events
+    are (``claimed_at``, ``claimed_by``, ``claim_expires_at``, ``claim_token``, written only
+    by :mod:`stripe_idempotency.leases`); ``completed_at`` is set, fenced by the claim, when a
+    run succeeded. ``idempotency_key`` is the same on every run: the target's guard against
+    the one repeat a lease cannot prevent (a run that did the work and died before recording it).
+    """
+
+    event = models.ForeignKey(
+        StripeEvent,
+        verbose_name=_("Stripe event"),
+        on_delete=models.CASCADE,  # pruning deletes an event's effects only once all are done
+        related_name="effects",
+    )
+    name = models.CharField(_("effect"), max_length=200, help_text=_("The registered effect's name."))
+    key = models.CharField(
+        _("key"), max_length=100, help_text=_("Tells one event's effects of a name apart.")
+    )
+    idempotency_key = models.CharField(
+        _("idempotency key"),
+        max_length=255,
+        unique=True,
+        help_text=_("<event id>:<effect>:<key>, passed to the effect on every run."),
+    )
+    arguments = models.JSONField(_("arguments"), default=dict, blank=True)
+    scheduled_at = models.DateTimeField(_("scheduled at"), db_default=Now())
+    max_attempts = models.PositiveIntegerField(
+        _("max attempts"),
+        help_text=_("Runs after which the effect is dead (the effect's own, or MAX_ATTEMPTS)."),
+    )
+
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
+    claim_expires_at = models.DateTimeField(_("claim expires at"), null=True, blank=True)
+    claim_token = models.UUIDField(_("claim token"), null=True, blank=True)
+
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        _("next attempt"), null=True, blank=True, help_text=_("After a failure: when it is run again.")
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0, help_text=_("Runs started."))
+    last_error = models.TextField(_("last error"), blank=True, default="")
+
+    objects = EventEffectQuerySet.as_manager()
+    done_field: ClassVar[str] = "completed_at"
+
+    class Meta:
+        verbose_name = _("event effect")
+        verbose_name_plural = _("event effects")
+        indexes = [
+            # What the workers and the reaper ask for: not completed, lease absent or expired.
+            models.Index(fields=["completed_at", "claim_expires_at"], name="stripe_effect_unfinished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.idempotency_key
+
+    @classmethod
+    def dead_after(cls) -> F:
+        """An effect is dead after its own ``max_attempts`` runs."""
+        return F("max_attempts")
 
 
 _USE_CREDIT_OR_DEBIT = "Write ledger entries with LedgerEntry.objects.credit() or .debit()."

@@ -8,6 +8,7 @@ reading the reaper's output.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -250,6 +251,24 @@ def headers(reply: Reply) -> dict[str, str]:
     """The headers of ``reply``'s answer: ``Retry-After`` (whole seconds) where its row retries."""
     seconds = retry_after(reply) if report(reply).retry else None
     return {} if seconds is None else {"Retry-After": str(seconds)}
+
+
+#: The most of a traceback a row keeps (``last_error``): enough to find the failing receiver or
+#: effect, without letting one runaway error message grow the row without bound.
+LAST_ERROR_MAX_CHARS = 8000
+
+
+def error_text(exc: BaseException) -> str:
+    """``exc``'s traceback as a row records it: its end (where the exception's type and message
+    are) when it is longer than :data:`LAST_ERROR_MAX_CHARS`."""
+    return truncated("".join(traceback.format_exception(exc)))
+
+
+def truncated(text: str) -> str:
+    """``text`` cut to :data:`LAST_ERROR_MAX_CHARS` from its start, keeping its end."""
+    if len(text) <= LAST_ERROR_MAX_CHARS:
+        return text
+    return "…" + text[-(LAST_ERROR_MAX_CHARS - 1) :]
 
 
 def error_summary(error: str) -> str:

@@ -17,14 +17,13 @@ Each returns an :mod:`outcome <stripe_idempotency.outcomes>`.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 from typing import Any, Literal
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from stripe_idempotency import leases, ordering, outcomes, queueing, telemetry
+from stripe_idempotency import effects, leases, ordering, outcomes, queueing, telemetry
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
@@ -41,6 +40,8 @@ from stripe_idempotency.outcomes import (
     Outcome,
     Processed,
     Superseded,
+    error_text,
+    truncated,
 )
 from stripe_idempotency.signals import (
     announce,
@@ -59,10 +60,6 @@ __all__ = [
     "replay",
     "reprocess",
 ]
-
-# Enough of a traceback to find the failing receiver, without letting one
-# runaway error message grow the row without bound.
-LAST_ERROR_MAX_CHARS = 8000
 
 
 def receive(
@@ -161,8 +158,9 @@ def _process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:
     try:
         with transaction.atomic(using=claimed.using):
             later = _superseding(event)
-            if later is None:
-                dispatch(event)
+            with effects.dispatching(event, claimed.using) as current:
+                if later is None:
+                    dispatch(event)
             leases.complete(claimed)
             if later != event.superseded_by:  # a forced replay that ran the receivers clears it
                 _record_superseded(claimed, later)
@@ -183,7 +181,7 @@ def _process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:
                 event_id=event.event_id, event_type=event.type, outcome="failed", attempts=event.attempts
             ),
         )
-        error = _describe(exc)
+        error = error_text(exc)
         if leases.release(claimed, error):
             announce(event_failed, StripeEvent, event=event, error=error)
             if event.attempts >= app_settings.MAX_ATTEMPTS:
@@ -193,7 +191,7 @@ def _process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:
         # SystemExit from a worker timeout, KeyboardInterrupt: give the event
         # back now rather than make it wait out its lease, then go on dying.
         try:
-            leases.release(claimed, _describe(exc))
+            leases.release(claimed, error_text(exc))
         except Exception:
             logger.exception(
                 "Could not release the claim on %s; its lease will expire.",
@@ -204,6 +202,7 @@ def _process(claimed: Claimed) -> Processed | Superseded | Failed | Fenced:
     if callback_failures:
         _record_callback_failures(claimed, callback_failures)
     announce(event_processed, StripeEvent, event=event)
+    effects.start(current.stored)  # committed with the receivers' work: now they may run
     if later is not None:
         return Superseded(event=event, by=later)
     return Processed(event=event)
@@ -266,7 +265,7 @@ def _guard_commit_callbacks(connection: BaseDatabaseWrapper, event: StripeEvent,
                     event.event_id,
                     extra=fields(event_id=event.event_id, event_type=event.type, outcome="callback_failed"),
                 )
-                failures.append(_describe(exc))
+                failures.append(error_text(exc))
 
         return run
 
@@ -279,7 +278,7 @@ def _guard_commit_callbacks(connection: BaseDatabaseWrapper, event: StripeEvent,
 
 def _record_callback_failures(claimed: Claimed, failures: list[str]) -> None:
     """Put the failed callbacks where an operator sees them: the processed row's last error."""
-    text = _truncated(
+    text = truncated(
         "The event was processed; then an on_commit callback failed (not retried):\n\n" + "\n".join(failures)
     )
     try:
@@ -290,14 +289,3 @@ def _record_callback_failures(claimed: Claimed, failures: list[str]) -> None:
             claimed.event.event_id,
             extra=fields(event_id=claimed.event.event_id, event_type=claimed.event.type),
         )
-
-
-def _describe(exc: BaseException) -> str:
-    return _truncated("".join(traceback.format_exception(exc)))
-
-
-def _truncated(text: str) -> str:
-    if len(text) <= LAST_ERROR_MAX_CHARS:
-        return text
-    # Keep the end: that is where the exception's type and message are.
-    return "…" + text[-(LAST_ERROR_MAX_CHARS - 1) :]

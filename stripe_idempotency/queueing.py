@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
-import queue
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from types import ModuleType
 
 from django.db import close_old_connections
@@ -24,6 +20,7 @@ from django.utils.module_loading import import_string
 from stripe_idempotency import telemetry
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.log import fields, logger
+from stripe_idempotency.threads import DaemonThreads
 
 __all__ = ["Enqueue", "enqueue", "tasks_framework"]
 
@@ -90,47 +87,6 @@ def _enqueue_and_close(event_id: str, database: str) -> None:
         close_old_connections()
 
 
-class _Publishers:
-    """The threads that hand tasks to the queue, so that the request's thread can stop waiting.
-
-    A few suffice: a publish takes milliseconds, and when all of them hang on a dead broker,
-    further deliveries wait their deadline and are answered, never piling up threads. They
-    are daemon threads (a ``ThreadPoolExecutor``'s are joined at exit): a publish hung on a
-    dead broker never holds a process at exit, a cron command or a server worker's shutdown.
-    Started in each process on its first use, so a server that forks after loading the app
-    gets threads in every worker.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]] = queue.SimpleQueue()
-
-    def submit(self, job: Callable[[], None]) -> Future[None]:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._jobs = queue.SimpleQueue()
-                for n in range(self._size):
-                    name = f"stripe_idempotency.enqueue_{n}"
-                    threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=True).start()
-        future: Future[None] = Future()
-        self._jobs.put((future, job))
-        return future
-
-    @staticmethod
-    def _work(jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]]) -> None:
-        while True:
-            future, job = jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue  # its delivery stopped waiting before a thread was free
-            try:
-                job()
-            except BaseException as error:  # handed to the waiting delivery, which logs it
-                future.set_exception(error)
-            else:
-                future.set_result(None)
-
-
-_queuers = _Publishers(size=4)
+# A few suffice: a publish takes milliseconds, and when all of them hang on a dead broker, further
+# deliveries wait their deadline and are answered, never piling up threads.
+_queuers = DaemonThreads("stripe_idempotency.enqueue", size=4)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from django.db.models import QuerySet
 
-from stripe_idempotency import leases, outcomes, processing
+from stripe_idempotency import effects, leases, outcomes, processing
 from stripe_idempotency.durations import format_duration
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Outcome, error_summary
@@ -55,11 +55,15 @@ class Reaped:
     tally: Counter[str]
     #: Read after the run: the dead events (listed or not) and the failed ones backing off.
     waiting: Waiting
+    #: The effects run (with ``reprocess``), by :data:`~stripe_idempotency.effects.RunOutcome`.
+    effects: Counter[str] = field(default_factory=Counter)
 
     @property
     def failed_again(self) -> bool:
-        """Whether the run should exit non-zero: an event failed again, or one is dead."""
-        return bool(self.tally["failed"] or self.waiting.dead)
+        """Whether the run should exit non-zero: an event or an effect failed again, or an event is dead."""
+        return bool(
+            self.tally["failed"] or self.waiting.dead or self.effects["failed"] or self.effects["dead"]
+        )
 
 
 def reap(
@@ -75,7 +79,9 @@ def reap(
 ) -> Reaped:
     """Find the stale events (oldest first, at most ``limit``, claimed at least ``min_age``
     seconds ago, of ``event_type`` if given) and, with ``reprocess``, claim and process each
-    one (with ``dry_run``, only say so). ``step`` is called for each event as it is handled.
+    one (with ``dry_run``, only say so), then run the effects due
+    (:func:`stripe_idempotency.effects.run_due`). ``step`` is called for each event as it is
+    handled.
 
     Reads ``batch_size`` events at a time: memory stays flat however many are stale.
     """
@@ -86,21 +92,37 @@ def reap(
     if limit is not None:
         found = min(found, limit)
     tally: Counter[str] = Counter()
-    for position, event in enumerate(_in_batches(stale, batch_size, found), start=1):
-        outcome = None
-        if event.state == EventState.DEAD:  # type: ignore[attr-defined]
-            action: Action = "dead"
-        elif not reprocess:
-            action = "listed"
-        elif dry_run:
-            action = "would"
-        else:
-            action = "ran"
-            outcome = processing.reprocess(event)
-        tally[outcomes.report(outcome).tally if outcome is not None else action] += 1
-        if step is not None:
-            step(Step(event, position, found, action, outcome))
-    return Reaped(found=found, tally=tally, waiting=waiting(using=using, event_type=event_type))
+    with effects.run_in_this_thread():  # the effects of the events it runs, before it exits
+        for position, event in enumerate(_in_batches(stale, batch_size, found), start=1):
+            tally[_reap_one(event, position, found, reprocess, dry_run, step)] += 1
+    ran: Counter[str] = Counter()
+    if reprocess and not dry_run:
+        ran.update(effects.run_due(using=using, min_age=min_age, limit=limit))
+    return Reaped(found=found, tally=tally, waiting=waiting(using=using, event_type=event_type), effects=ran)
+
+
+def _reap_one(
+    event: StripeEvent,
+    position: int,
+    found: int,
+    reprocess: bool,
+    dry_run: bool,
+    step: Callable[[Step], None] | None,
+) -> str:
+    """Do what the run asks with one stale event; what it counts as in the tally."""
+    outcome = None
+    if event.state == EventState.DEAD:  # type: ignore[attr-defined]
+        action: Action = "dead"
+    elif not reprocess:
+        action = "listed"
+    elif dry_run:
+        action = "would"
+    else:
+        action = "ran"
+        outcome = processing.reprocess(event)
+    if step is not None:
+        step(Step(event, position, found, action, outcome))
+    return outcomes.report(outcome).tally if outcome is not None else action
 
 
 def describe(event: StripeEvent) -> str:

@@ -1,7 +1,9 @@
 """Keeping the events table small: deleting processed events past a horizon, in short batches.
 
 What is never deleted: an event that is not processed (pending, claimed, stale, failed, dead:
-each still has work or an operator's attention coming), and an event a ledger entry refers to
+each still has work or an operator's attention coming), an event with an effect not completed
+(its row is the effect's only record; completed effects go with their event), and an event a
+ledger entry refers to
 (the money trail outlives any clean-up; the foreign key protects it too). What a deleted
 event costs: its id is forgotten, so a delivery of it that arrives after the deletion is a new
 event and is processed again. Hence the horizon's floor, Stripe's own window of retries; and
@@ -21,7 +23,7 @@ from django.db.models import Exists, Max, OuterRef, Q, QuerySet, signals
 from django.utils import timezone
 
 from stripe_idempotency.durations import format_duration
-from stripe_idempotency.models import LedgerEntry, PruneWatermark, StripeEvent
+from stripe_idempotency.models import EventEffect, LedgerEntry, PruneWatermark, StripeEvent
 
 __all__ = ["STRIPE_RETRY_WINDOW", "Pruned", "cutoff", "prunable", "prune", "pruned_before"]
 
@@ -38,8 +40,15 @@ class Pruned:
 
 
 def prunable(*, using: str, before: datetime) -> QuerySet[StripeEvent]:
-    """Processed before ``before``, and no ledger entry refers to it."""
-    return StripeEvent.objects.using(using).filter(processed_at__lt=before).filter(~_in_the_ledger(using))
+    """Processed before ``before``, every effect it scheduled completed, and no ledger entry
+    refers to it."""
+    unfinished = _effects_of_event(using).filter(completed_at__isnull=True)
+    return (
+        StripeEvent.objects.using(using)
+        .filter(processed_at__lt=before)
+        .filter(~_in_the_ledger(using))
+        .filter(~Exists(unfinished))
+    )
 
 
 def cutoff(older_than: timedelta) -> datetime:
@@ -65,10 +74,13 @@ def prune(
     total). ``progress(deleted so far, batches so far)`` is called after each batch.
     """
     deleted = batches = 0
+    # Asked once: an event processed before the cutoff gains no effect meanwhile (only a forced
+    # replay schedules on a processed event, and it makes the event unprocessed first).
+    with_effects = EventEffect.objects.using(using).filter(event__processed_at__lt=before).exists()
     for keys in _batches(using, before, batch_size):
         with transaction.atomic(using=using):
             # The conditions again, in the DELETE: a range read a moment ago is not trusted.
-            count = _delete(prunable(using=using, before=before).filter(keys))
+            count = _delete(prunable(using=using, before=before).filter(keys), with_effects=with_effects)
         deleted += count
         batches += 1
         if progress is not None:
@@ -98,30 +110,44 @@ def _remember(before: datetime, using: str) -> None:
         )
 
 
-def _delete(batch: QuerySet[StripeEvent]) -> int:
+def _delete(batch: QuerySet[StripeEvent], *, with_effects: bool) -> int:
     """Delete ``batch``; the number deleted.
 
     The ledger's reference is in the batch's own ``WHERE`` (:func:`prunable`), so while the
-    ledger is the only thing that refers to events and nothing listens for their deletion, the
-    batch is one ``DELETE`` statement. Django's collector would read every row back and ask the
+    ledger and the effects are all that refer to events and nothing listens for their deletion,
+    the batch is one ``DELETE`` statement (``with_effects``: after a read of which of its events
+    have effects, and their deletion). Django's collector would read every row back and ask the
     ledger again: a third of the rows per second, each batch's locks held about three times as
     long (BENCHMARKS.md, "Pruning"). A project whose own models refer to events, or that
     listens for their deletion, gets the collector, and its ``on_delete`` rules and signals.
     """
-    if _only_the_ledger_refers_to_events():
+    if _only_the_app_refers_to_events():
+        # The batch's effects first (all completed: prunable says so), in the same transaction.
+        # By the keys of the events that have some: MySQL refuses a DELETE whose subquery reads
+        # the table it deletes from, and the batch's conditions do.
+        if with_effects:
+            having = batch.filter(Exists(_effects_of_event(batch.db))).values_list("pk", flat=True)
+            effects = EventEffect.objects.using(batch.db).filter(event_id__in=list(having))
+            effects._raw_delete(effects.db)
         return batch._raw_delete(batch.db)
     count, _ = batch.only("pk").delete()  # the key only: never the payloads
     return count
 
 
-def _only_the_ledger_refers_to_events() -> bool:
+def _only_the_app_refers_to_events() -> bool:
     relations = [
         relation
         for relation in StripeEvent._meta.get_fields(include_hidden=True)
         if relation.auto_created and not relation.concrete and (relation.one_to_many or relation.one_to_one)
     ]
     listened = any(signal.has_listeners(StripeEvent) for signal in (signals.pre_delete, signals.post_delete))
-    return not listened and all(relation.related_model is LedgerEntry for relation in relations)
+    return not listened and all(
+        relation.related_model in (LedgerEntry, EventEffect) for relation in relations
+    )
+
+
+def _effects_of_event(using: str) -> QuerySet[EventEffect]:
+    return EventEffect.objects.using(using).filter(event=OuterRef("pk"))
 
 
 def _in_the_ledger(using: str) -> Exists:

@@ -5,9 +5,10 @@ Processing: ``event_received`` and the event type's own signal are sent with
 ``event_received`` first. They commit together or roll back together.
 
 Lifecycle: ``event_processed``, ``event_failed``, ``event_dead`` and
-``event_rejected`` say what became of a delivery, for metrics and alerts. Each is
-sent once its outcome is durable, outside any transaction of the app's, with
-``sender=StripeEvent``; a receiver that raises is logged and changes nothing.
+``event_rejected`` say what became of a delivery, ``effect_failed`` and ``effect_dead`` what
+became of an effect's run, for metrics and alerts. Each is sent once its outcome is durable,
+outside any transaction of the app's, with ``sender=StripeEvent`` (``EventEffect`` for the
+effects' signals); a receiver that raises is logged and changes nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ event_dead = Signal()
 #: stored. Keyword arguments: ``code`` (the rejection code of the answer, e.g.
 #: ``"invalid_signature"``). No payload: a refused body is never passed on.
 event_rejected = Signal()
+
+#: An effect's run raised: the effect was released with the error recorded on its row and is
+#: retried after its backoff. Keyword arguments: ``effect`` (the ``EventEffect`` row), ``error``
+#: (the traceback text). Sent with ``sender=EventEffect``.
+effect_failed = Signal()
+
+#: An effect failed its ``max_attempts``-th run: nothing runs it again by itself (the admin's
+#: action does). Sent after ``effect_failed``. Keyword arguments: ``effect``.
+effect_dead = Signal()
 
 _typed_signals: dict[str, Signal] = {}
 _typed_signals_lock = threading.Lock()

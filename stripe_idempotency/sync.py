@@ -32,7 +32,7 @@ from typing import Any
 from django.db import router
 from django.utils import timezone
 
-from stripe_idempotency import fetching, outcomes, processing, retention, verification
+from stripe_idempotency import effects, fetching, outcomes, processing, retention, verification
 from stripe_idempotency.endpoints import Endpoint
 from stripe_idempotency.exceptions import EventIgnored, EventsListingInvalid, WebhookRejected
 from stripe_idempotency.log import fields, logger
@@ -274,7 +274,8 @@ def _feed(feed: Feed, endpoint: Endpoint, using: str) -> str:
         return "refused"
     except EventIgnored:
         return "ignored"
-    outcome = processing.receive(event, using=using, mode=endpoint.processing)
+    with effects.run_in_this_thread():  # a command: nobody waits on its effects, it runs them
+        outcome = processing.receive(event, using=using, mode=endpoint.processing)
     return outcomes.report(outcome).status
 
 

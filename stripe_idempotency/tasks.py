@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from stripe_idempotency import outcomes, processing
+from stripe_idempotency import effects, outcomes, processing
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.queueing import tasks_framework
 
@@ -35,7 +35,8 @@ def process(event_id: str, database: str) -> str:
     event = StripeEvent.objects.using(database).filter(event_id=event_id).first()
     if event is None:
         return "missing"
-    return outcomes.report(processing.reprocess(event, using=database)).status
+    with effects.run_in_this_thread():  # a worker: its event's effects run here, after the commit
+        return outcomes.report(processing.reprocess(event, using=database)).status
 
 
 def _as_task(func: Callable[[str, str], str]) -> Any:

@@ -10,7 +10,9 @@ Spans (children of the HTTP server span when the project instruments Django):
   answer; its children ``stripe_idempotency.verify``, then ``.claim``, ``.dispatch`` and
   ``.complete`` (inline) or ``.accept`` and ``.enqueue`` (deferred);
 * ``stripe_idempotency.reprocess``: a stored event processed again (a task, the reaper,
-  a replay, the admin), with the same ``.claim``, ``.dispatch`` and ``.complete`` children.
+  a replay, the admin), with the same ``.claim``, ``.dispatch`` and ``.complete`` children;
+* ``stripe_idempotency.effect``: one run of an effect, with :data:`EFFECT` (its name),
+  :data:`EVENT_ID` and :data:`OUTCOME`.
 
 Attributes: :data:`EVENT_ID`, :data:`EVENT_TYPE`, :data:`ENDPOINT` and :data:`OUTCOME`;
 never the payload.
@@ -28,7 +30,9 @@ Metrics:
   (``reason`` ``error``) or did not answer for within ``ENQUEUE_TIMEOUT_SECONDS``
   (``timeout``); the reaper takes them;
 * ``stripe_idempotency.lag`` (histogram, seconds): from Stripe's ``created`` to
-  the commit of its processing, by ``stripe.event.type``.
+  the commit of its processing, by ``stripe.event.type``;
+* ``stripe_idempotency.effects.runs`` (counter): effect runs by :data:`EFFECT` and ``outcome``
+  (``processed``, ``failed``, ``dead``, ``fenced``; a run that found its effect taken counts none).
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ if TYPE_CHECKING:
     from stripe_idempotency.models import StripeEvent
 
 __all__ = [
+    "EFFECT",
     "ENDPOINT",
     "EVENT_ID",
     "EVENT_TYPE",
     "OUTCOME",
     "count_delivery",
+    "count_effect_run",
     "count_not_queued",
     "enabled",
     "processing_timer",
@@ -62,6 +68,7 @@ EVENT_ID = "stripe.event.id"
 EVENT_TYPE = "stripe.event.type"
 ENDPOINT = "stripe_idempotency.endpoint"
 OUTCOME = "stripe_idempotency.outcome"
+EFFECT = "stripe_idempotency.effect"
 
 try:
     from opentelemetry import metrics, trace
@@ -87,6 +94,11 @@ else:
         "stripe_idempotency.enqueue.failures",
         unit="{event}",
         description="Accepted events the queue did not take, by reason (error, timeout).",
+    )
+    _effect_runs = _meter.create_counter(
+        "stripe_idempotency.effects.runs",
+        unit="{run}",
+        description="Effect runs, by effect and outcome.",
     )
     _lag = _meter.create_histogram(
         "stripe_idempotency.lag",
@@ -131,6 +143,12 @@ def count_not_queued(reason: str) -> None:
     reaper takes it after ``PENDING_GRACE_SECONDS``."""
     if enabled:
         _not_queued.add(1, {"reason": reason})
+
+
+def count_effect_run(name: str, outcome: str) -> None:
+    """One run of the effect ``name`` ended with ``outcome``."""
+    if enabled:
+        _effect_runs.add(1, {EFFECT: name, "outcome": outcome})
 
 
 @contextmanager

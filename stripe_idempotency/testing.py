@@ -33,6 +33,7 @@ import stripe
 from django.test import Client
 from django.urls import reverse
 
+from stripe_idempotency import effects
 from stripe_idempotency.endpoints import endpoints
 from stripe_idempotency.object_shapes import object_for
 
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
 
 DEFAULT_API_VERSION = "2024-06-20"
+#: How long :func:`deliver` waits for the effects a delivery committed to finish running.
+EFFECTS_TIMEOUT_SECONDS = 60
 
 T = TypeVar("T")
 
@@ -166,7 +169,9 @@ def deliver(
     ``signature`` replaces the computed ``Stripe-Signature`` header (pass
     ``""`` to send none); ``url`` defaults to ``reverse("stripe_idempotency:webhook")``, or
     with ``endpoint`` the named endpoint's URL (then ``secret`` defaults to its first secret).
-    Extra keyword arguments go to :meth:`Client.post` (for example ``headers=``).
+    Extra keyword arguments go to :meth:`Client.post` (for example ``headers=``). Returns once
+    the effects the delivery committed have run (they run on this process's threads after the
+    answer, :mod:`stripe_idempotency.effects`), so a test can assert what they did.
     """
     body = encode(event)
     headers = dict(extra.pop("headers", {}))
@@ -183,6 +188,8 @@ def deliver(
         headers=headers,
         **extra,
     )
+    if not effects.wait_for_runs(EFFECTS_TIMEOUT_SECONDS):
+        raise AssertionError(f"The delivery's effects were still running after {EFFECTS_TIMEOUT_SECONDS} s.")
     return response
 
 

@@ -15,7 +15,7 @@ from stripe_idempotency.backends.mysql import MySQLBackend
 from stripe_idempotency.backends.postgresql import PostgreSQLBackend
 from stripe_idempotency.backends.sqlite import SQLiteBackend
 from stripe_idempotency.events import IncomingEvent
-from stripe_idempotency.models import EventState, LedgerBalance, StripeEvent
+from stripe_idempotency.models import EventEffect, EventState, LedgerBalance, StripeEvent
 from stripe_idempotency.testing import build_event
 from tests.concurrency import in_thread
 
@@ -133,11 +133,11 @@ def test_statements_are_cached_by_everything_they_are_built_from():
     one = backend.event_statement(StripeEvent, "SELECT {part} FROM {table}", part="1")
     two = backend.event_statement(StripeEvent, "SELECT {part} FROM {table}", part="2")
     # The table is the model's the statement is asked for: a backend imports no model.
-    other_table = backend.event_statement(LedgerBalance, "SELECT {part} FROM {table}", part="1")
+    other_table = backend.event_statement(EventEffect, "SELECT {part} FROM {table}", part="1")
     assert (one, two, other_table) == (
         f"SELECT 1 FROM {connection.ops.quote_name(StripeEvent._meta.db_table)}",
         f"SELECT 2 FROM {connection.ops.quote_name(StripeEvent._meta.db_table)}",
-        f"SELECT 1 FROM {connection.ops.quote_name(LedgerBalance._meta.db_table)}",
+        f"SELECT 1 FROM {connection.ops.quote_name(EventEffect._meta.db_table)}",
     )
     assert backend.event_statement(StripeEvent, "SELECT {part} FROM {table}", part="1") is one
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stripe
+from django.core import mail
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.dispatch import receiver
@@ -27,8 +29,9 @@ from django.urls import reverse
 
 from stripe_idempotency.asgi import WebhookBodyLimit
 from stripe_idempotency.checks import check_settings
+from stripe_idempotency.fetching import client
 from stripe_idempotency.log import fields
-from stripe_idempotency.models import LedgerEntry, StripeEvent
+from stripe_idempotency.models import EventEffect, LedgerEntry, StripeEvent
 from stripe_idempotency.pytest_plugin import StripeWebhook
 from stripe_idempotency.signals import event_dead, event_failed, event_rejected, signal_for
 from stripe_idempotency.testing import build_event, build_thin_event, deliver
@@ -300,6 +303,64 @@ def readme_receiver(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert shop.receipts == ["cs_paid", "cs_later"]
 
 
+def effects_page_receipt(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code, __name__="shop.receivers")
+    keep(shop, namespace, "fulfil", "checkout.session.completed")
+    order = Order.objects.create(checkout_session="cs_mail")
+    mail.outbox.clear()
+    assert deliver_checkout({"id": "cs_mail"})["status"] == "processed"  # returns once effects ran
+    effect = EventEffect.objects.get()
+    assert effect.name == "shop.receivers.send_receipt"
+    assert effect.completed_at is not None
+    assert [(m.to, m.subject, m.extra_headers) for m in mail.outbox] == [
+        (["customer@example.com"], f"Your order {order.pk}", {"Idempotency-Key": effect.idempotency_key})
+    ]
+
+
+def effects_page_stripe_api(shop: Shop, code: str, monkeypatch: Any) -> None:
+    # Against localstripe, a Stripe that is not ours: the customer exists there, its
+    # customer.created arrives here, and the effect changes the customer there.
+    sent_keys: list[str | None] = []
+    requestor = type(stripe.StripeClient("sk_test_local")._requestor)
+    real_request = requestor.request
+
+    def recording(
+        self: Any, method: str, url: str, params: Any = None, options: Any = None, **kw: Any
+    ) -> Any:
+        if method == "post" and "/customers/" in url:  # an update, not the creation
+            sent_keys.append((options or {}).get("idempotency_key"))
+        return real_request(self, method, url, params, options, **kw)
+
+    log_dir = tempfile.TemporaryDirectory()
+    localstripe = LocalStripe(Path(log_dir.name))
+    try:
+        page = {"WEBHOOK_SECRETS": [WEBHOOK_SECRET], "API_KEY": "sk_test_local", "API_BASE": localstripe.url}
+        with override_settings(STRIPE_IDEMPOTENCY=page):
+            monkeypatch.setattr(requestor, "request", recording)
+            namespace = shop.run(code, __name__="shop.receivers")
+            keep(shop, namespace, "welcome", "customer.created")
+            customer = client().v1.customers.create({"email": "ada@example.com"})
+            event = build_event("customer.created", data={"id": customer.id, "email": "ada@example.com"})
+            assert deliver(Client(), event).json()["status"] == "processed"  # returns once effects ran
+            assert client().v1.customers.retrieve(customer.id).metadata["welcomed"] == "yes"
+    finally:
+        localstripe.stop()
+        log_dir.cleanup()
+    effect = EventEffect.objects.get()
+    assert effect.completed_at is not None
+    assert sent_keys == [effect.idempotency_key]
+
+
+def receivers_page_effect(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code, __name__="shop.receivers")
+    keep(shop, namespace, "fulfil", "checkout.session.completed")
+    Order.objects.create(checkout_session="cs_ship")
+    assert deliver_checkout({"id": "cs_ship"})["status"] == "processed"
+    assert Order.objects.get().paid
+    assert shop.shipped == ["cs_ship"]
+    assert EventEffect.objects.get().idempotency_key.endswith(":shop.receivers.ship:0")
+
+
 def simple_receiver(name: str) -> Callable[[Shop, str, Any], None]:
     def run(shop: Shop, code: str, monkeypatch: Any) -> None:
         namespace = shop.run(code)
@@ -558,7 +619,9 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("docs/quickstart.md", 1): urls_snippet,
     ("docs/quickstart.md", 2): simple_receiver("fulfil"),
     ("docs/quickstart.md", 3): quickstart_test,
-    ("docs/receivers.md", 0): simple_receiver("fulfil"),
+    ("docs/receivers.md", 0): receivers_page_effect,
+    ("docs/effects.md", 0): effects_page_receipt,
+    ("docs/effects.md", 1): effects_page_stripe_api,
     ("docs/receivers.md", 1): coupon_in_a_savepoint,
     ("docs/testing.md", 0): page_testing_first,
     ("docs/testing.md", 1): page_testing_plugin,

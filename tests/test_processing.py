@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from django.db import transaction
 
-from stripe_idempotency import leases, processing
+from stripe_idempotency import leases, outcomes, processing
 from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Duplicate, Failed, Fenced, Processed
@@ -79,7 +79,7 @@ def test_a_long_error_keeps_its_end():
         outcome = processing.receive(verified())
     finally:
         event_received.disconnect(fail)
-    assert len(outcome.error) == processing.LAST_ERROR_MAX_CHARS
+    assert len(outcome.error) == outcomes.LAST_ERROR_MAX_CHARS
     assert outcome.error.endswith(" the end\n")
 
 

@@ -34,7 +34,7 @@ from stripe_idempotency.events import IncomingEvent
 from stripe_idempotency.sql import concrete_field, quoted_columns
 
 if TYPE_CHECKING:
-    from stripe_idempotency.models import LedgerBalance, LedgerEntry, StripeEvent
+    from stripe_idempotency.models import EventEffect, LedgerBalance, LedgerEntry, StripeEvent
 
 Row = Sequence[Any]
 
@@ -66,12 +66,19 @@ class DatabaseBackend(Protocol):
         """
         ...
 
-    def complete(self, model: type[StripeEvent], pk: int, token: uuid.UUID) -> bool:
-        """Mark the event processed if ``token`` still holds it; ``False`` if it does not (the fence)."""
+    def complete(self, model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID) -> bool:
+        """Mark the row done (an event processed, an effect completed) if ``token`` still holds it;
+        ``False`` if it does not (the fence)."""
         ...
 
     def release(
-        self, model: type[StripeEvent], pk: int, token: uuid.UUID, error: str, *, retry_in: float
+        self,
+        model: type[StripeEvent | EventEffect],
+        pk: int,
+        token: uuid.UUID,
+        error: str,
+        *,
+        retry_in: float,
     ) -> bool:
         """Clear the claim ``token`` holds, recording ``error`` and the reaper's next attempt,
         ``retry_in`` seconds from now on the database clock; ``False`` if it no longer held it."""
@@ -135,13 +142,15 @@ class SQLBackend:
             sql = _statements[full_key] = build()
         return sql
 
-    def event_statement(self, model: type[StripeEvent], template: str, **parts: str) -> str:
-        """``template`` over the events table: ``{table}``, ``{inserted}``, ``{columns}``, ``{now}``
-        and each of ``parts`` (which may use the first and last of those themselves)."""
+    def event_statement(self, model: type[StripeEvent | EventEffect], template: str, **parts: str) -> str:
+        """``template`` over ``model``'s table (events, effects): ``{table}``, ``{inserted}``,
+        ``{columns}``, ``{now}``, ``{done}`` (the column set when a row's work is done) and each
+        of ``parts`` (which may use ``{table}``, ``{now}`` and ``{done}`` themselves)."""
 
         def build() -> str:
             table = self.connection.ops.quote_name(model._meta.db_table)
-            names = {"table": table, "now": self.now}
+            done = quoted_columns(self.connection, [concrete_field(model, model.done_field)])
+            names = {"table": table, "now": self.now, "done": done}
             return template.format(
                 inserted=INSERTED,
                 columns=quoted_columns(self.connection, returned_fields(model)),
@@ -197,7 +206,7 @@ class SQLBackend:
 
     # -- the portable operations ------------------------------------------------------------
 
-    def complete(self, model: type[StripeEvent], pk: int, token: uuid.UUID) -> bool:
+    def complete(self, model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID) -> bool:
         # Every delivery runs this: built once, not compiled by the ORM each time.
         sql = self.event_statement(model, _COMPLETE)
         with self.connection.cursor() as cursor:
@@ -206,7 +215,13 @@ class SQLBackend:
         return updated == 1
 
     def release(
-        self, model: type[StripeEvent], pk: int, token: uuid.UUID, error: str, *, retry_in: float
+        self,
+        model: type[StripeEvent | EventEffect],
+        pk: int,
+        token: uuid.UUID,
+        error: str,
+        *,
+        retry_in: float,
     ) -> bool:
         updated = (
             model.objects.using(self.connection.alias)
@@ -299,7 +314,7 @@ CLAIMABLE = "{t}.processed_at IS NULL AND ({t}.claim_expires_at IS NULL OR {t}.c
 # scanned stripe_event_unprocessed_idx, locking other events' entries on the
 # way, and two deliveries' fenced updates deadlocked.
 _COMPLETE = """
-UPDATE {table} SET processed_at = {now}, claim_expires_at = NULL, claim_token = NULL
+UPDATE {table} SET {done} = {now}, claim_expires_at = NULL, claim_token = NULL
 WHERE id = %(pk)s AND claim_token = %(token)s
 """
 

@@ -22,6 +22,7 @@ VERIFICATION = "stripe_idempotency/verification.py"
 STORABLE = "stripe_idempotency/storable.py"
 LEASES = "stripe_idempotency/leases.py"
 SYNC = "stripe_idempotency/sync.py"
+EFFECTS = "stripe_idempotency/effects.py"
 MODELS = "stripe_idempotency/models.py"
 VIEWS = "stripe_idempotency/views.py"
 
@@ -139,14 +140,16 @@ BREAKS: tuple[Break, ...] = (
                 PROCESSING,
                 "        with transaction.atomic(using=claimed.using):\n"
                 "            later = _superseding(event)\n"
-                "            if later is None:\n"
-                "                dispatch(event)\n"
+                "            with effects.dispatching(event, claimed.using) as current:\n"
+                "                if later is None:\n"
+                "                    dispatch(event)\n"
                 "            leases.complete(claimed)\n",
                 "        leases.complete(claimed)\n"
                 "        with transaction.atomic(using=claimed.using):\n"
                 "            later = _superseding(event)\n"
-                "            if later is None:\n"
-                "                dispatch(event)\n",
+                "            with effects.dispatching(event, claimed.using) as current:\n"
+                "                if later is None:\n"
+                "                    dispatch(event)\n",
             ),
         ),
         ("tests/test_processing.py", "tests/test_views.py"),
@@ -187,7 +190,7 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 PROCESSING,
-                "        try:\n            leases.release(claimed, _describe(exc))\n",
+                "        try:\n            leases.release(claimed, error_text(exc))\n",
                 "        try:\n            pass\n",
             ),
         ),
@@ -243,8 +246,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 MODELS,
-                "        return self.without_live_lease().filter(processed_at__isnull=True)\n",
-                "        return self.filter(processed_at__isnull=True)\n",
+                '        return self.without_live_lease().filter(**{f"{done}__isnull": True})\n',
+                '        return self.filter(**{f"{done}__isnull": True})\n',
             ),
         ),
         ("tests/test_reap_stale_claims.py", "tests/test_factories.py", "tests/test_admin.py"),
@@ -431,8 +434,10 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 "stripe_idempotency/retention.py",
-                " and all(relation.related_model is LedgerEntry for relation in relations)",
-                "",
+                "    return not listened and all(\n"
+                "        relation.related_model in (LedgerEntry, EventEffect) for relation in relations\n"
+                "    )\n",
+                "    return not listened\n",
             ),
         ),
         ("tests/test_prune_stripe_events.py",),
@@ -977,8 +982,8 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 "stripe_idempotency/retention.py",
-                ".filter(processed_at__lt=before).filter(~_in_the_ledger(using))\n",
-                ".filter(processed_at__lt=before)\n",
+                "        .filter(~_in_the_ledger(using))\n",
+                "",
             ),
         ),
         ("tests/test_prune_stripe_events.py",),
@@ -1131,9 +1136,9 @@ BREAKS: tuple[Break, ...] = (
         "A publish hung on a dead broker never keeps a process (a cron command, a worker) from exiting.",
         (
             Edit(
-                "stripe_idempotency/queueing.py",
-                "threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=True).start()",
-                "threading.Thread(target=self._work, args=(self._jobs,), name=name, daemon=False).start()",
+                "stripe_idempotency/threads.py",
+                'name=f"{self._name}_{n}", daemon=True',
+                'name=f"{self._name}_{n}", daemon=False',
             ),
         ),
         ("tests/test_deferred.py::test_a_publish_hung_on_the_broker_does_not_hold_the_process_at_exit",),
@@ -1181,8 +1186,8 @@ BREAKS: tuple[Break, ...] = (
             ),
             Edit(
                 "stripe_idempotency/reaper.py",
-                'return bool(self.tally["failed"] or self.waiting.dead)',
-                'return bool(self.tally["failed"] or self.tally["dead"])',
+                'self.tally["failed"] or self.waiting.dead or self.effects["failed"]',
+                'self.tally["failed"] or self.tally["dead"] or self.effects["failed"]',
             ),
             Edit(
                 "stripe_idempotency/management/commands/reap_stale_claims.py",
@@ -1213,6 +1218,84 @@ BREAKS: tuple[Break, ...] = (
         (Edit("stripe_idempotency/conf.py", "        if problem is not None:\n", "        if False:\n"),),
         ("tests/test_conf.py", "tests/test_views.py"),
         (SQLITE,),
+    ),
+    # -- effects ------------------------------------------------------------------------------
+    Break(
+        "effect-runs-without-a-claim",
+        "Two runs of one effect never overlap: each claims the effect first.",
+        (
+            Edit(
+                EFFECTS,
+                "    token = leases.take(EventEffect, row.pk, using=using, dead_too=dead_too)\n",
+                "    token = leases.take(EventEffect, row.pk, using=using, dead_too=True) or uuid.uuid4()\n",
+            ),
+            Edit(EFFECTS, "import functools\n", "import functools\nimport uuid\n"),
+        ),
+        ("tests/test_effects.py::test_two_runs_of_one_effect_at_once_call_it_once",),
+        (SQLITE, POSTGRES, MARIADB),
+        quick=(POSTGRES,),
+    ),
+    Break(
+        "effect-success-unfenced",
+        "A run whose lease was taken over does not record the effect as done.",
+        (
+            Edit(
+                EFFECTS,
+                "    if leases.complete_row(EventEffect, row.pk, token, using=using):\n",
+                "    if EventEffect.objects.using(using).filter(pk=row.pk).update(completed_at=Now()):\n",
+            ),
+        ),
+        ("tests/test_effects.py::test_a_run_whose_lease_was_taken_over_is_not_recorded",),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
+        "effects-run-inside-the-transaction",
+        "Effects run after the receivers' transaction commits, never inside it.",
+        (
+            Edit(
+                PROCESSING,
+                "                    dispatch(event)\n",
+                "                    dispatch(event)\n                effects.start(current.stored)\n",
+            ),
+        ),
+        ("tests/test_effects.py",),
+        (SQLITE,),
+        quick=(SQLITE,),
+    ),
+    Break(
+        "failed-effects-never-back-off",
+        "A failed effect waits out its backoff before the reaper runs it again.",
+        (
+            Edit(
+                EFFECTS,
+                "    retry_in = leases.retry_delay(row.attempts, max_attempts=row.max_attempts)\n",
+                "    retry_in = 0.0\n",
+            ),
+        ),
+        ("tests/test_effects.py::test_a_failed_run_backs_off_is_retried_and_is_dead_after_max_attempts",),
+        (SQLITE,),
+    ),
+    Break(
+        "reaper-never-runs-pending-effects",
+        "An effect whose process died before running it is run by the reaper.",
+        (
+            Edit(
+                EFFECTS,
+                "        .due()\n        .exclude(claimed_at__isnull=True, scheduled_at__gt=Now() - grace)\n",
+                "        .due()\n        .exclude(claimed_at__isnull=True)\n",
+            ),
+        ),
+        ("tests/test_effects.py::test_an_effect_its_process_never_ran_is_run_by_the_reaper",),
+        (SQLITE,),
+    ),
+    Break(
+        "prune-deletes-unfinished-effects",
+        "Pruning keeps an event whose effects are not all completed.",
+        (Edit("stripe_idempotency/retention.py", "        .filter(~Exists(unfinished))\n", ""),),
+        (
+            "tests/test_effects.py::test_pruning_keeps_an_event_whose_effects_are_not_all_completed_and_deletes_completed_ones",
+        ),
+        (SQLITE, MARIADB),
     ),
     Break(
         "statements-import-the-tables",

@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "sql",
             "storable",
             "telemetry",
+            "threads",
         },
     ),
     # Stripe's API, on request: reads a payload, knows no table.
@@ -56,6 +57,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "ordering",
             "leases",
+            "effects",
             "verification",
             "processing",
             "queueing",
@@ -315,6 +317,7 @@ TESTED_WITH = {
     "event_types": ("test_checks.py", "read by check W008 only"),
     "object_shapes": ("test_testing.py", "the shapes build_event gives data.object"),
     "queueing": ("test_deferred.py", "deferred mode's handover, beside the task it queues"),
+    "threads": ("test_deferred.py", "the handover's threads; the effects' runs in test_effects.py"),
     "tasks": ("test_deferred.py", "deferred mode's task, beside its handover"),
     "contrib.celery": ("test_deferred.py", "deferred mode through Celery"),
     "reaper": ("test_reap_stale_claims.py", "the library function and its command, tested together"),

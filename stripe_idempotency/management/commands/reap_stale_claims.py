@@ -28,8 +28,8 @@ from stripe_idempotency.status import Waiting
 class Command(BaseCommand):
     help = (
         "List Stripe events that are not processed and not under a live claim; with --reprocess, "
-        "claim and process each one. Exits with status 1 when an event failed again or is dead "
-        "(MAX_ATTEMPTS reached)."
+        "claim and process each one, then run the effects due. Exits with status 1 when an event "
+        "or an effect failed again, or an event is dead (MAX_ATTEMPTS reached)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -89,7 +89,7 @@ class Command(BaseCommand):
             batch_size=batch_size,
             step=self._say,
         )
-        summary = _summary(report, reprocess, dry_run)
+        summary = _summary(report, reprocess, dry_run) + _effects_run(report)
         if report.failed_again:
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
@@ -139,6 +139,16 @@ def _summary(report: Reaped, reprocess: bool, dry_run: bool) -> str:
             f"{tally['processed']} processed, {tally['failed']} failed again, {tally['skipped']} skipped"
         )
     return f"{head}: {', '.join([*parts, _left_behind(left)])}."
+
+
+def _effects_run(report: Reaped) -> str:
+    ran = report.effects
+    if not ran.total():
+        return ""
+    return (
+        f" Effects run: {ran['processed']} processed, {ran['failed']} failed, {ran['dead']} dead, "
+        f"{ran['fenced'] + ran['busy']} taken by another process."
+    )
 
 
 def _left_behind(left: Waiting) -> str:

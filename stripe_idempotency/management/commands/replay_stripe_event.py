@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 
-from stripe_idempotency import outcomes, processing
+from stripe_idempotency import effects, outcomes, processing
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import (
     Busy,
@@ -52,7 +52,8 @@ class Command(BaseCommand):
                 f"{event_id} was processed at {event.processed_at:%Y-%m-%d %H:%M:%S %Z}; "
                 "pass --force to run its receivers again."
             )
-        outcome = processing.replay(event, force=force, using=database)
+        with effects.run_in_this_thread():  # before the command exits, not on its daemon threads
+            outcome = processing.replay(event, force=force, using=database)
         if forced and not isinstance(outcome, Busy):  # busy: it never got the event to run
             self.stderr.write(
                 self.style.WARNING(
