@@ -7,7 +7,8 @@ Opt-in: the project routes it where it wants it, protected by a bearer token fro
 
 ``GET`` answers 200 with the figures while they are within the limits given in the query
 string (the command's options: ``max_oldest_unprocessed``, ``max_dead``, ``max_failed``,
-``max_lag_p99``, and ``window``), 503 with the alerts once one is passed, and 503
+``max_lag_p99``, ``max_dead_effects``, ``max_oldest_pending_effect``, and ``window``), 503
+with the alerts once one is passed, and 503
 ``unavailable`` when the database does not answer.
 """
 
@@ -25,12 +26,12 @@ from django.views import View
 from django.views.decorators.cache import never_cache
 
 from stripe_idempotency.conf import app_settings
-from stripe_idempotency.durations import parse_count, parse_duration
+from stripe_idempotency.durations import parse_duration
 from stripe_idempotency.exceptions import SettingInvalid
 from stripe_idempotency.log import logger
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Rejected, Unavailable
-from stripe_idempotency.status import Limits, status
+from stripe_idempotency.status import LIMIT_OPTIONS, Limits, status
 from stripe_idempotency.views import Answer
 
 __all__ = ["HealthView"]
@@ -98,33 +99,15 @@ def _refusal(request: HttpRequest) -> Answer | None:
 
 def _read_query(request: HttpRequest) -> tuple[timedelta, Limits]:
     query = request.GET
-    known = {"window", "max_oldest_unprocessed", "max_dead", "max_failed", "max_lag_p99"}
+    known = {"window", *LIMIT_OPTIONS}
     unknown = sorted(set(query) - known)
     if unknown:
         raise InvalidParameter(
             f"Unknown parameters: {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
         )
-
-    def duration(key: str) -> timedelta | None:
-        if key not in query:
-            return None
-        try:
-            return parse_duration(query[key])
-        except ValueError as error:
-            raise InvalidParameter(f"{key}: {error}") from error
-
-    def count(key: str) -> int | None:
-        if key not in query:
-            return None
-        try:
-            return parse_count(query[key])
-        except ValueError as error:
-            raise InvalidParameter(f"{key}: {error}") from error
-
-    limits = Limits(
-        oldest_unprocessed=duration("max_oldest_unprocessed"),
-        dead=count("max_dead"),
-        failed=count("max_failed"),
-        lag_p99=duration("max_lag_p99"),
-    )
-    return duration("window") or DEFAULT_WINDOW, limits
+    limits = Limits.read(query, lambda key, error: InvalidParameter(f"{key}: {error}"))
+    try:
+        window = parse_duration(query["window"]) if "window" in query else DEFAULT_WINDOW
+    except ValueError as error:
+        raise InvalidParameter(f"window: {error}") from error
+    return window, limits

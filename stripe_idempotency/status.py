@@ -8,23 +8,28 @@ the index alone, and the lag over the rows processed within the window.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, QuerySet, Window
 from django.db.models.functions import Now, RowNumber
 from django.utils import timezone
 
-from stripe_idempotency.durations import format_duration, parse_duration
-from stripe_idempotency.models import EventState, StripeEvent
+from stripe_idempotency.durations import format_duration, parse_count, parse_duration
+from stripe_idempotency.models import EventEffect, EventState, StripeEvent
 
 __all__ = [
+    "LIMIT_OPTIONS",
     "Lag",
     "Limits",
     "Status",
     "Waiting",
     "counts",
+    "effect_counts",
     "format_duration",
+    "oldest_pending_effect",
     "oldest_unprocessed",
     "parse_duration",
     "processed_since",
@@ -58,6 +63,11 @@ class Status:
     #: From Stripe's ``created`` to processed: the lag and Stripe's own delays (its retries, a
     #: resend from the Dashboard of an event weeks old), for reading beside ``lag``.
     since_created: Lag = field(default_factory=lambda: Lag(0))
+    #: Effects by state, every state included.
+    effects: dict[str, int] = field(default_factory=dict)
+    #: Since the oldest effect still to run (not completed, not dead) was scheduled, and its key.
+    oldest_pending_effect: timedelta | None = None
+    oldest_pending_effect_key: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -67,6 +77,11 @@ class Status:
             "window_seconds": self.window.total_seconds(),
             "lag_seconds": self.lag.as_json(),
             "since_created_seconds": self.since_created.as_json(),
+            "effects": {
+                "counts": self.effects,
+                "oldest_pending_seconds": _seconds(self.oldest_pending_effect),
+                "oldest_pending_idempotency_key": self.oldest_pending_effect_key,
+            },
         }
 
 
@@ -78,6 +93,23 @@ class Limits:
     dead: int | None = None
     failed: int | None = None
     lag_p99: timedelta | None = None
+    dead_effects: int | None = None
+    oldest_pending_effect: timedelta | None = None
+
+    @classmethod
+    def read(cls, given: Mapping[str, str | None], invalid: Callable[[str, ValueError], Exception]) -> Limits:
+        """The limits named in ``given`` by their options (:data:`LIMIT_OPTIONS`); a value its
+        parser refuses raises ``invalid(option, error)``."""
+        limits: dict[str, Any] = {}
+        for option, (name, parse) in LIMIT_OPTIONS.items():
+            text = given.get(option)
+            if text is None:
+                continue
+            try:
+                limits[name] = parse(text)
+            except ValueError as error:
+                raise invalid(option, error) from error
+        return cls(**limits)
 
     def passed(self, report: Status) -> list[str]:
         """Each limit ``report`` passes, said in words; empty when all is well."""
@@ -95,7 +127,32 @@ class Limits:
             p99 = timedelta(seconds=report.lag.seconds[99])
             if p99 > self.lag_p99:
                 alerts.append(f"p99 lag {format_duration(p99, precise=True)} (limit {_limit(self.lag_p99)})")
+        dead_effects = report.effects.get(EventState.DEAD, 0)
+        if self.dead_effects is not None and dead_effects > self.dead_effects:
+            alerts.append(f"{dead_effects} dead effects (limit {self.dead_effects})")
+        waited = report.oldest_pending_effect
+        if (
+            self.oldest_pending_effect is not None
+            and waited is not None
+            and waited > self.oldest_pending_effect
+        ):
+            alerts.append(
+                f"the oldest pending effect has waited {format_duration(waited)} "
+                f"(limit {_limit(self.oldest_pending_effect)})"
+            )
         return alerts
+
+
+#: Each limit's option (the command's ``--max-...``, the health view's query parameter): the
+#: :class:`Limits` field it sets and the parser of its text.
+LIMIT_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "max_oldest_unprocessed": ("oldest_unprocessed", parse_duration),
+    "max_dead": ("dead", parse_count),
+    "max_failed": ("failed", parse_count),
+    "max_lag_p99": ("lag_p99", parse_duration),
+    "max_dead_effects": ("dead_effects", parse_count),
+    "max_oldest_pending_effect": ("oldest_pending_effect", parse_duration),
+}
 
 
 @dataclass(frozen=True)
@@ -121,13 +178,14 @@ def waiting(*, using: str, event_type: str | None = None) -> Waiting:
 
 
 def status(*, using: str, window: timedelta) -> Status:
-    """Six queries, whatever the size of the table: the states (two), the oldest unprocessed
-    event, the events processed in ``window`` (both lags' counts in one), and each lag's
-    percentiles (one read each)."""
+    """Eight queries, whatever the size of the table: the states (two), the oldest unprocessed
+    event, the events processed in ``window`` (both lags' counts in one), each lag's
+    percentiles (one read each), the effects by state and the oldest effect still to run."""
     in_window = StripeEvent.objects.using(using).filter(processed_at__gte=Now() - window)
     dated = in_window.filter(created__isnull=False)
     sizes = in_window.aggregate(received=Count("pk"), created=Count("pk", filter=Q(created__isnull=False)))
     oldest = oldest_unprocessed(using=using)
+    oldest_effect = oldest_pending_effect(using=using)
     return Status(
         counts=counts(using=using),
         oldest_unprocessed=oldest[1] if oldest else None,
@@ -135,7 +193,31 @@ def status(*, using: str, window: timedelta) -> Status:
         window=window,
         lag=_lag(in_window, sizes["received"], since="received_at"),
         since_created=_lag(dated, sizes["created"], since="created"),
+        effects=effect_counts(using=using),
+        oldest_pending_effect=oldest_effect[1] if oldest_effect else None,
+        oldest_pending_effect_key=oldest_effect[0] if oldest_effect else None,
     )
+
+
+def effect_counts(*, using: str) -> dict[str, int]:
+    """Effects by state, every state included: one query (effects go with their events when
+    those are pruned, so the table stays the size of the events kept)."""
+    found = {state.value: 0 for state in EventState}
+    # "state" is with_state()'s annotation, which the type checker's plugin cannot see.
+    by_state = EventEffect.objects.using(using).with_state().values("state")  # type: ignore[misc]
+    for row in by_state.annotate(n=Count("pk")).order_by():
+        found[row["state"]] = row["n"]
+    return found
+
+
+def oldest_pending_effect(*, using: str) -> tuple[str, timedelta] | None:
+    """The effect still to run (pending, claimed, stale or failed: not completed, not dead) that
+    was scheduled first: its idempotency key, and how long ago."""
+    waiting = EventEffect.objects.using(using).in_state(
+        EventState.PENDING, EventState.CLAIMED, EventState.STALE, EventState.FAILED
+    )
+    oldest = waiting.order_by("scheduled_at", "pk").values_list("idempotency_key", "scheduled_at").first()
+    return (oldest[0], timezone.now() - oldest[1]) if oldest else None
 
 
 def counts(*, using: str) -> dict[str, int]:

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from stripe_idempotency.factories import StripeEventFactory
+from stripe_idempotency.models import EventEffect, StripeEvent
 from tests.concurrency import database_unreachable
 from tests.settings import WEBHOOK_SECRET
 
@@ -81,6 +82,29 @@ def test_past_a_limit_in_the_query_the_answer_is_503_with_the_alerts(pipeline):
 
 
 @TOKENS
+def test_dead_effects_and_an_old_pending_effect_are_alerts_too(pipeline):
+    event = StripeEvent.objects.filter(processed_at__isnull=False).first()
+    for key, fields in (("0", {"attempts": 3, "claimed_at": timezone.now()}), ("1", {})):
+        EventEffect.objects.create(
+            event=event,
+            name="shop.mail",
+            key=key,
+            idempotency_key=f"{event.event_id}:shop.mail:{key}",
+            max_attempts=3,
+            scheduled_at=timezone.now() - timedelta(hours=1),
+            **fields,
+        )
+    response = get("?max_dead_effects=0&max_oldest_pending_effect=15m")
+    assert response.status_code == 503
+    assert response.json()["alerts"] == [
+        "1 dead effects (limit 0)",
+        "the oldest pending effect has waited 1h00m (limit 15m)",
+    ]
+    assert response.json()["effects"]["counts"]["pending"] == 1
+    assert get("?max_dead_effects=1&max_oldest_pending_effect=2h").status_code == 200
+
+
+@TOKENS
 def test_the_window_bounds_the_lag(pipeline):
     assert get("?window=10s").json()["lag_seconds"] == {"count": 0}
     assert get("?window=1m").json()["lag_seconds"]["count"] == 1
@@ -102,6 +126,8 @@ def test_the_window_bounds_the_lag(pipeline):
         ("?max_oldest_unprocessed=1e9", "max_oldest_unprocessed: '1e9' is not a duration"),
         ("?max_lag_p99=%C2%B9s", "max_lag_p99: '¹s' is not a duration"),
         ("?max_deads=0", "Unknown parameters: max_deads."),
+        ("?max_dead_effects=%C2%B2", "max_dead_effects: '²' is not a whole number"),
+        ("?max_oldest_pending_effect=soon", "max_oldest_pending_effect: 'soon' is not a duration"),
     ],
 )
 def test_a_bad_parameter_is_a_400_that_says_which(query, detail):
@@ -169,8 +195,9 @@ def test_the_database_down_is_a_503_unavailable():
 def test_it_costs_the_status_queries_whatever_the_tokens(pipeline):
     with CaptureQueriesContext(connection) as queries:
         assert get().status_code == 200
-    # States, processed count, oldest, the window's counts, and each lag's percentiles.
-    assert len(queries) == 6
+    # States, processed count, oldest, the window's counts, each lag's percentiles, the effects
+    # by state and the oldest effect still to run.
+    assert len(queries) == 8
 
 
 @TOKENS

@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from stripe_idempotency.factories import StripeEventFactory
+from stripe_idempotency.models import EventEffect
 from stripe_idempotency.status import format_duration, parse_duration
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -156,7 +157,7 @@ def test_the_query_count_does_not_grow_with_the_table(pipeline, django_db_setup)
     with CaptureQueriesContext(connection) as second:
         run("--json")
     # States, processed count, oldest, the window's counts, and each lag's percentiles.
-    assert len(first.captured_queries) == len(second.captured_queries) == 6
+    assert len(first.captured_queries) == len(second.captured_queries) == 8
 
 
 def test_durations():
@@ -178,3 +179,60 @@ def test_durations():
         "1.3s",
         "1m15s",
     ]
+
+
+@pytest.fixture
+def effects_in_every_state():
+    """Effects of one processed event: 2 completed, one each pending (scheduled an hour ago),
+    failed (waiting out its backoff) and dead."""
+    event = StripeEventFactory(processed=True)
+    now = timezone.now()
+
+    def make(key: str, **fields):
+        values = {"attempts": 0, "max_attempts": 3, **fields}
+        return EventEffect.objects.create(
+            event=event,
+            name="shop.mail",
+            key=key,
+            idempotency_key=f"{event.event_id}:shop.mail:{key}",
+            **values,
+        )
+
+    make("0", completed_at=now, attempts=1)
+    make("1", completed_at=now, attempts=1)
+    make("2", scheduled_at=now - timedelta(hours=1))
+    make("3", claimed_at=now, attempts=1, last_error="boom", next_attempt_at=now + timedelta(hours=1))
+    make("4", claimed_at=now, attempts=3, last_error="boom")
+    return event
+
+
+def test_effects_are_counted_by_state_with_the_oldest_still_to_run(effects_in_every_state):
+    code, out, _ = run("--json")
+    effects = json.loads(out)["effects"]
+    assert code == 0
+    assert effects["counts"] == {
+        "pending": 1,
+        "claimed": 0,
+        "stale": 0,
+        "failed": 1,
+        "dead": 1,
+        "processed": 2,
+    }
+    assert effects["oldest_pending_idempotency_key"] == f"{effects_in_every_state.event_id}:shop.mail:2"
+    assert 3600 <= effects["oldest_pending_seconds"] < 3660
+    text = run()[1].splitlines()[-1]
+    assert text == (
+        f"Effects: 1 pending, 1 failed, 1 dead, 2 processed. Oldest still to run: "
+        f"{effects_in_every_state.event_id}:shop.mail:2, scheduled 1h00m ago."
+    )
+
+
+def test_dead_effects_and_an_old_pending_effect_are_alerts(effects_in_every_state):
+    code, _, error = run("--max-dead-effects", "0", "--max-oldest-pending-effect", "15m")
+    assert code == 1
+    assert error == "1 dead effects (limit 0); the oldest pending effect has waited 1h00m (limit 15m)"
+    assert run("--max-dead-effects", "1", "--max-oldest-pending-effect", "2h")[0] == 0
+    assert (
+        run("--max-dead-effects", "x")[2]
+        == "--max-dead-effects: 'x' is not a whole number from 0 to 1000000000000."
+    )

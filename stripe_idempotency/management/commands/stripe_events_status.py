@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
 
-from stripe_idempotency.durations import format_duration, parse_count, parse_duration
+from stripe_idempotency.durations import format_duration, parse_duration
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.status import Lag, Limits, Status, status
 
@@ -50,6 +50,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-lag-p99", default=None, help="Alert when the window's p99 lag is longer (e.g. 5m)."
         )
+        parser.add_argument("--max-dead-effects", default=None, help="Alert past this many dead effects.")
+        parser.add_argument(
+            "--max-oldest-pending-effect",
+            default=None,
+            help="Alert when an effect still to run was scheduled longer ago than this (e.g. 15m).",
+        )
         parser.add_argument(
             "--database", default=None, help="The database alias (default: where the routers write events)."
         )
@@ -57,7 +63,7 @@ class Command(BaseCommand):
     def handle(self, *, as_json: bool, window: str, database: str | None, **options: Any) -> None:
         span = _option("window", parse_duration, window)
         report = status(using=database or router.db_for_write(StripeEvent), window=span)
-        alerts = _limits(options).passed(report)
+        alerts = Limits.read(options, _invalid_option).passed(report)
         if as_json:
             self.stdout.write(json.dumps({**report.as_json(), "alerts": alerts}, sort_keys=True))
         else:
@@ -91,6 +97,20 @@ class Command(BaseCommand):
                     f"From Stripe's 'created' to processed (Stripe's retries and resends included): "
                     f"{_figures(report.since_created)}."
                 )
+        self._write_effects(report)
+
+    def _write_effects(self, report: Status) -> None:
+        shown = ", ".join(f"{count:,} {state}" for state, count in report.effects.items() if count)
+        line = f"Effects: {shown or 'none'}."
+        if report.oldest_pending_effect is not None:
+            line += (
+                f" Oldest still to run: {report.oldest_pending_effect_key}, scheduled "
+                f"{format_duration(report.oldest_pending_effect)} ago."
+            )
+        bad = any(
+            report.effects.get(state) for state in (EventState.DEAD, EventState.FAILED, EventState.STALE)
+        )
+        self.stdout.write(self.style.ERROR(line) if bad else line)
 
 
 def _figures(lag: Lag) -> str:
@@ -99,13 +119,5 @@ def _figures(lag: Lag) -> str:
     )
 
 
-def _limits(options: dict[str, Any]) -> Limits:
-    def read(key: str, parse: Callable[[str], T]) -> T | None:
-        return None if options[key] is None else _option(key.replace("_", "-"), parse, options[key])
-
-    return Limits(
-        oldest_unprocessed=read("max_oldest_unprocessed", parse_duration),
-        dead=read("max_dead", parse_count),
-        failed=read("max_failed", parse_count),
-        lag_p99=read("max_lag_p99", parse_duration),
-    )
+def _invalid_option(option: str, error: ValueError) -> CommandError:
+    return CommandError(f"--{option.replace('_', '-')}: {error}")
