@@ -8,6 +8,10 @@
   from a connection of its own, as that instance would), so this run is fenced for certain.
 
 Later dispatches (``event.attempts > 1``) behave, so every event can end processed.
+
+With ``CHAOS_EFFECTS_FILE`` set, every dispatch also schedules an effect that appends a line to
+that file, outside the database: its idempotency key, the event's attempt that scheduled it and
+the effect's run that wrote it. The file is what the outside world saw.
 """
 
 from __future__ import annotations
@@ -19,10 +23,32 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models.functions import Now
 from django.dispatch import receiver
 
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.effects import effect
+from stripe_idempotency.models import EventEffect, StripeEvent
 from stripe_idempotency.signals import event_received
+
+
+@receiver(event_received)
+def schedule_an_outside_write(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
+    if os.environ.get("CHAOS_EFFECTS_FILE"):
+        append_key.schedule(event, scheduled_by_attempt=event.attempts)
+
+
+@effect(name="chaos.append_key")
+def append_key(*, scheduled_by_attempt: int, idempotency_key: str) -> None:
+    """One line per run that reached the outside world; then a pause before the run is recorded,
+    the window in which a killed worker leaves a written key whose run is not recorded."""
+    # Which run this is: read while its lease is live, when no other run can have started.
+    live = EventEffect.objects.filter(idempotency_key=idempotency_key, claim_expires_at__gt=Now())
+    run = live.values_list("attempts", flat=True).first()
+    if run is None:
+        raise RuntimeError("chaos: the run's lease ran out before it wrote anything")
+    with open(os.environ["CHAOS_EFFECTS_FILE"], "a") as outside:  # one short O_APPEND write
+        outside.write(f"{idempotency_key} {scheduled_by_attempt} {run}\n")
+    time.sleep(0.2)
 
 
 @receiver(event_received)

@@ -15,7 +15,8 @@ import pytest
 from django.db import connection
 
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
-from tests.servers import Gunicorn, Uvicorn, answer_status, post
+from tests.concurrency import wait_for
+from tests.servers import AppServer, Gunicorn, Uvicorn, answer_status, post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
 
@@ -136,3 +137,33 @@ def test_a_worker_killed_by_gunicorns_timeout_releases_its_claim(server_database
         assert (status, answer_status(answer)) == (200, "processed")
     finally:
         server.stop()
+
+
+@pytest.mark.only_on(
+    "postgresql", "mariadb", "mysql", reason="the example project's servers run on a server database"
+)
+@pytest.mark.parametrize("server_class", [Gunicorn, Uvicorn])
+def test_the_answer_does_not_wait_for_the_effects_and_the_server_runs_them(
+    server_class: type[AppServer], server_database, tmp_path: Path
+):
+    """The order email (an effect) is held until a file exists, which the test makes only once it
+    has its answer: an answer that waited for the effect would come after a minute, with the
+    email sent. It comes with the effect stored and not run; then the server's own threads send it."""
+    db = server_database
+    gate = tmp_path / "gate"
+    server = server_class(db.url, server_class.name, workers=1, log_dir=tmp_path, SHOP_MAIL_GATE=str(gate))
+    effects = "SELECT name, completed_at IS NULL FROM stripe_idempotency_eventeffect"
+    try:
+        event = checkout(1)
+        event["data"]["object"]["customer_details"] = {"email": "buyer@example.com"}
+        body = encode(event)
+        status, _, answer = post(server.url, body, sign(body, SECRET), timeout=120)
+        assert (status, answer_status(answer)) == (200, "processed")
+        assert db.rows(effects) == [("shop.send_order_email", True)]  # stored, still held
+        gate.touch()
+        wait_for(lambda: db.rows(effects) == [("shop.send_order_email", False)], "the email to be sent")
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert f"Idempotency-Key: {event['id']}:shop.send_order_email:0" in log  # the console mail
+    assert log.count("Your order is on its way") == 1

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,8 +74,19 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
     db = server_database
     events = events_with_misbehaviour(seed=7)
     bodies = {e["id"]: encode(e) for e in events}
+    # Every dispatch schedules an effect that writes to this file (tests.chaos.receivers).
+    outside = tmp_path / "effects-written"
+    outside.touch()
+    effects_env = {"CHAOS_EFFECTS_FILE": str(outside)}
     instances = [
-        Gunicorn(db.url, f"instance-{n}", workers=3, log_dir=tmp_path, STRIPE_CLAIM_TTL_SECONDS=str(LEASE))
+        Gunicorn(
+            db.url,
+            f"instance-{n}",
+            workers=3,
+            log_dir=tmp_path,
+            STRIPE_CLAIM_TTL_SECONDS=str(LEASE),
+            **effects_env,
+        )
         for n in range(2)
     ]
     answers: collections.Counter = collections.Counter()
@@ -143,7 +155,9 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
     left_for_reapers = db.scalar(
         "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE processed_at IS NULL"
     )
-    reaped = run_two_reapers(db)
+    # The reapers take pending effects at once (their workers died): no grace.
+    reaped = run_two_reapers(db, STRIPE_PENDING_GRACE_SECONDS="0", **effects_env)
+    effects = effects_seen(db, outside)
 
     ledger = verify_ledger(db)
     stored, lost, runs, credits = tally(db)
@@ -161,7 +175,11 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
         f"misbehaving events {dict(misbehaving)}; attempts per event {dict(sorted(attempts.items()))}; "
         f"fenced {fenced}; left for the reapers {left_for_reapers}, reaped {reaped}; lost {lost}; "
         f"doubled {doubled}; "
-        f"2xx before commit {len(early_2xx)}"
+        f"2xx before commit {len(early_2xx)}; "
+        f"effects: {effects.completed} of {effects.stored} completed, {effects.lines} written, "
+        f"{effects.written_twice} written again after a run killed or fenced between its write and "
+        f"its record ({effects.unrecorded_runs} such runs), "
+        f"{effects.from_rolled_back} from a rolled-back attempt, {effects.never_written} never written"
     )
     show(capsys, summary)
 
@@ -171,6 +189,12 @@ def test_exactly_once_under_chaos(server_database, tmp_path: Path, capsys):
     assert credits == {e["data"]["object"]["id"]: 1 for e in events}, summary
     assert ledger.returncode == 0, ledger.stdout + ledger.stderr
     assert early_2xx == [], summary
+    # Effects: one per event, every one run and recorded, every committed one seen outside, none
+    # from an attempt that rolled back; a key written twice only by a run that never recorded.
+    assert effects.stored == effects.completed == EVENTS, summary
+    assert effects.never_written == 0, summary
+    assert effects.from_rolled_back == 0, summary
+    assert effects.written_twice == effects.unrecorded_runs, summary
     assert set(answers) <= {
         (200, "processed"),
         (200, "duplicate"),
@@ -255,6 +279,40 @@ def tally(db) -> tuple[int, int, dict[str, int], dict[str, int]]:
         )
     )
     return stored, lost, runs, credits
+
+
+@dataclass(frozen=True)
+class EffectsSeen:
+    stored: int
+    completed: int
+    lines: int  # runs that wrote to the outside world
+    written_twice: int  # lines past the first of each key
+    unrecorded_runs: int  # lines of a run other than the one recorded as the effect's success
+    from_rolled_back: int  # lines scheduled by an event attempt that did not commit
+    never_written: int  # completed effects whose key is not in the file
+
+
+def effects_seen(db, outside: Path) -> EffectsSeen:
+    """The effects' rows beside what their runs wrote to ``outside``."""
+    rows = db.rows(
+        "SELECT f.idempotency_key, f.attempts, f.completed_at IS NOT NULL, e.attempts "
+        "FROM stripe_idempotency_eventeffect f "
+        "JOIN stripe_idempotency_stripeevent e ON e.id = f.event_id"
+    )
+    final_run = {key: runs for key, runs, _, _ in rows}
+    committed_attempt = {key: event_attempts for key, _, _, event_attempts in rows}
+    lines = [line.split() for line in outside.read_text().splitlines()]
+    per_key = collections.Counter(key for key, _, _ in lines)
+    return EffectsSeen(
+        stored=len(rows),
+        completed=sum(1 for _, _, completed, _ in rows if completed),
+        lines=len(lines),
+        written_twice=sum(count - 1 for count in per_key.values()),
+        unrecorded_runs=sum(1 for key, _, run in lines if int(run) != final_run.get(key)),
+        # The attempt that committed is the event's last: nothing runs it after it is processed.
+        from_rolled_back=sum(1 for key, by, _ in lines if int(by) != committed_attempt.get(key)),
+        never_written=sum(1 for key, _, completed, _ in rows if completed and key not in per_key),
+    )
 
 
 def doubles(runs: dict[str, int], credits: dict[str, int]) -> int:

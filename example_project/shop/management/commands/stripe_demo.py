@@ -31,6 +31,7 @@ from django.urls import reverse
 
 from example_project.mail import backend_settings
 from example_project.shop.models import Cancellation, Fulfilment
+from stripe_idempotency import effects
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.models import LedgerEntry
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
@@ -96,6 +97,7 @@ class Command(BaseCommand):
                 app_logger.setLevel(level)
                 server.shutdown()
                 server.server_close()
+            effects.wait_for_runs()  # the emails go out after each answer, on the server's threads
             emails = len(mail.outbox)
 
         self._report(burst, jobs, deliveries, senders, url, emails)
