@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks import deferred, endpoint, ledger, per_delivery, prune, reaper, reaper_memory, status
+from benchmarks import deferred, effects, endpoint, ledger, per_delivery, prune, reaper, reaper_memory, status
 from benchmarks.common import ROOT, setup_django
 
 
@@ -38,6 +38,7 @@ def main() -> None:
     )
     print(deferred.run(output=output, smoke=smoke))
     print(per_delivery.run(count=50 if smoke else 2000, output=output, smoke=smoke))
+    print(effects.run(count=50 if smoke else 1000, burst=50 if smoke else 2000, output=output, smoke=smoke))
     print(
         ledger.run(
             seconds=1.0 if smoke else 5.0, levels=[1, 4] if smoke else [1, 4, 16], output=output, smoke=smoke

@@ -440,3 +440,17 @@ def test_an_effect_the_database_stops_from_running_is_logged_and_left_to_the_rea
     )
     monkeypatch.undo()
     assert effects.run(EventEffect.objects.get()) == "processed"
+
+
+def test_each_effect_costs_one_insert_to_schedule_and_a_claim_and_a_fenced_update_to_run(connect):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements_of(receiver: Any) -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            processed_with(connect, receiver)
+        return [q["sql"].split()[0].upper() for q in queries if "eventeffect" in q["sql"].lower()]
+
+    assert statements_of(lambda sender, event, **kw: None) == []
+    two = statements_of(lambda sender, event, **kw: [send_receipt.schedule(event, order=n) for n in (1, 2)])
+    assert two == ["INSERT", "INSERT", "UPDATE", "UPDATE", "UPDATE", "UPDATE"]

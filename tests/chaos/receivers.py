@@ -32,6 +32,27 @@ from stripe_idempotency.signals import event_received
 
 
 @receiver(event_received)
+def misbehave(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
+    chaos = event.payload.get("data", {}).get("object", {}).get("chaos")
+    if not chaos or event.attempts > 1:
+        return
+    if chaos == "slow":
+        time.sleep(settings.STRIPE_IDEMPOTENCY["CLAIM_TTL_SECONDS"] + 1.5)
+    elif chaos == "fail":
+        raise RuntimeError("chaos: this event fails on its first attempt")
+    elif chaos == "kill":
+        os._exit(1)
+    elif chaos == "taken_over":
+        _take_over(event)
+    elif chaos == "linger":
+        time.sleep(float(os.environ.get("CHAOS_LINGER_SECONDS", "1.5")))
+
+
+# Connected after misbehave, so it runs after it: on MariaDB the effect's row holds a shared lock
+# on its event's row (the foreign key) until the transaction ends, and _take_over's UPDATE from
+# another connection of this same thread would wait for it. (A real second instance's claim
+# never waits: it is answered busy, as behind a ledger entry's foreign key.)
+@receiver(event_received)
 def schedule_an_outside_write(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
     if os.environ.get("CHAOS_EFFECTS_FILE"):
         append_key.schedule(event, scheduled_by_attempt=event.attempts)
@@ -49,23 +70,6 @@ def append_key(*, scheduled_by_attempt: int, idempotency_key: str) -> None:
     with open(os.environ["CHAOS_EFFECTS_FILE"], "a") as outside:  # one short O_APPEND write
         outside.write(f"{idempotency_key} {scheduled_by_attempt} {run}\n")
     time.sleep(0.2)
-
-
-@receiver(event_received)
-def misbehave(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
-    chaos = event.payload.get("data", {}).get("object", {}).get("chaos")
-    if not chaos or event.attempts > 1:
-        return
-    if chaos == "slow":
-        time.sleep(settings.STRIPE_IDEMPOTENCY["CLAIM_TTL_SECONDS"] + 1.5)
-    elif chaos == "fail":
-        raise RuntimeError("chaos: this event fails on its first attempt")
-    elif chaos == "kill":
-        os._exit(1)
-    elif chaos == "taken_over":
-        _take_over(event)
-    elif chaos == "linger":
-        time.sleep(float(os.environ.get("CHAOS_LINGER_SECONDS", "1.5")))
 
 
 def _take_over(event: StripeEvent) -> None:
