@@ -6,6 +6,7 @@ import re
 import threading
 from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -454,3 +455,28 @@ def test_each_effect_costs_one_insert_to_schedule_and_a_claim_and_a_fenced_updat
     assert statements_of(lambda sender, event, **kw: None) == []
     two = statements_of(lambda sender, event, **kw: [send_receipt.schedule(event, order=n) for n in (1, 2)])
     assert two == ["INSERT", "INSERT", "UPDATE", "UPDATE", "UPDATE", "UPDATE"]
+
+
+def test_each_failed_run_is_one_error_line_with_the_effect_and_the_last_one_says_dead(connect, caplog):
+    failures.extend([ConnectionError("smtp down"), ConnectionError("smtp still down")])
+    processed_with(connect, lambda sender, event, **kw: flaky.schedule(event))
+    EventEffect.objects.update(next_attempt_at=Now())
+    effects.run_due(using="default")
+    key = EventEffect.objects.get().idempotency_key
+    lines = [
+        (r.levelname, r.getMessage(), r.effect, r.outcome, r.attempts, r.exc_info[1])
+        for r in caplog.records
+        if getattr(r, "effect", None) == key
+    ]
+    assert lines == [
+        ("ERROR", f"Effect {key} failed (run 1 of 2); it will be retried.", key, "failed", 1, ANY),
+        (
+            "ERROR",
+            f"Effect {key} failed (run 2 of 2); it is dead: nothing runs it again by itself.",
+            key,
+            "dead",
+            2,
+            ANY,
+        ),
+    ]
+    assert [str(line[5]) for line in lines] == ["smtp down", "smtp still down"]

@@ -19,7 +19,7 @@ from opentelemetry.trace import StatusCode
 
 from stripe_idempotency import telemetry
 from stripe_idempotency.models import StripeEvent
-from stripe_idempotency.signals import event_received
+from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import build_event, deliver
 from tests.settings import WEBHOOK_SECRET
 from tests.test_deferred import DEFERRED, queued, run_queued  # noqa: F401 (the fixture)
@@ -242,3 +242,35 @@ def test_the_endpoint_is_an_attribute_and_an_invented_name_is_not(spans, measure
         for key, (value,) in measured("stripe_idempotency.deliveries").items()
     }
     assert counted == {("connect", "processed"): 1, ("(unknown)", "rejected"): 3}
+
+
+def test_each_run_of_an_effect_is_a_span_and_its_outcome_is_counted(spans, measured, connect):
+    from django.db.models.functions import Now
+
+    from stripe_idempotency import effects
+    from stripe_idempotency.models import EventEffect
+
+    failures = [ConnectionError("smtp down")]
+
+    @effects.effect(name="tests.telemetry.mail")
+    def mail(*, idempotency_key: str) -> None:
+        if failures:
+            raise failures.pop()
+
+    connect(signal_for("invoice.paid"), lambda sender, event, **kw: mail.schedule(event))
+    deliver(Client(), build_event("invoice.paid", id="evt_effect_traced"))  # returns once it ran
+    EventEffect.objects.update(next_attempt_at=Now())
+    assert effects.run_due(using="default") == {"processed": 1}
+    runs = [s for s in spans() if s.name == "stripe_idempotency.effect"]
+    assert [dict(s.attributes) for s in runs] == [
+        {
+            "stripe_idempotency.effect": "tests.telemetry.mail",
+            "stripe.event.id": "evt_effect_traced",
+            "stripe_idempotency.outcome": outcome,
+        }
+        for outcome in ("failed", "processed")
+    ]
+    counted = {
+        dict(key)["outcome"]: value for key, (value,) in measured("stripe_idempotency.effects.runs").items()
+    }
+    assert counted == {"failed": 1, "processed": 1}
