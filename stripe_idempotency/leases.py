@@ -197,22 +197,16 @@ def release(claimed: Claimed, error: str) -> bool:
 def take(model: type[EventEffect], pk: int, *, using: str, dead_too: bool = False) -> uuid.UUID | None:
     """Claim the stored row ``pk`` for this process, if it is claimable (not done, under no live
     lease) and, unless ``dead_too``, not dead: one ``UPDATE`` whose ``WHERE`` is the state's own
-    definition, on the database clock. Returns the claim's token, or ``None`` if another
-    process holds the row or nothing is left to do. Counts an attempt."""
+    definition, on the database clock (the backend's statement, built once). Returns the claim's
+    token, or ``None`` if another process holds the row or nothing is left to do. Counts an
+    attempt."""
     if connections[using].in_atomic_block:
         raise ClaimInsideTransaction("Claims must be made outside transaction.atomic().")
     token = uuid.uuid4()
-    rows = model.objects.using(using).filter(pk=pk).claimable()
-    if not dead_too:
-        rows = rows.filter(attempts__lt=model.dead_after())
-    claimed = rows.update(
-        claim_token=token,
-        claimed_at=Now(),
-        claimed_by=app_settings.INSTANCE_ID,
-        claim_expires_at=Now() + timedelta(seconds=app_settings.CLAIM_TTL_SECONDS),
-        attempts=F("attempts") + 1,
-    )
-    return token if claimed == 1 else None
+    backend = for_connection(connections[using])
+    ttl = app_settings.CLAIM_TTL_SECONDS
+    claimed = backend.take(model, pk, token, claimed_by=app_settings.INSTANCE_ID, ttl=ttl, dead_too=dead_too)
+    return token if claimed else None
 
 
 def complete_row(model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID, *, using: str) -> bool:

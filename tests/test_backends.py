@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import OperationalError, connection, connections, transaction
@@ -125,6 +126,55 @@ def test_the_claim_s_sql_and_the_orm_agree_on_what_is_claimable():
         in_sql = sorted(row[0] for row in cursor.fetchall())
     assert in_sql == sorted(StripeEvent.objects.claimable().values_list("event_id", flat=True))
     assert in_sql == ["evt_dead", "evt_failed", "evt_pending", "evt_stale"]
+
+
+def test_an_effect_s_claim_statement_and_the_orm_agree_on_what_is_claimable_and_due():
+    # An effect's run claims it with the backend's statement; the reaper lists what is due
+    # through the ORM (EventEffectQuerySet.claimable, .due): held to each other here, state by
+    # state, dead ones included only when asked for.
+    from django.utils import timezone
+
+    event = StripeEvent.objects.create(event_id="evt_effects", type="x", payload={})
+    now = timezone.now()
+    states = {
+        "processed": {"completed_at": now, "attempts": 1},
+        "claimed": {"claimed_at": now, "claim_expires_at": now + timedelta(hours=1), "attempts": 1},
+        "stale": {"claimed_at": now, "claim_expires_at": now - timedelta(seconds=1), "attempts": 1},
+        "failed": {"claimed_at": now, "attempts": 1},
+        "dead": {"claimed_at": now, "attempts": 3},
+        "pending": {},
+    }
+    rows = {
+        name: EventEffect.objects.create(
+            event=event, name="e", key=name, idempotency_key=f"evt_effects:e:{name}", max_attempts=3, **fields
+        )
+        for name, fields in states.items()
+    }
+    assert {row.key: EventEffect.objects.with_state().get(pk=row.pk).state for row in rows.values()} == {
+        name: name for name in states
+    }
+    claimable = sorted(EventEffect.objects.claimable().values_list("key", flat=True))
+    due = sorted(EventEffect.objects.due().values_list("key", flat=True))
+    backend = for_connection(connection)
+
+    def taken(dead_too: bool) -> list[str]:
+        took = [
+            name
+            for name, row in rows.items()
+            if backend.take(EventEffect, row.pk, uuid.uuid4(), claimed_by="t", ttl=60, dead_too=dead_too)
+        ]
+        for name in took:  # as they were, for the next round
+            EventEffect.objects.filter(pk=rows[name].pk).update(
+                **{"claim_token": None, **_reset(states[name])}
+            )
+        return sorted(took)
+
+    assert taken(dead_too=True) == claimable == ["dead", "failed", "pending", "stale"]
+    assert taken(dead_too=False) == due == ["failed", "pending", "stale"]
+
+
+def _reset(fields: dict) -> dict:
+    return {"claimed_at": None, "claim_expires_at": None, "claimed_by": "", "attempts": 0, **fields}
 
 
 def test_statements_are_cached_by_everything_they_are_built_from():

@@ -71,6 +71,21 @@ class DatabaseBackend(Protocol):
         ``False`` if it does not (the fence)."""
         ...
 
+    def take(
+        self,
+        model: type[EventEffect],
+        pk: int,
+        token: uuid.UUID,
+        *,
+        claimed_by: str,
+        ttl: float,
+        dead_too: bool,
+    ) -> bool:
+        """Claim the stored row ``pk`` under ``token`` for ``ttl`` seconds, counting an attempt, if
+        it is not done and under no live lease and (unless ``dead_too``) has attempts left; one
+        statement in autocommit. ``False`` if it was not claimable."""
+        ...
+
     def release(
         self,
         model: type[StripeEvent | EventEffect],
@@ -121,6 +136,8 @@ class SQLBackend:
     vendor: ClassVar[str]
     #: The current time on this database's clock, as SQL.
     now: ClassVar[str]
+    #: The end of a lease of ``%(ttl)s`` (:meth:`lease_param`) from now, on this database's clock.
+    lease_end: ClassVar[str]
     looks_up_reference_first: ClassVar[bool] = False
 
     __slots__ = ("connection",)
@@ -150,7 +167,7 @@ class SQLBackend:
         def build() -> str:
             table = self.connection.ops.quote_name(model._meta.db_table)
             done = quoted_columns(self.connection, [concrete_field(model, model.done_field)])
-            names = {"table": table, "now": self.now, "done": done}
+            names = {"table": table, "now": self.now, "done": done, "lease_end": self.lease_end}
             return template.format(
                 inserted=INSERTED,
                 columns=quoted_columns(self.connection, returned_fields(model)),
@@ -205,6 +222,33 @@ class SQLBackend:
         return ClaimRow(event, None if lease_left is None else float(lease_left))
 
     # -- the portable operations ------------------------------------------------------------
+
+    def lease_param(self, ttl: float) -> Any:
+        """A lease's length in seconds as :attr:`lease_end` reads it."""
+        return ttl
+
+    def take(
+        self,
+        model: type[EventEffect],
+        pk: int,
+        token: uuid.UUID,
+        *,
+        claimed_by: str,
+        ttl: float,
+        dead_too: bool,
+    ) -> bool:
+        # Each effect's run starts here: built once, not compiled by the ORM each time.
+        sql = self.event_statement(model, _TAKE if dead_too else _TAKE + _WITH_ATTEMPTS_LEFT)
+        params = {
+            "pk": pk,
+            "token": self.prepare(model, "claim_token", token),
+            "claimed_by": claimed_by,
+            "ttl": self.lease_param(ttl),
+        }
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            taken: int = cursor.rowcount
+        return taken == 1
 
     def complete(self, model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID) -> bool:
         # Every delivery runs this: built once, not compiled by the ORM each time.
@@ -317,6 +361,15 @@ _COMPLETE = """
 UPDATE {table} SET {done} = {now}, claim_expires_at = NULL, claim_token = NULL
 WHERE id = %(pk)s AND claim_token = %(token)s
 """
+
+# The claim of a stored row (an effect): the state's own definition of claimable, on the
+# database's clock, as the ORM's claimable() says it.
+_TAKE = """
+UPDATE {table} SET claim_token = %(token)s, claimed_at = {now}, claimed_by = %(claimed_by)s,
+    claim_expires_at = {lease_end}, attempts = attempts + 1
+WHERE id = %(pk)s AND {done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})
+"""
+_WITH_ATTEMPTS_LEFT = "AND attempts < max_attempts\n"
 
 # A stored, never claimed event: no claim columns, no attempt.
 UNCLAIMED_VALUES = """(

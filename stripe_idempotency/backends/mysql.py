@@ -62,9 +62,13 @@ _CLAIM_RETRY_BASE_SECONDS = 0.005
 class MySQLBackend(SQLBackend):
     vendor = "mysql"
     now = "NOW(6)"
+    lease_end = "NOW(6) + INTERVAL %(ttl)s MICROSECOND"
     looks_up_reference_first = True
 
     __slots__ = ()
+
+    def lease_param(self, ttl: float) -> int:
+        return round(ttl * 1_000_000)  # whole microseconds
 
     @property
     def is_mariadb(self) -> bool:

@@ -37,6 +37,7 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 class PostgreSQLBackend(InsertOnConflictDoNothing):
     vendor = "postgresql"
     now = "statement_timestamp()"
+    lease_end = "statement_timestamp() + make_interval(secs => %(ttl)s)"
 
     __slots__ = ()
 

@@ -26,8 +26,13 @@ _NOW = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
 class SQLiteBackend(InsertOnConflictDoNothing):
     vendor = "sqlite"
     now = _NOW
+    lease_end = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl)s)"
 
     __slots__ = ()
+
+    def lease_param(self, ttl: float) -> str:
+        # SQLite adds time as a modifier string: '+300.000000 seconds'.
+        return f"+{ttl:.6f} seconds"
 
     def claim(
         self, model: type[StripeEvent], event: IncomingEvent, token: uuid.UUID, *, claimed_by: str, ttl: float

@@ -1236,6 +1236,19 @@ BREAKS: tuple[Break, ...] = (
         quick=(POSTGRES,),
     ),
     Break(
+        "effect-claim-ignores-live-leases",
+        "An effect's claim takes it only when it is not done and under no live lease.",
+        (
+            Edit(
+                BASE,
+                "{done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})\n",
+                "{done} IS NULL\n",
+            ),
+        ),
+        ("tests/test_backends.py", "tests/test_effects.py"),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
         "effect-success-unfenced",
         "A run whose lease was taken over does not record the effect as done.",
         (
