@@ -273,10 +273,14 @@ def _dispatch_of(event: StripeEvent) -> Dispatch:
             "schedule() is called by a receiver of the event, while it runs: the effect is stored "
             "in the receivers' transaction, so it exists only if their work commits."
         )
+    if not isinstance(event, StripeEvent):
+        raise TypeError(
+            f"schedule() takes the event a receiver is given (a StripeEvent), not {type(event).__name__}."
+        )
     if event.pk != dispatch.event.pk:
         raise EffectOutsideDispatch(
-            f"schedule() names {getattr(event, 'event_id', event)!r}, but the receivers running "
-            f"are {dispatch.event.event_id}'s: an effect belongs to the event being dispatched."
+            f"schedule() names {event.event_id!r}, but the receivers running are "
+            f"{dispatch.event.event_id}'s: an effect belongs to the event being dispatched."
         )
     return dispatch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import ANY
 
@@ -94,6 +94,7 @@ def test_keys_count_the_schedules_of_each_effect_in_the_dispatch_or_are_given(co
         flaky.schedule(event)
         send_receipt.schedule(event, order=2)
         send_receipt.schedule(event, key="copy-to-accounts", order=3)
+        send_receipt.schedule(event, order=4)
 
     event_id = processed_with(connect, fulfil).event.event_id
     keys = sorted(EventEffect.objects.values_list("idempotency_key", flat=True))
@@ -102,11 +103,12 @@ def test_keys_count_the_schedules_of_each_effect_in_the_dispatch_or_are_given(co
         [
             f"{event_id}:{name}:0",
             f"{event_id}:{name}:1",
+            f"{event_id}:{name}:2",
             f"{event_id}:{name}:copy-to-accounts",
             f"{event_id}:tests.flaky:0",
         ]
     )
-    assert sorted(call[2].get("order", 0) for call in calls) == [0, 1, 2, 3]
+    assert sorted(call[2].get("order", 0) for call in calls) == [0, 1, 2, 3, 4]
 
 
 def test_a_rolled_back_attempt_leaves_no_effect_and_the_retry_schedules_under_the_same_keys(connect):
@@ -130,8 +132,12 @@ def test_a_rolled_back_attempt_leaves_no_effect_and_the_retry_schedules_under_th
 
 
 def test_schedule_outside_the_dispatch_of_its_event_is_refused(connect):
-    with pytest.raises(EffectOutsideDispatch, match="called by a receiver of the event"):
+    with pytest.raises(EffectOutsideDispatch) as outside:
         send_receipt.schedule(StripeEvent(event_id="evt_x", type=TYPE, payload={}), order=1)
+    assert str(outside.value) == (
+        "schedule() is called by a receiver of the event, while it runs: the effect is stored "
+        "in the receivers' transaction, so it exists only if their work commits."
+    )
     other = processing.receive(incoming())
     assert isinstance(other, Processed)
     errors: list[BaseException] = []
@@ -142,9 +148,19 @@ def test_schedule_outside_the_dispatch_of_its_event_is_refused(connect):
         except EffectOutsideDispatch as error:
             errors.append(error)
 
-    processed_with(connect, for_another_event)
-    assert len(errors) == 1
-    assert other.event.event_id in str(errors[0])
+    def with_its_payload(sender, event, **kwargs):
+        try:
+            send_receipt.schedule(event.payload, order=1)
+        except TypeError as error:
+            errors.append(error)
+
+    connect(signal_for(TYPE), with_its_payload)
+    running = processed_with(connect, for_another_event).event.event_id
+    assert [str(error) for error in errors] == [
+        "schedule() takes the event a receiver is given (a StripeEvent), not dict.",
+        f"schedule() names '{other.event.event_id}', but the receivers running are {running}'s: "
+        "an effect belongs to the event being dispatched.",
+    ]
     assert EventEffect.objects.count() == 0
 
 
@@ -159,6 +175,7 @@ def test_schedule_outside_the_dispatch_of_its_event_is_refused(connect):
         ({"order": 1, "idempotency_key": "mine"}, "given by the app"),
         ({"order": 1, "key": ""}, "key is 1 to 100 characters"),
         ({"order": 1, "key": "k" * 101}, "key is 1 to 100 characters"),
+        ({"order": 1, "key": "a\x00b"}, "key is 1 to 100 characters"),
     ],
 )
 def test_arguments_an_effect_cannot_run_with_fail_the_delivery_and_store_nothing(connect, arguments, message):
@@ -213,7 +230,10 @@ def test_a_failed_run_backs_off_is_retried_and_is_dead_after_max_attempts(connec
     failed: list[tuple[str, str]] = []
     dead: list[str] = []
     connect(effect_failed, lambda sender, effect, error, **kw: failed.append((effect.idempotency_key, error)))
-    connect(effect_dead, lambda sender, effect, **kw: dead.append(effect.idempotency_key))
+    connect(
+        effect_dead,
+        lambda sender, effect, **kw: dead.append(effect.idempotency_key if sender is EventEffect else "?"),
+    )
     failures.extend([ConnectionError("smtp down"), ConnectionError("smtp still down")])
 
     outcome = processed_with(connect, lambda sender, event, **kw: flaky.schedule(event))
@@ -239,8 +259,9 @@ def test_a_failed_run_backs_off_is_retried_and_is_dead_after_max_attempts(connec
     assert len(calls) == 3
 
 
-def test_a_run_whose_lease_was_taken_over_is_not_recorded(connect):
+def test_a_run_whose_lease_was_taken_over_is_not_recorded(connect, monkeypatch, caplog):
     taken: list[Any] = []
+    monkeypatch.setattr(effects, "start", lambda rows: None)  # run below, by the test
 
     @effect(name="tests.slow")
     def slow(*, idempotency_key: str) -> None:
@@ -255,7 +276,15 @@ def test_a_run_whose_lease_was_taken_over_is_not_recorded(connect):
 
     outcome = processed_with(connect, lambda sender, event, **kw: slow.schedule(event))
     assert isinstance(outcome, Processed)
+    assert effects.run(EventEffect.objects.get()) == "fenced"
     row = EventEffect.objects.get()
+    [line] = [r for r in caplog.records if getattr(r, "effect", None) == row.idempotency_key]
+    assert (line.levelname, line.outcome, line.getMessage()) == (
+        "WARNING",
+        "fenced",
+        f"Effect {row.idempotency_key} ran past its lease and another run took it over; "
+        "this run is not recorded.",
+    )
     assert taken[0] is not None
     assert row.claim_token == taken[0]
     assert row.completed_at is None
@@ -433,11 +462,11 @@ def test_an_effect_the_database_stops_from_running_is_logged_and_left_to_the_rea
     assert isinstance(outcome, Processed)  # the event's answer stands
     assert calls == []
     assert EventEffect.objects.pending().count() == 1
+    key = EventEffect.objects.get().idempotency_key
     [line] = [r for r in caplog.records if "Could not run effect" in r.getMessage()]
-    assert (line.levelname, line.effect, line.outcome) == (
-        "ERROR",
-        EventEffect.objects.get().idempotency_key,
-        "not_run",
+    assert (line.levelname, line.effect, line.outcome) == ("ERROR", key, "not_run")
+    assert line.getMessage() == (
+        f"Could not run effect {key} after its event's commit; it is stored, and the reaper runs it."
     )
     monkeypatch.undo()
     assert effects.run(EventEffect.objects.get()) == "processed"
@@ -480,3 +509,184 @@ def test_each_failed_run_is_one_error_line_with_the_effect_and_the_last_one_says
         ),
     ]
     assert [str(line[5]) for line in lines] == ["smtp down", "smtp still down"]
+
+
+def test_an_effect_is_its_function_to_call_and_to_read():
+    def notify(channel: str, *, idempotency_key: str) -> str:
+        """Post to a channel."""
+        return f"{channel}:{idempotency_key}"
+
+    made = effect(name="tests.notify")(notify)
+    assert made("ops", idempotency_key="k") == "ops:k"  # positional arguments pass through
+    assert (made.__name__, made.__doc__, made.__wrapped__) == ("notify", "Post to a channel.", notify)
+    assert repr(made) == "<Effect tests.notify>"
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [("", True), ("n" * 200, False), ("n" * 201, True), ("shop:mail", True), ("shop.mail", False)],
+)
+def test_an_effect_s_name_is_1_to_200_characters_without_a_colon(name, refused):
+    def register() -> Any:  # effect(name="") would name it by its function: the class itself
+        return effects.Effect(lambda *, idempotency_key: None, name=name, max_attempts=None)
+
+    if refused:
+        with pytest.raises(ImproperlyConfigured, match="1 to 200 characters without ':'"):
+            register()
+    else:
+        assert register().name == name
+
+
+def test_max_attempts_is_the_effect_s_own_down_to_one(connect, settings):
+    failures.extend([RuntimeError("once")])
+
+    @effect(name="tests.once", max_attempts=1)
+    def once(*, idempotency_key: str) -> None:
+        if failures:
+            raise failures.pop()
+
+    assert once.max_attempts == 1
+    assert effect(name="tests.default_attempts")(lambda *, idempotency_key: None).max_attempts == 20
+    settings.STRIPE_IDEMPOTENCY = {**settings.STRIPE_IDEMPOTENCY, "MAX_ATTEMPTS": 7}
+    assert effects.registered("tests.default_attempts").max_attempts == 7  # read when scheduled
+    processed_with(connect, lambda sender, event, **kw: once.schedule(event))
+    row = EventEffect.objects.with_state().get()
+    assert (row.max_attempts, row.attempts, row.state) == (1, 1, EventState.DEAD)
+
+
+def test_a_failure_backs_off_over_the_effect_s_own_attempts_and_the_signals_name_it(connect, settings):
+    settings.STRIPE_IDEMPOTENCY = {**settings.STRIPE_IDEMPOTENCY, "RETRY_HORIZON_SECONDS": 3600}
+    signalled: list[tuple[Any, str, str]] = []
+    connect(
+        effect_failed,
+        lambda sender, effect, error, **kw: signalled.append((sender, effect.last_error, error)),
+    )
+    failures.append(ConnectionError("smtp down"))
+    processed_with(connect, lambda sender, event, **kw: flaky.schedule(event))
+    row = EventEffect.objects.get()
+    # flaky's max_attempts is 2: its one retry waits the whole horizon (MAX_ATTEMPTS' 19 retries
+    # would start at 3600 / (2**19 - 1) s).
+    waits = (row.next_attempt_at - row.claimed_at).total_seconds()
+    assert 3590 < waits < 3610
+    [(sender, last_error, error)] = signalled
+    assert sender is EventEffect
+    assert last_error == error == row.last_error
+
+
+def test_a_run_that_fails_after_its_lease_was_taken_over_is_fenced_and_records_nothing(connect, monkeypatch):
+    late: list[int] = []
+
+    @effect(name="tests.fails_late")
+    def fails_late(*, idempotency_key: str) -> None:
+        late.append(1)
+        if len(late) > 1:
+            raise RuntimeError("on time, and failing")
+        EventEffect.objects.update(claim_expires_at=Now())  # outlived its lease
+        thread, _ = in_thread(lambda: leases.take(EventEffect, EventEffect.objects.get().pk, using="default"))
+        thread.join(30)
+        raise RuntimeError("too late")
+
+    monkeypatch.setattr(effects, "start", lambda rows: None)  # run below, by the test
+    processed_with(connect, lambda sender, event, **kw: fails_late.schedule(event))
+    assert effects.run(EventEffect.objects.get()) == "fenced"
+    row = EventEffect.objects.get()
+    assert (row.attempts, row.last_error) == (2, "")  # the taker's claim stands, no error recorded
+    EventEffect.objects.update(claim_expires_at=Now())
+    assert effects.run(row) == "failed"  # and a plain failure says so
+
+
+def test_an_effect_no_process_registered_fails_with_the_reason(connect, monkeypatch):
+    monkeypatch.setattr(effects, "start", lambda rows: None)
+    processed_with(connect, lambda sender, event, **kw: send_receipt.schedule(event, order=1))
+    EventEffect.objects.update(name="shop.renamed_since")
+    assert effects.run(EventEffect.objects.get()) == "failed"
+    assert EventEffect.objects.get().last_error.strip().splitlines()[-1] == (
+        "LookupError: No effect named 'shop.renamed_since' is registered in this process: "
+        "is the module that defines it imported at start?"
+    )
+
+
+def test_run_due_takes_at_most_limit_and_counts_each_outcome(connect, monkeypatch, settings):
+    settings.STRIPE_IDEMPOTENCY = {**settings.STRIPE_IDEMPOTENCY, "PENDING_GRACE_SECONDS": 0}
+    monkeypatch.setattr(effects, "start", lambda rows: None)
+    processed_with(
+        connect, lambda sender, event, **kw: [send_receipt.schedule(event, order=n) for n in range(3)]
+    )
+    assert effects.run_due(using="default", min_age=1) == {}  # scheduled under a second ago
+    assert effects.run_due(using="default", limit=1) == {"processed": 1}
+    assert effects.run_due(using="default") == {"processed": 2}
+
+
+def test_an_effect_interrupted_by_the_process_ending_is_given_back_at_once(connect):
+    @effect(name="tests.interrupted")
+    def interrupted(*, idempotency_key: str) -> None:
+        raise SystemExit("the worker's timeout")
+
+    connect(signal_for(TYPE), lambda sender, event, **kw: interrupted.schedule(event))
+    with pytest.raises(SystemExit):
+        processed_with(connect, lambda sender, event, **kw: None)
+    row = EventEffect.objects.with_state().get()
+    assert (row.state, row.claim_token, row.attempts) == (EventState.FAILED, None, 1)
+    assert "SystemExit: the worker's timeout" in row.last_error
+    assert EventEffect.objects.due().count() == 1  # no backoff: it is due again now
+
+
+def test_the_reaper_leaves_a_just_scheduled_effect_to_its_process_and_honours_min_age(connect, monkeypatch):
+    monkeypatch.setattr(effects, "start", lambda rows: None)
+    processed_with(connect, lambda sender, event, **kw: send_receipt.schedule(event, order=3))
+    assert effects.run_due(using="default") == {}  # PENDING_GRACE_SECONDS (60) not over
+    EventEffect.objects.update(scheduled_at=Now() - timedelta(seconds=120))
+    assert effects.run_due(using="default", min_age=3600) == {}  # scheduled 2 minutes ago
+    assert effects.run_due(using="default", min_age=60) == {"processed": 1}
+    monkeypatch.undo()  # the next event's effects run after its commit; flaky fails once
+    failures.append(RuntimeError("down"))
+    processed_with(connect, lambda sender, event, **kw: flaky.schedule(event))
+    EventEffect.objects.filter(name="tests.flaky").update(
+        next_attempt_at=Now(), scheduled_at=Now() - timedelta(seconds=120)
+    )
+    assert effects.run_due(using="default", min_age=60) == {}  # claimed a moment ago
+    EventEffect.objects.filter(name="tests.flaky").update(claimed_at=Now() - timedelta(seconds=120))
+    assert effects.run_due(using="default", min_age=60) == {"processed": 1}
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "payments"])
+def test_effects_live_and_run_in_their_event_s_database(connect):
+    failures.append(RuntimeError("once"))
+    connect(signal_for(TYPE), lambda sender, event, **kw: flaky.schedule(event))
+    with effects.run_in_this_thread():
+        processing.receive(incoming(), using="payments")
+    assert EventEffect.objects.using("default").count() == 0
+    row = EventEffect.objects.using("payments").with_state().get()
+    assert (row.state, row.attempts) == (EventState.FAILED, 1)  # its failure recorded there
+    EventEffect.objects.using("payments").update(next_attempt_at=Now())
+    assert effects.run_due(using="payments") == {"processed": 1}
+    # A forced replay there finds the effect its first run committed, there.
+    with effects.run_in_this_thread():
+        replayed = processing.replay(StripeEvent.objects.using("payments").get(), force=True)
+    assert isinstance(replayed, Processed)
+    assert EventEffect.objects.using("payments").count() == 1
+
+
+def test_an_idempotency_key_of_exactly_255_characters_is_taken(connect):
+    name = "tests.test_effects.send_receipt"
+    event_id = "evt_" + "x" * (255 - len(f"evt_:{name}:0"))
+    processed_with(
+        connect, lambda sender, event, **kw: send_receipt.schedule(event, order=1), incoming(id=event_id)
+    )
+    assert len(EventEffect.objects.get().idempotency_key) == 255
+
+
+def test_waiting_for_the_effects_gives_up_at_its_timeout(connect):
+    released = threading.Event()
+
+    @effect(name="tests.held_long")
+    def held_long(*, idempotency_key: str) -> None:
+        released.wait(60)
+
+    connect(signal_for(TYPE), lambda sender, event, **kw: held_long.schedule(event))
+    processing.receive(incoming())
+    try:
+        assert effects.wait_for_runs(0.2) is False
+    finally:
+        released.set()
+    assert effects.wait_for_runs(60) is True

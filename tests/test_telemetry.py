@@ -270,7 +270,8 @@ def test_each_run_of_an_effect_is_a_span_and_its_outcome_is_counted(spans, measu
         }
         for outcome in ("failed", "processed")
     ]
+    runs = measured("stripe_idempotency.effects.runs")
     counted = {
-        dict(key)["outcome"]: value for key, (value,) in measured("stripe_idempotency.effects.runs").items()
+        (dict(key)["stripe_idempotency.effect"], dict(key)["outcome"]): n for key, (n,) in runs.items()
     }
-    assert counted == {"failed": 1, "processed": 1}
+    assert counted == {("tests.telemetry.mail", "failed"): 1, ("tests.telemetry.mail", "processed"): 1}
