@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, machine, setup_django, write_section
+from benchmarks.common import ROOT, cost_per_call, machine, setup_django, write_section
 
 TYPE = "benchmarks.effects"
 
@@ -136,20 +136,7 @@ def _deliveries(
         with effects.run_in_this_thread():
             processing.receive(event)
 
-    return _cost(one, events), len(data)
-
-
-def _cost(call: Any, items: list[Any]) -> tuple[float, float]:
-    warm, measured = items[: len(items) // 10], items[len(items) // 10 :]
-    for item in warm:
-        call(item)
-    cpu, wall = time.process_time(), time.perf_counter()
-    for item in measured:
-        call(item)
-    return (
-        (time.process_time() - cpu) / len(measured) * 1000,
-        (time.perf_counter() - wall) / len(measured) * 1000,
-    )
+    return cost_per_call(one, events), len(data)
 
 
 def _raw_effects(count: int) -> float:
@@ -194,7 +181,7 @@ def _raw_effects(count: int) -> float:
 
     EventEffect.objects.filter(event=event).delete()
     run_id = list(range(count))
-    result = _cost(one, run_id)[0]
+    result = cost_per_call(one, run_id)[0]
     EventEffect.objects.filter(event=event).delete()
     event.delete()
     return result

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks import statements
-from benchmarks.common import ROOT, machine, setup_django, write_section
+from benchmarks.common import ROOT, cost_per_call, machine, setup_django, write_section
 
 PROFILE = Path(__file__).resolve().parent / "profile-delivery.txt"
 
@@ -32,21 +32,6 @@ def main() -> None:
     args = parser.parse_args()
     setup_django()
     print(run(count=50 if args.smoke else 2000, output=args.output, smoke=args.smoke))
-
-
-def _cost(call, items) -> tuple[float, float]:
-    """(CPU ms, wall ms) per call, after a tenth of the items as warm-up."""
-    items = list(items)
-    for item in items[: len(items) // 10]:
-        call(item)
-    measured = items[len(items) // 10 :]
-    cpu, wall = time.process_time(), time.perf_counter()
-    for item in measured:
-        call(item)
-    return (
-        (time.process_time() - cpu) / len(measured) * 1000,
-        (time.perf_counter() - wall) / len(measured) * 1000,
-    )
 
 
 def _raw_delivery():
@@ -124,9 +109,9 @@ def run(*, count: int, output: Path, smoke: bool) -> str:
     counts = statements.on_every_backend()
 
     events = [build_event("customer.subscription.deleted", data={"id": f"sub_cpu_{n}"}) for n in range(count)]
-    delivery = _cost(lambda event: deliver(client, event), events)
-    floor = _cost(lambda _: client.get("/healthz/"), range(count))
-    raw = _cost(_raw_delivery(), range(count)) if connection.vendor == "postgresql" else None
+    delivery = cost_per_call(lambda event: deliver(client, event), events)
+    floor = cost_per_call(lambda _: client.get("/healthz/"), range(count))
+    raw = cost_per_call(_raw_delivery(), range(count)) if connection.vendor == "postgresql" else None
 
     # CPU time, not wall time: waiting for the database is in the table above.
     profiler = cProfile.Profile(time.process_time)
