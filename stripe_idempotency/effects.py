@@ -36,7 +36,7 @@ from datetime import timedelta
 from typing import Any, Literal, overload
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, router
+from django.db import close_old_connections, connections, router
 from django.db.models import Q
 from django.db.models.functions import Now
 
@@ -318,8 +318,12 @@ def _run_and_close(effects: list[EventEffect]) -> None:
     try:
         _run_each(effects)
     finally:
-        # As at the end of a request: the thread's connection is not left open past its age.
-        close_old_connections()
+        if _runners.has_waiting():
+            close_old_connections()  # more to run: kept, as at the end of a request
+        else:
+            # Idle: this thread's connections are closed (opened again by its next job), so a
+            # process keeps no idle connection per effect thread, and exits with none open.
+            connections.close_all()
 
 
 def _run_each(effects: Sequence[EventEffect]) -> None:

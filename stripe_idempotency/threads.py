@@ -50,6 +50,10 @@ class DaemonThreads:
         self._jobs.put((future, job))
         return future
 
+    def has_waiting(self) -> bool:
+        """Whether jobs are queued that no thread has taken yet."""
+        return not self._jobs.empty()
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every job submitted so far has ended; ``False`` if ``timeout`` seconds ran out first."""
         with self._idle:

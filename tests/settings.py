@@ -20,6 +20,8 @@ import tempfile
 
 import environ
 
+from example_project.mail import backend_settings
+
 env = environ.Env()
 
 _SQLITE_URL = f"sqlite:///{os.path.join(tempfile.gettempdir(), 'stripe_idempotency.sqlite3')}"
@@ -114,3 +116,7 @@ STRIPE_IDEMPOTENCY = {
     "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
     "INSTANCE_ID": "test-instance",
 }
+
+# Email through Django's in-memory backend (mail.outbox), said the way the running Django
+# expects (6.1 warns without MAILERS): the effects the docs show send mail.
+globals().update(backend_settings("django.core.mail.backends.locmem.EmailBackend"))
