@@ -1233,7 +1233,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_effects.py::test_two_runs_of_one_effect_at_once_call_it_once",),
         (SQLITE, POSTGRES, MARIADB),
-        quick=(POSTGRES,),
     ),
     Break(
         "effect-claim-ignores-live-leases",
@@ -1273,7 +1272,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_effects.py",),
         (SQLITE,),
-        quick=(SQLITE,),
     ),
     Break(
         "failed-effects-never-back-off",
