@@ -10,9 +10,11 @@ STRIPE_WEBHOOK_SECRET  the endpoint's signing secret; `stripe listen` prints one
 STRIPE_PROCESSING      "inline" (default: receivers run inside Stripe's request) or
                        "deferred" (stored, answered, processed by a worker's task)
 TASK_QUEUE             who runs deferred tasks: "immediate" (default: at once, in the
-                       request; no worker), "database" (django-tasks-db; workers:
-                       `python manage.py db_worker`) or "celery" (workers:
-                       `celery -A example_project worker`; broker: CELERY_BROKER_URL)
+                       request; no worker), "table" (no queue but the events table;
+                       workers: `python manage.py process_stripe_events --follow`),
+                       "database" (django-tasks-db; workers: `python manage.py
+                       db_worker`) or "celery" (workers: `celery -A example_project
+                       worker`; broker: CELERY_BROKER_URL)
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ if env("STRIPE_CONNECT_WEBHOOK_SECRET", default=""):
         "connect": {"WEBHOOK_SECRETS": env.list("STRIPE_CONNECT_WEBHOOK_SECRET")},
     }
 
-# Deferred processing: Django's Tasks framework (django.tasks on Django 6, the
-# django-tasks backport on 5.2), or Celery.
+# Deferred processing: the events table itself, Django's Tasks framework (django.tasks on
+# Django 6, the django-tasks backport on 5.2), or Celery.
 TASK_QUEUE = env("TASK_QUEUE", default="immediate")
 _TASKS = "django.tasks" if importlib.util.find_spec("django.tasks") else "django_tasks"
 TASKS = {
@@ -111,6 +113,8 @@ TASKS = {
         }.get(TASK_QUEUE, f"{_TASKS}.backends.immediate.ImmediateBackend")
     }
 }
+if TASK_QUEUE == "table":
+    STRIPE_IDEMPOTENCY["ENQUEUE"] = None  # the events table is the queue: no broker to run
 if TASK_QUEUE == "celery":
     STRIPE_IDEMPOTENCY["ENQUEUE"] = "stripe_idempotency.contrib.celery.enqueue"
     CELERY_IMPORTS = ["stripe_idempotency.contrib.celery"]  # the workers load the task

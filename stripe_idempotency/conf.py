@@ -245,14 +245,15 @@ class Table(Setting[dict[str, Any]]):
         return isinstance(value, dict) and all(self.entry(key, item) for key, item in value.items())
 
 
-class DottedPath(Setting[str]):
-    """The dotted path of a callable (imported, and so checked, by the system checks only)."""
+class DottedPath(Setting[str | None]):
+    """The dotted path of a callable (imported, and so checked, by the system checks only), or
+    ``None`` where ``none`` says what ``None`` means."""
 
-    def __init__(self, default: str, **declared: Any) -> None:
-        super().__init__(default, must="a dotted path to a callable", **declared)
+    def __init__(self, default: str, *, none: str, **declared: Any) -> None:
+        super().__init__(default, must=f"a dotted path to a callable, or None ({none})", **declared)
 
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and bool(value)
+        return value is None or (isinstance(value, str) and bool(value))
 
 
 class AppSettings:
@@ -329,11 +330,15 @@ class AppSettings:
     )
     ENQUEUE = DottedPath(
         "stripe_idempotency.tasks.enqueue_django_task",
+        none="the events table is the queue",
         check_id="E017",
-        hint="'stripe_idempotency.tasks.enqueue_django_task' (the default) or "
-        "'stripe_idempotency.contrib.celery.enqueue' (Celery installed).",
+        hint="'stripe_idempotency.tasks.enqueue_django_task' (the default), "
+        "'stripe_idempotency.contrib.celery.enqueue' (Celery installed), or None (no queue: "
+        "run manage.py process_stripe_events).",
         doc="The callable ``(event_id, database)`` that queues an accepted event's task: Django's "
-        "Tasks framework by default, Celery through ``'stripe_idempotency.contrib.celery.enqueue'``.",
+        "Tasks framework by default, Celery through ``'stripe_idempotency.contrib.celery.enqueue'``; "
+        "``None``: nothing is queued, accepted events wait in the events table for "
+        "``manage.py process_stripe_events`` (:mod:`stripe_idempotency.worker`).",
     )
     ENQUEUE_TIMEOUT_SECONDS = Number(
         5,

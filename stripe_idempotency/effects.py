@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ __all__ = [
     "run",
     "run_due",
     "run_in_this_thread",
+    "run_taken",
     "wait_for_runs",
 ]
 
@@ -355,6 +357,12 @@ def run(row: EventEffect, *, dead_too: bool = False) -> RunOutcome:
     token = leases.take(EventEffect, row.pk, using=using, dead_too=dead_too)
     if token is None:
         return "busy"
+    return run_taken(row, token, using=using)
+
+
+def run_taken(row: EventEffect, token: uuid.UUID, *, using: str) -> RunOutcome:
+    """Run the effect of ``row``, claimed already under ``token`` (a worker's batch,
+    :func:`~stripe_idempotency.leases.take_batch`), and record the outcome as :func:`run` does."""
     attributes = {telemetry.EFFECT: row.name, telemetry.EVENT_ID: row.idempotency_key.partition(":")[0]}
     with telemetry.span("effect", **attributes) as current:
         outcome = _run_claimed(row, token, using)
@@ -363,7 +371,7 @@ def run(row: EventEffect, *, dead_too: bool = False) -> RunOutcome:
     return outcome
 
 
-def _run_claimed(row: EventEffect, token: Any, using: str) -> RunOutcome:
+def _run_claimed(row: EventEffect, token: uuid.UUID, using: str) -> RunOutcome:
     try:
         made = _registry.get(row.name)
         if made is None:

@@ -17,9 +17,21 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from django.db import connections, router
-from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models import (
+    Case,
+    CharField,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
 from django.db.models.functions import Now
 
 from stripe_idempotency import ordering, telemetry
@@ -38,12 +50,15 @@ __all__ = [
     "complete",
     "complete_row",
     "find_stale",
+    "give_back",
+    "give_way",
     "reclaim_processed",
     "release",
     "release_row",
     "retry_after",
     "retry_delay",
     "take",
+    "take_batch",
 ]
 
 
@@ -57,6 +72,8 @@ class Claimed:
 
 
 ClaimResult = Claimed | Duplicate | Busy
+
+_Leased = TypeVar("_Leased", StripeEvent, EventEffect)
 
 # A refused claim whose row looks claimable means the holder finished or
 # released between the claim and the read; try again this many times before
@@ -90,7 +107,7 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
             _another_type(row.event, event, token, using)
         if row.event.claim_token == token:
             claimed = Claimed(event=row.event, token=token, using=using)
-            return _give_way(claimed) or claimed
+            return give_way(claimed) or claimed
         if row.event.processed_at is not None:
             return Duplicate(event_id=event.id)
         if row.lease_left is not None and row.lease_left > 0:
@@ -98,13 +115,14 @@ def claim(event: IncomingEvent, *, using: str | None = None) -> ClaimResult:
     return Busy(event_id=event.id, retry_after=1)
 
 
-def _give_way(claimed: Claimed) -> Busy | None:
+def give_way(claimed: Claimed) -> Busy | None:
     """For an event type ``ORDERING`` serialises: if another event about the same object holds a
     live lease, give this claim back as if it had never been made, and answer busy.
 
     The check runs after the claim has committed, so of two claims on one object the later to
     commit always sees the earlier: they never both run. Both may see each other and both
-    give way; each is then retried (Stripe's next delivery, a task, the reaper).
+    give way; each is then retried (Stripe's next delivery, a task, the reaper). Events claimed
+    under the same token (a worker's batch, run one after another) do not count as holders.
     """
     event = claimed.event
     if event.object_id is None or ordering.mode_for(event.type) is None:
@@ -113,19 +131,14 @@ def _give_way(claimed: Claimed) -> Busy | None:
         StripeEvent.objects.using(claimed.using)
         .about_same_object(event)
         .in_state(EventState.CLAIMED)
+        .exclude(claim_token=claimed.token)
         .order_by("claim_expires_at")
         .leases_left()
         .first()
     )
     if holder is None:
         return None
-    first_claim = event.attempts == 1  # the claim counted an attempt that never started
-    StripeEvent.objects.using(claimed.using).filter(pk=event.pk, claim_token=claimed.token).update(
-        claim_token=None,
-        claim_expires_at=None,
-        attempts=F("attempts") - 1,
-        **({"claimed_at": None, "claimed_by": ""} if first_claim else {}),
-    )
+    give_back(StripeEvent, [event.pk], claimed.token, using=claimed.using)
     logger.info(
         "Stripe event %s waits: another event about %s is being processed (ORDERING).",
         event.event_id,
@@ -207,6 +220,48 @@ def take(model: type[EventEffect], pk: int, *, using: str, dead_too: bool = Fals
     ttl = app_settings.CLAIM_TTL_SECONDS
     claimed = backend.take(model, pk, token, claimed_by=app_settings.INSTANCE_ID, ttl=ttl, dead_too=dead_too)
     return token if claimed else None
+
+
+def take_batch(picked: QuerySet[_Leased], *, using: str) -> tuple[uuid.UUID, list[_Leased]]:
+    """Claim the rows ``picked`` selects (claimable ones, oldest first, limited) for this process,
+    skipping rows another worker is taking at the same moment, and read them back, in order.
+
+    One token holds the batch; each row is completed or released on its own (``pk`` and the
+    token). The lease of each starts now: a worker runs the batch in turn and gives back
+    (:func:`give_back`) what it will not reach in time.
+    """
+    if connections[using].in_atomic_block:
+        raise ClaimInsideTransaction("Claims must be made outside transaction.atomic().")
+    token = uuid.uuid4()
+    backend = for_connection(connections[using])
+    ttl = app_settings.CLAIM_TTL_SECONDS
+    pks = backend.take_batch(picked.using(using), token, claimed_by=app_settings.INSTANCE_ID, ttl=ttl)
+    if not pks:
+        return token, []
+    rows = picked.model._default_manager.using(using).filter(pk__in=pks, claim_token=token).order_by("pk")
+    return token, list(rows)
+
+
+def give_back(model: type[StripeEvent | EventEffect], pks: list[int], token: uuid.UUID, *, using: str) -> int:
+    """Undo ``token``'s claim on rows it never started: no lease, the attempt it counted taken
+    back, and a row claimed for the first time pending again. Returns how many were ours."""
+    first_claim = Q(attempts=1)
+    return (
+        model._default_manager.using(using)
+        .filter(pk__in=pks, claim_token=token)
+        .update(
+            # Before ``attempts``: MySQL's SET reads the columns assigned before it, updated.
+            claimed_at=Case(
+                When(first_claim, then=None), default=F("claimed_at"), output_field=DateTimeField()
+            ),
+            claimed_by=Case(
+                When(first_claim, then=Value("")), default=F("claimed_by"), output_field=CharField()
+            ),
+            claim_token=None,
+            claim_expires_at=None,
+            attempts=F("attempts") - 1,
+        )
+    )
 
 
 def complete_row(model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID, *, using: str) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from stripe_idempotency import effects, leases, ordering, outcomes, queueing, telemetry
+from stripe_idempotency import effects, leases, ordering, outcomes, queueing, telemetry, wakeup
 from stripe_idempotency.backends import for_connection
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.events import IncomingEvent
@@ -59,6 +59,7 @@ __all__ = [
     "receive",
     "replay",
     "reprocess",
+    "run_taken",
 ]
 
 
@@ -78,7 +79,8 @@ def receive(
 
 
 def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Duplicate:
-    """Store ``event`` unclaimed and queue a task to process it (``"PROCESSING": "deferred"``).
+    """Store ``event`` unclaimed and queue a task to process it (``"PROCESSING": "deferred"``);
+    with ``"ENQUEUE": None`` the row waits for ``process_stripe_events`` (:mod:`~stripe_idempotency.worker`).
 
     The row is committed when this returns (autocommit: one statement on
     PostgreSQL and SQLite), so an acknowledgement never outruns it. An event
@@ -92,13 +94,17 @@ def accept(event: IncomingEvent, *, using: str | None = None) -> Accepted | Dupl
         raise ClaimInsideTransaction(
             "Events must be accepted outside transaction.atomic(): the row has to commit before the answer."
         )
+    queued = app_settings.ENQUEUE is not None
     with telemetry.span("accept"):
-        if not for_connection(connection).insert_unclaimed(StripeEvent, event):
+        # No queue: the events table is one, and the insert wakes its workers (NOTIFY).
+        notify = None if queued else wakeup.CHANNEL
+        if not for_connection(connection).insert_unclaimed(StripeEvent, event, notify=notify):
             processed = StripeEvent.objects.using(using).filter(event_id=event.id, processed_at__isnull=False)
             if processed.exists():
                 return Duplicate(event_id=event.id)
-    with telemetry.span("enqueue"):
-        queueing.enqueue(event.id, using)
+    if queued:
+        with telemetry.span("enqueue"):
+            queueing.enqueue(event.id, using)
     return Accepted(event_id=event.id)
 
 
@@ -112,6 +118,17 @@ def reprocess(event: StripeEvent, *, using: str | None = None) -> Outcome:
     attributes = {telemetry.EVENT_ID: event.event_id, telemetry.EVENT_TYPE: event.type}
     with telemetry.span("reprocess", **attributes) as current:
         outcome = receive(IncomingEvent.from_row(event), using=using or event._state.db, mode="inline")
+        current.set_attribute(telemetry.OUTCOME, outcomes.report(outcome).status)
+    return outcome
+
+
+def run_taken(claimed: Claimed) -> Outcome:
+    """Process an event a worker took in a batch (:func:`~stripe_idempotency.leases.take_batch`),
+    as :func:`reprocess` processes one it claims: an event ``ORDERING`` serialises gives way to
+    another about the same object that holds a live lease (``Busy``, the claim given back)."""
+    attributes = {telemetry.EVENT_ID: claimed.event.event_id, telemetry.EVENT_TYPE: claimed.event.type}
+    with telemetry.span("reprocess", **attributes) as current:
+        outcome: Outcome = leases.give_way(claimed) or process(claimed)
         current.set_attribute(telemetry.OUTCOME, outcomes.report(outcome).status)
     return outcome
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 from django.db.models import QuerySet
 
-from stripe_idempotency import effects, leases, outcomes, processing
+from stripe_idempotency import effects, leases, outcomes, processing, worker
 from stripe_idempotency.durations import format_duration
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Outcome, error_summary
@@ -61,9 +61,7 @@ class Reaped:
     @property
     def failed_again(self) -> bool:
         """Whether the run should exit non-zero: an event or an effect failed again, or an event is dead."""
-        return bool(
-            self.tally["failed"] or self.waiting.dead or self.effects["failed"] or self.effects["dead"]
-        )
+        return worker.failed_again(self.tally, self.effects, self.waiting)
 
 
 def reap(

@@ -1,6 +1,7 @@
-"""Task workers as a project runs them, for deferred processing: django-tasks-db's ``db_worker``
-processes and a Celery worker, each started with the example project's settings, restarted
-when killed (as a process supervisor would), and stopped by process group when the test ends.
+"""Task workers as a project runs them, for deferred processing: ``process_stripe_events`` (the
+events table as the queue), django-tasks-db's ``db_worker`` processes and a Celery worker, each
+started with the example project's settings, restarted when killed (as a process supervisor
+would), and stopped by process group when the test ends.
 """
 
 from __future__ import annotations
@@ -83,6 +84,16 @@ class Workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
+
+
+class TableWorkers(Workers):
+    """The events table as the queue: ``manage.py process_stripe_events --follow`` processes, woken
+    by NOTIFY on PostgreSQL and polling every 50 ms on MariaDB."""
+
+    queue = "table"
+
+    def command(self, n: int) -> list[str]:
+        return [sys.executable, "manage.py", "process_stripe_events", "--follow", "--interval", "0.05"]
 
 
 class DatabaseWorkers(Workers):

@@ -24,9 +24,9 @@ from datetime import timedelta
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from django.db import OperationalError
+from django.db import OperationalError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field
+from django.db.models import F, Field, QuerySet
 from django.db.models.expressions import Col
 from django.db.models.functions import Now
 
@@ -99,8 +99,21 @@ class DatabaseBackend(Protocol):
         ``retry_in`` seconds from now on the database clock; ``False`` if it no longer held it."""
         ...
 
-    def insert_unclaimed(self, model: type[StripeEvent], event: IncomingEvent) -> bool:
-        """Store ``event`` unclaimed unless its id is stored; ``True`` if this call stored it."""
+    def insert_unclaimed(
+        self, model: type[StripeEvent], event: IncomingEvent, *, notify: str | None = None
+    ) -> bool:
+        """Store ``event`` unclaimed unless its id is stored; ``True`` if this call stored it.
+        With ``notify``, a database that has ``NOTIFY`` (PostgreSQL) sends the event's id on that
+        channel in the same statement, so the notification commits with the row or not at all."""
+        ...
+
+    def take_batch(
+        self, picked: QuerySet[Any], token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> list[int]:
+        """Claim under ``token`` for ``ttl`` seconds, counting an attempt, the rows ``picked``
+        selects (claimable rows, ordered, limited), skipping any another transaction holds
+        locked (``SKIP LOCKED``) rather than waiting for it. Returns their primary keys: two
+        workers taking batches at once never take the same row."""
         ...
 
     @property
@@ -167,7 +180,13 @@ class SQLBackend:
         def build() -> str:
             table = self.connection.ops.quote_name(model._meta.db_table)
             done = quoted_columns(self.connection, [concrete_field(model, model.done_field)])
-            names = {"table": table, "now": self.now, "done": done, "lease_end": self.lease_end}
+            names = {
+                "table": table,
+                "now": self.now,
+                "done": done,
+                "lease_end": self.lease_end,
+                "lease_end_positional": self.lease_end.replace("%(ttl)s", "%s"),
+            }
             return template.format(
                 inserted=INSERTED,
                 columns=quoted_columns(self.connection, returned_fields(model)),
@@ -250,6 +269,24 @@ class SQLBackend:
             taken: int = cursor.rowcount
         return taken == 1
 
+    def take_batch(
+        self, picked: QuerySet[Any], token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> list[int]:
+        # Where one statement cannot both pick and claim (MariaDB and MySQL may not update a
+        # table their subquery reads): the picked rows locked in a transaction, then claimed.
+        model = picked.model
+        with transaction.atomic(using=self.connection.alias):
+            pks = list(picked.select_for_update(skip_locked=True).values_list("pk", flat=True))
+            if pks:
+                model.objects.using(self.connection.alias).filter(pk__in=pks).update(
+                    claim_token=token,
+                    claimed_at=Now(),
+                    claimed_by=claimed_by,
+                    claim_expires_at=Now() + timedelta(seconds=ttl),
+                    attempts=F("attempts") + 1,
+                )
+        return pks
+
     def complete(self, model: type[StripeEvent | EventEffect], pk: int, token: uuid.UUID) -> bool:
         # Every delivery runs this: built once, not compiled by the ORM each time.
         sql = self.event_statement(model, _COMPLETE)
@@ -308,11 +345,28 @@ class InsertOnConflictDoNothing(SQLBackend):
 
     __slots__ = ()
 
-    def insert_unclaimed(self, model: type[StripeEvent], event: IncomingEvent) -> bool:
+    def insert_unclaimed(
+        self, model: type[StripeEvent], event: IncomingEvent, *, notify: str | None = None
+    ) -> bool:
         with self.connection.cursor() as cursor:
             sql = self.event_statement(model, _INSERT_UNCLAIMED_ON_CONFLICT)
             cursor.execute(sql, self.event_params(model, event))
             return cursor.fetchone() is not None
+
+    def take_batch(
+        self, picked: QuerySet[Any], token: uuid.UUID, *, claimed_by: str, ttl: float
+    ) -> list[int]:
+        # One statement picks and claims: the subquery's rows are locked as it reads them
+        # (PostgreSQL's FOR UPDATE SKIP LOCKED; SQLite has one writer at a time).
+        model = picked.model
+        select, select_params = picked.values("pk").query.get_compiler(using=self.connection.alias).as_sql()
+        if self.connection.features.has_select_for_update_skip_locked:
+            select += " FOR UPDATE SKIP LOCKED"
+        sql = self.event_statement(model, _TAKE_PICKED).replace("{picked}", select)
+        token_param = self.prepare(model, "claim_token", token)
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, [*select_params, token_param, claimed_by, self.lease_param(ttl)])
+            return sorted(row[0] for row in cursor.fetchall())
 
     def insert_entry(self, entry: LedgerEntry) -> bool:
         # The unique constraint decides, in one statement: no savepoint, no
@@ -370,6 +424,22 @@ UPDATE {table} SET claim_token = %(token)s, claimed_at = {now}, claimed_by = %(c
 WHERE id = %(pk)s AND {done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})
 """
 _WITH_ATTEMPTS_LEFT = "AND attempts < max_attempts\n"
+
+# A batch's claim (one token for the rows one worker took at once): ``{picked}`` is the
+# worker's query of claimable rows (selecting ``pk``), spliced in as SQL with its parameters
+# before these. It is a materialised CTE, run once: as ``IN (subquery)`` PostgreSQL may run it
+# again for each row it updates, and each run, no longer seeing the rows this statement
+# claimed, picks more (a batch of 1 claimed 2 rows). The row is judged claimable again as it
+# is updated: the CTE's verdict is from the statement's snapshot, the update's from the row
+# as it stands once locked.
+_TAKE_PICKED = """
+WITH picked AS MATERIALIZED ({{picked}})
+UPDATE {table} SET claim_token = %s, claimed_at = {now}, claimed_by = %s,
+    claim_expires_at = {lease_end_positional}, attempts = attempts + 1
+WHERE id IN (SELECT pk FROM picked)
+    AND {done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})
+RETURNING id
+"""
 
 # A stored, never claimed event: no claim columns, no attempt.
 UNCLAIMED_VALUES = """(

@@ -130,7 +130,9 @@ class MySQLBackend(SQLBackend):
             template = "SET STATEMENT innodb_lock_wait_timeout=0 FOR " + template
         return self.event_statement(model, template, claimable=CLAIMABLE.replace("{t}", "{table}"))
 
-    def insert_unclaimed(self, model: type[StripeEvent], event: IncomingEvent) -> bool:
+    def insert_unclaimed(
+        self, model: type[StripeEvent], event: IncomingEvent, *, notify: str | None = None
+    ) -> bool:
         # A plain insert whose duplicate-key error says "stored already": the
         # upsert's affected-row count cannot (Django connects with FOUND_ROWS,
         # so a no-op update counts 1, as an insert does), and INSERT IGNORE

@@ -18,6 +18,7 @@ from django.db import OperationalError
 
 from stripe_idempotency.backends.base import (
     CLAIMABLE,
+    UNCLAIMED_VALUES,
     ClaimRow,
     InsertOnConflictDoNothing,
     Row,
@@ -57,6 +58,17 @@ class PostgreSQLBackend(InsertOnConflictDoNothing):
                 cursor.execute(self.event_statement(model, _READ), {"event_id": event.id})
                 row = cursor.fetchone()
         return self.claim_row(model, row, event.payload)
+
+    def insert_unclaimed(
+        self, model: type[StripeEvent], event: IncomingEvent, *, notify: str | None = None
+    ) -> bool:
+        if notify is None:
+            return super().insert_unclaimed(model, event)
+        # pg_notify in the statement that inserts: sent when the row commits, only if it was new.
+        with self.connection.cursor() as cursor:
+            sql = self.event_statement(model, _INSERT_UNCLAIMED_AND_NOTIFY)
+            cursor.execute(sql, {**self.event_params(model, event), "channel": notify})
+            return cursor.fetchone() is not None
 
     def apply_in_one_statement(
         self, entry: LedgerEntry, balances: type[LedgerBalance], *, allow_negative: bool
@@ -142,6 +154,13 @@ UNION ALL
 SELECT {columns}, EXTRACT(EPOCH FROM claim_expires_at - {now})
 FROM {table} WHERE event_id = %(event_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
 """
+
+_INSERT_UNCLAIMED_AND_NOTIFY = (
+    "WITH inserted AS (INSERT INTO {table} ({inserted}) VALUES "
+    + UNCLAIMED_VALUES
+    + " ON CONFLICT (event_id) DO NOTHING RETURNING id) "
+    "SELECT pg_notify(%(channel)s, %(event_id)s) FROM inserted"
+)
 
 _READ = """
 SELECT {columns}, EXTRACT(EPOCH FROM claim_expires_at - {now})

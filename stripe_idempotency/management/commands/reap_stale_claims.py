@@ -14,15 +14,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import router
-from django.utils import timezone
 
 from stripe_idempotency import outcomes
 from stripe_idempotency.conf import app_settings
-from stripe_idempotency.durations import format_duration
+from stripe_idempotency.management.summaries import effects_run, left_behind
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Failed, Superseded, error_summary
 from stripe_idempotency.reaper import Reaped, Step, describe, reap
-from stripe_idempotency.status import Waiting
 
 
 class Command(BaseCommand):
@@ -89,7 +87,7 @@ class Command(BaseCommand):
             batch_size=batch_size,
             step=self._say,
         )
-        summary = _summary(report, reprocess, dry_run) + _effects_run(report)
+        summary = _summary(report, reprocess, dry_run) + effects_run(report.effects)
         if report.failed_again:
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
@@ -127,8 +125,8 @@ def _summary(report: Reaped, reprocess: bool, dry_run: bool) -> str:
     left = report.waiting
     if not report.found:  # what waits, if anything, is the news
         if left.dead:
-            return f"No stale events due; {_left_behind(left)}."
-        return f"No stale events; {_left_behind(left)}." if left.failed else "No stale events."
+            return f"No stale events due; {left_behind(left)}."
+        return f"No stale events; {left_behind(left)}." if left.failed else "No stale events."
     head = f"{report.found} stale event{'s' if report.found != 1 else ''}"
     parts = []
     if reprocess and dry_run:
@@ -138,26 +136,4 @@ def _summary(report: Reaped, reprocess: bool, dry_run: bool) -> str:
         parts.append(
             f"{tally['processed']} processed, {tally['failed']} failed again, {tally['skipped']} skipped"
         )
-    return f"{head}: {', '.join([*parts, _left_behind(left)])}."
-
-
-def _effects_run(report: Reaped) -> str:
-    ran = report.effects
-    if not ran.total():
-        return ""
-    return (
-        f" Effects run: {ran['processed']} processed, {ran['failed']} failed, {ran['dead']} dead, "
-        f"{ran['fenced'] + ran['busy']} taken by another process."
-    )
-
-
-def _left_behind(left: Waiting) -> str:
-    """The dead events (all of them, listed or not) and the failed ones waiting out a backoff."""
-    text = f"{left.dead} dead"
-    if left.failed and left.next_due is not None:
-        due = format_duration(left.next_due - timezone.now())
-        text += (
-            f", {left.failed} failed waiting for {'its' if left.failed == 1 else 'their'} backoff "
-            f"(the next due in {due}, {left.next_due:%Y-%m-%d %H:%M} UTC)"
-        )
-    return text
+    return f"{head}: {', '.join([*parts, left_behind(left)])}."
