@@ -11,7 +11,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 from django.db import connections, router
 from django.utils.module_loading import import_string
 
@@ -211,6 +211,28 @@ def _check_processing(raw: dict[str, Any]) -> list[CheckMessage]:
     return messages
 
 
+@register(Tags.compatibility, deploy=True)
+def check_table_queue(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """``manage.py check --deploy``: with no queue, what must run for events to be processed.
+    Deploy-time only: every other command would print it too."""
+    raw = getattr(settings, SETTINGS_NAME, {})
+    if not isinstance(raw, dict) or AppSettings.PROCESSING.raw(raw) != "deferred":
+        return []
+    if "ENQUEUE" not in raw or raw["ENQUEUE"] is not None:
+        return []
+    return [
+        Info(
+            "PROCESSING is 'deferred' with ENQUEUE None: the events table is the queue, and only "
+            "`manage.py process_stripe_events` workers process accepted events (no worker running "
+            "is the one way for them to wait).",
+            hint="Run `python manage.py process_stripe_events --follow` under a supervisor (systemd, "
+            "a container), one or more per host; alert on `stripe_events_status "
+            "--max-oldest-unprocessed`, which reports the oldest event still waiting.",
+            id=_ID.format("I001"),
+        )
+    ]
+
+
 def _check_tasks_backend() -> list[CheckMessage]:
     """Deferred through Django's Tasks framework: a configuration that would run the task in
     the request (or not at all) answers Stripe ``accepted`` and then does the work anyway."""
@@ -271,8 +293,8 @@ def _check_enqueue(raw: dict[str, Any]) -> list[CheckMessage]:
     """Deferred processing: the ``ENQUEUE`` callable can be imported (and Django's Tasks are there
     when it is the default)."""
     path = AppSettings.ENQUEUE.raw(raw)
-    if not AppSettings.ENQUEUE.accepts(path):
-        return []  # its declaration's problem, reported already
+    if path is None or not AppSettings.ENQUEUE.accepts(path):
+        return []  # no queue to import (the events table is one), or its declaration's problem
     if path == AppSettings.ENQUEUE.default and queueing.tasks_framework() is None:
         return [
             Error(

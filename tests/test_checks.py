@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+from django.core import checks
 from django.core.checks import Error, Warning
 from django.db import connection
 from django.test import Client, override_settings
@@ -253,6 +254,28 @@ def test_the_enqueue_callable_is_checked_where_it_is_used():
     assert [id for id, _ in messages(PROCESSING="deferred", ENQUEUE=len)] == ["stripe_idempotency.E017"]
     # Set but unused: inline mode queues nothing.
     assert [id for id, _ in messages(ENQUEUE=celery)] == ["stripe_idempotency.W005"]
+
+
+def test_no_queue_needs_no_tasks_framework_and_the_deploy_check_says_what_must_run(monkeypatch):
+    from stripe_idempotency.checks import check_table_queue
+
+    monkeypatch.setattr("stripe_idempotency.queueing.tasks_framework", lambda: None)
+    table = {"WEBHOOK_SECRETS": ["whsec_x"], "PROCESSING": "deferred", "ENQUEUE": None}
+    with override_settings(STRIPE_IDEMPOTENCY=table):
+        assert check_settings() == []
+        [info] = check_table_queue()
+    assert (info.id, info.level) == ("stripe_idempotency.I001", checks.INFO)
+    assert "only `manage.py process_stripe_events` workers process accepted events" in info.msg
+    assert "process_stripe_events --follow" in info.hint
+    for others in (
+        {**table, "ENQUEUE": "stripe_idempotency.contrib.celery.enqueue"},
+        {**table, "PROCESSING": "inline"},
+    ):
+        with override_settings(STRIPE_IDEMPOTENCY=others):
+            assert check_table_queue() == []
+    # Registered for `check --deploy` only: every other command would print it.
+    assert check_table_queue in checks.registry.registry.get_checks(include_deployment_checks=True)
+    assert check_table_queue not in checks.registry.registry.get_checks(include_deployment_checks=False)
 
 
 @pytest.mark.parametrize("tokens", ["a-single-token-string-of-some-length", [""], [None], ["x" * 40, " "], 7])

@@ -9,6 +9,7 @@
 
 Later dispatches (``event.attempts > 1``) behave, so every event can end processed.
 
+With ``CHAOS_STARTED_FILE`` set, each dispatch first appends its event's id to that file.
 With ``CHAOS_EFFECTS_FILE`` set, every dispatch also schedules an effect that appends a line to
 that file, outside the database: its idempotency key, the event's attempt that scheduled it and
 the effect's run that wrote it. The file is what the outside world saw.
@@ -33,6 +34,9 @@ from stripe_idempotency.signals import event_received
 
 @receiver(event_received)
 def misbehave(sender: type[StripeEvent], event: StripeEvent, **kwargs: Any) -> None:
+    if started := os.environ.get("CHAOS_STARTED_FILE"):
+        with open(started, "a") as record:  # which dispatches began, for a test to act mid-receiver
+            record.write(f"{event.event_id}\n")
     chaos = event.payload.get("data", {}).get("object", {}).get("chaos")
     if not chaos or event.attempts > 1:
         return
