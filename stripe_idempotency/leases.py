@@ -59,6 +59,7 @@ __all__ = [
     "retry_delay",
     "take",
     "take_batch",
+    "with_age",
 ]
 
 
@@ -74,6 +75,7 @@ class Claimed:
 ClaimResult = Claimed | Duplicate | Busy
 
 _Leased = TypeVar("_Leased", StripeEvent, EventEffect)
+_Events = TypeVar("_Events", bound=QuerySet[StripeEvent])
 
 # A refused claim whose row looks claimable means the holder finished or
 # released between the claim and the read; try again this many times before
@@ -222,9 +224,12 @@ def take(model: type[EventEffect], pk: int, *, using: str, dead_too: bool = Fals
     return token if claimed else None
 
 
-def take_batch(picked: QuerySet[_Leased], *, using: str) -> tuple[uuid.UUID, list[_Leased]]:
+def take_batch(
+    picked: QuerySet[_Leased], *, using: str, read: QuerySet[_Leased] | None = None
+) -> tuple[uuid.UUID, list[_Leased]]:
     """Claim the rows ``picked`` selects (claimable ones, oldest first, limited) for this process,
-    skipping rows another worker is taking at the same moment, and read them back, in order.
+    skipping rows another worker is taking at the same moment, and read them back, in order,
+    through ``read`` if given (a queryset with the annotations the caller wants).
 
     One token holds the batch; each row is completed or released on its own (``pk`` and the
     token). The lease of each starts now: a worker runs the batch in turn and gives back
@@ -238,8 +243,8 @@ def take_batch(picked: QuerySet[_Leased], *, using: str) -> tuple[uuid.UUID, lis
     pks = backend.take_batch(picked.using(using), token, claimed_by=app_settings.INSTANCE_ID, ttl=ttl)
     if not pks:
         return token, []
-    rows = picked.model._default_manager.using(using).filter(pk__in=pks, claim_token=token).order_by("pk")
-    return token, list(rows)
+    rows = read if read is not None else picked.model._default_manager.all()
+    return token, list(rows.using(using).filter(pk__in=pks, claim_token=token).order_by("pk"))
 
 
 def give_back(model: type[StripeEvent | EventEffect], pks: list[int], token: uuid.UUID, *, using: str) -> int:
@@ -338,9 +343,14 @@ def find_stale(
         # Since the last claim; since arrival for an event never claimed.
         since = Now() - timedelta(seconds=min_age)
         events = events.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, received_at__lte=since))
-    age = ExpressionWrapper(Now() - F("received_at"), output_field=DurationField())
-    events = events.annotate(age=age).order_by("id")
+    events = with_age(events).order_by("id")
     return events[:limit] if limit is not None else events
+
+
+def with_age(events: _Events) -> _Events:
+    """``events``, each with ``age``: the time since it was first received, on the database clock."""
+    age = ExpressionWrapper(Now() - F("received_at"), output_field=DurationField())
+    return events.annotate(age=age)
 
 
 def reclaim_processed(event: StripeEvent, *, using: str | None = None) -> Claimed | None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import count
 from typing import Literal
 
 from django.db.models import QuerySet
 
-from stripe_idempotency import effects, leases, outcomes, processing, worker
+from stripe_idempotency import leases, worker
+from stripe_idempotency.conf import app_settings
 from stripe_idempotency.durations import format_duration
 from stripe_idempotency.models import EventState, StripeEvent
 from stripe_idempotency.outcomes import Outcome, error_summary
@@ -42,6 +44,8 @@ class Step:
     found: int
     action: Action
     outcome: Outcome | None = None
+    #: Whether ``event`` is the row as this run's claim left it (an attempt counted).
+    taken: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,51 +93,76 @@ def reap(
     found = stale.count()  # through the index, like the query itself
     if limit is not None:
         found = min(found, limit)
-    tally: Counter[str] = Counter()
-    with effects.run_in_this_thread():  # the effects of the events it runs, before it exits
-        for position, event in enumerate(_in_batches(stale, batch_size, found), start=1):
-            tally[_reap_one(event, position, found, reprocess, dry_run, step)] += 1
-    ran: Counter[str] = Counter()
     if reprocess and not dry_run:
-        ran.update(effects.run_due(using=using, min_age=min_age, limit=limit))
-    return Reaped(found=found, tally=tally, waiting=waiting(using=using, event_type=event_type), effects=ran)
+        return _reprocess(stale, found, using, min_age, limit, event_type, batch_size, step)
+    tally: Counter[str] = Counter()
+    for position, event in enumerate(_in_batches(stale, batch_size, found), start=1):
+        action: Action = "dead" if event.state == EventState.DEAD else "would" if reprocess else "listed"  # type: ignore[attr-defined]
+        if step is not None:
+            step(Step(event, position, found, action))
+        tally[action] += 1
+    return Reaped(found=found, tally=tally, waiting=waiting(using=using, event_type=event_type))
 
 
-def _reap_one(
-    event: StripeEvent,
-    position: int,
+def _reprocess(
+    stale: QuerySet[StripeEvent],
     found: int,
-    reprocess: bool,
-    dry_run: bool,
+    using: str,
+    min_age: float,
+    limit: int | None,
+    event_type: str | None,
+    batch_size: int,
     step: Callable[[Step], None] | None,
-) -> str:
-    """Do what the run asks with one stale event; what it counts as in the tally."""
-    outcome = None
-    if event.state == EventState.DEAD:  # type: ignore[attr-defined]
-        action: Action = "dead"
-    elif not reprocess:
-        action = "listed"
-    elif dry_run:
-        action = "would"
-    else:
-        action = "ran"
-        outcome = processing.reprocess(event)
-    if step is not None:
-        step(Step(event, position, found, action, outcome))
-    return outcomes.report(outcome).tally if outcome is not None else action
+) -> Reaped:
+    """The worker's loop (:func:`stripe_idempotency.worker.work`) limited to the stale events (and
+    the effects due), each taken in a batch no other reaper or worker shares; then the dead
+    events, which are reported and never run."""
+    numbered = count(1)
+    tally: Counter[str] = Counter()
+
+    def ran(done: worker.Done) -> None:
+        if done.kind == "event" and step is not None:
+            step(Step(done.row, next(numbered), found, "ran", done.outcome, taken=True))  # type: ignore[arg-type]
+
+    not_dead = stale.filter(attempts__lt=app_settings.MAX_ATTEMPTS)
+    sources = [
+        worker.Source(
+            "stale",
+            "event",
+            lambda _: not_dead,
+            limit=limit,
+            read=lambda _: leases.with_age(stale.model.objects.all()),
+        ),
+        worker.Source(
+            "effects", "effect", lambda using: worker.due_effects(using, min_age=min_age), limit=limit
+        ),
+    ]
+    worked = worker.work(using=using, sources=sources, batch_size=batch_size, step=ran)
+    tally.update(worked.events)
+    dead = stale.filter(attempts__gte=app_settings.MAX_ATTEMPTS).defer("payload")  # listed, never run
+    left = None if limit is None else max(0, limit - worked.events.total())
+    for event in dead[:left] if left is not None else dead.iterator():
+        if step is not None:
+            step(Step(event, next(numbered), found, "dead"))
+        tally["dead"] += 1
+    return Reaped(
+        found=found, tally=tally, waiting=waiting(using=using, event_type=event_type), effects=worked.effects
+    )
 
 
-def describe(event: StripeEvent) -> str:
-    """One line for a stale event: its id, type, age, attempts and why it is stale."""
+def describe(event: StripeEvent, *, taken: bool = False) -> str:
+    """One line for a stale event: its id, type, age, attempts and why it is stale. ``taken``:
+    as it stood before this process's claim counted an attempt (a reaper's run)."""
+    attempts = event.attempts - 1 if taken else event.attempts
     if event.last_error:
         why = error_summary(event.last_error)
-    elif event.claimed_at is None:
+    elif attempts == 0:
         why = "accepted, never claimed (no task ran it)"
     else:
         why = "no error recorded (lease expired)"
     return (
         f"{event.event_id} {event.type} age {format_duration(event.age)} "  # type: ignore[attr-defined]
-        f"attempts {event.attempts}: {why}"
+        f"attempts {attempts}: {why}"
     )
 
 

@@ -81,6 +81,8 @@ class Source:
     kind: Kind
     rows: Callable[[str], QuerySet[Any]]
     limit: int | None = None
+    #: How the rows taken are read back (their annotations), if not plainly.
+    read: Callable[[str], QuerySet[Any]] | None = None
 
 
 def pending_events(using: str) -> QuerySet[StripeEvent]:
@@ -236,7 +238,8 @@ class _Run:
         if size <= 0:
             return
         picked = source.rows(self.using).order_by("pk")[:size]
-        token, rows = leases.take_batch(picked, using=self.using)
+        read = source.read(self.using) if source.read is not None else None
+        token, rows = leases.take_batch(picked, using=self.using, read=read)
         self.taken[source.name] += len(rows)
         taken_at = time.monotonic()
         for position, row in enumerate(rows):

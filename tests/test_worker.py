@@ -163,7 +163,7 @@ def test_stale_events_and_failed_ones_past_their_backoff_are_retried_but_not_dea
 
 
 @TABLE
-def test_effects_of_the_events_it_runs_run_in_the_worker_and_due_ones_left_by_others_too(connect, settings):
+def test_effects_of_the_events_it_runs_run_in_the_worker_and_due_ones_left_by_others_too(connect):
     def schedule(sender, event, **kwargs):
         notify.schedule(event)
 
@@ -228,10 +228,8 @@ def test_a_stop_request_finishes_the_event_in_hand_and_gives_back_the_rest_untou
     assert rows["evt_b"] == rows["evt_c"] == (EventState.PENDING, 0, None, "", None)
 
 
-@TABLE
-def test_events_a_batch_would_reach_after_half_a_lease_are_given_back(connect, settings):
-    settings.STRIPE_IDEMPOTENCY = {**TABLE_QUEUE, "CLAIM_TTL_SECONDS": 1}
-
+@override_settings(STRIPE_IDEMPOTENCY={**TABLE_QUEUE, "CLAIM_TTL_SECONDS": 1})
+def test_events_a_batch_would_reach_after_half_a_lease_are_given_back(connect):
     def slow(sender, event, **kwargs):
         time.sleep(0.6)  # past half the lease
 
@@ -240,8 +238,8 @@ def test_events_a_batch_would_reach_after_half_a_lease_are_given_back(connect, s
     taken: list[int] = []
     real = leases.take_batch
 
-    def counted(picked, *, using):
-        token, rows = real(picked, using=using)
+    def counted(picked, **kwargs):
+        token, rows = real(picked, **kwargs)
         taken.append(len(rows))
         return token, rows
 

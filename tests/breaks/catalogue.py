@@ -25,6 +25,8 @@ SYNC = "stripe_idempotency/sync.py"
 EFFECTS = "stripe_idempotency/effects.py"
 MODELS = "stripe_idempotency/models.py"
 VIEWS = "stripe_idempotency/views.py"
+WORKER = "stripe_idempotency/worker.py"
+REAPER = "stripe_idempotency/reaper.py"
 
 
 @dataclass(frozen=True)
@@ -1009,7 +1011,7 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 "stripe_idempotency/leases.py",
-                "            return _give_way(claimed) or claimed\n",
+                "            return give_way(claimed) or claimed\n",
                 "            return claimed\n",
             ),
         ),
@@ -1185,9 +1187,9 @@ BREAKS: tuple[Break, ...] = (
                 "",
             ),
             Edit(
-                "stripe_idempotency/reaper.py",
-                'self.tally["failed"] or self.waiting.dead or self.effects["failed"]',
-                'self.tally["failed"] or self.tally["dead"] or self.effects["failed"]',
+                WORKER,
+                'events["failed"] or left.dead or effects["failed"]',
+                'events["failed"] or events["dead"] or effects["failed"]',
             ),
             Edit(
                 "stripe_idempotency/management/commands/reap_stale_claims.py",
@@ -1240,8 +1242,9 @@ BREAKS: tuple[Break, ...] = (
         (
             Edit(
                 BASE,
-                "{done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})\n",
-                "{done} IS NULL\n",
+                "WHERE id = %(pk)s AND {done} IS NULL AND "
+                "(claim_expires_at IS NULL OR claim_expires_at <= {now})\n",
+                "WHERE id = %(pk)s AND {done} IS NULL\n",
             ),
         ),
         ("tests/test_backends.py", "tests/test_effects.py"),
@@ -1323,6 +1326,104 @@ BREAKS: tuple[Break, ...] = (
         ("tests/guarantees/test_layers.py",),
         (SQLITE,),
         quick=(SQLITE,),
+    ),
+    # -- the events table as the queue -----------------------------------------------------------
+    Break(
+        "worker-batch-claims-more-than-picked",
+        "A worker's batch claims exactly the rows its query picked, however PostgreSQL plans the update.",
+        (
+            Edit(BASE, "WITH picked AS MATERIALIZED ({{picked}})\n", ""),
+            Edit(BASE, "WHERE id IN (SELECT pk FROM picked)\n", "WHERE id IN ({{picked}})\n"),
+            Edit(
+                BASE,
+                "cursor.execute(sql, [*select_params, token_param, claimed_by, self.lease_param(ttl)])",
+                "cursor.execute(sql, [token_param, claimed_by, self.lease_param(ttl), *select_params])",
+            ),
+        ),
+        ("tests/test_worker.py",),
+        (POSTGRES,),
+    ),
+    Break(
+        "worker-batches-overlap",
+        "Workers taking batches at once never take the same row: the pick skips locked rows, and "
+        "the claim judges each row claimable again.",
+        (
+            Edit(BASE, '            select += " FOR UPDATE SKIP LOCKED"\n', "            pass\n"),
+            Edit(
+                BASE,
+                "    AND {done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})\n",
+                "",
+            ),
+            Edit(BASE, "picked.select_for_update(skip_locked=True).values_list", "picked.values_list"),
+        ),
+        ("tests/test_worker.py::test_workers_taking_batches_at_once_never_share_a_row_and_leave_none",),
+        (POSTGRES, MARIADB),
+    ),
+    Break(
+        "worker-keeps-what-it-will-not-start",
+        "A stop request gives back, untouched, the events a worker took and never started.",
+        (
+            Edit(
+                WORKER,
+                "leases.give_back(type(row), [r.pk for r in rows[position:]], token, using=self.using)",
+                "None",
+            ),
+        ),
+        ("tests/test_worker.py", "tests/test_process_stripe_events.py"),
+        (SQLITE, POSTGRES),
+    ),
+    Break(
+        "worker-runs-a-batch-past-half-its-lease",
+        "Events a batch would reach after half a lease are given back, not run on a lease near its end.",
+        (
+            Edit(
+                WORKER,
+                "            late = time.monotonic() - taken_at > app_settings.CLAIM_TTL_SECONDS / 2\n",
+                "            late = False\n",
+            ),
+        ),
+        ("tests/test_worker.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "ordered-events-give-way-to-their-own-batch",
+        "Events about one object taken in one batch run in order, not giving way to each other.",
+        (Edit(LEASES, "        .exclude(claim_token=claimed.token)\n", ""),),
+        ("tests/test_worker.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "no-queue-still-queues",
+        "With ENQUEUE None an accepted event is its insert alone: nothing is queued.",
+        (Edit(PROCESSING, "    queued = app_settings.ENQUEUE is not None\n", "    queued = True\n"),),
+        ("tests/test_worker.py",),
+        (SQLITE,),
+    ),
+    Break(
+        "accepted-events-never-notify",
+        "On PostgreSQL an accepted event wakes the waiting workers: a NOTIFY that commits with its row.",
+        (
+            Edit(
+                PG,
+                "        if notify is None:\n            return super().insert_unclaimed(model, event)\n",
+                "        if True:\n            return super().insert_unclaimed(model, event)\n",
+            ),
+        ),
+        ("tests/test_worker.py",),
+        (POSTGRES,),
+    ),
+    Break(
+        "reaper-runs-dead-events",
+        "The reaper reports dead events and never runs them (a replay does).",
+        (
+            Edit(
+                REAPER,
+                "    not_dead = stale.filter(attempts__lt=app_settings.MAX_ATTEMPTS)\n",
+                "    not_dead = stale\n",
+            ),
+        ),
+        ("tests/test_reap_stale_claims.py",),
+        (SQLITE,),
     ),
 )
 

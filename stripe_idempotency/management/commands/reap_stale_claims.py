@@ -96,7 +96,7 @@ class Command(BaseCommand):
     def _say(self, step: Step) -> None:
         """One line per stale event: dead and failed ones always, the others unless -v 0."""
         line = f"[{step.position}/{step.found}] " if step.found > 1 else ""
-        line += describe(step.event)
+        line += describe(step.event, taken=step.taken)
         if step.action == "dead":
             limit, event_id = app_settings.MAX_ATTEMPTS, step.event.event_id
             self.stdout.write(
