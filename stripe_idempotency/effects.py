@@ -38,7 +38,7 @@ from typing import Any, Literal, overload
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections, router
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from stripe_idempotency import leases, storable, telemetry
@@ -55,6 +55,7 @@ __all__ = [
     "EffectOutsideDispatch",
     "InvalidEffect",
     "RunOutcome",
+    "due",
     "effect",
     "registered",
     "run",
@@ -422,22 +423,28 @@ def _failed(row: EventEffect, token: Any, using: str, exc: Exception) -> RunOutc
     return "failed"
 
 
-def run_due(*, using: str, min_age: float = 0, limit: int | None = None) -> Counter[RunOutcome]:
-    """Run the effects due now (:meth:`~stripe_idempotency.models.EventEffectQuerySet.due`),
-    oldest first: pending ones scheduled ``PENDING_GRACE_SECONDS`` ago (their process may still
-    run them), stale ones, failed ones past their backoff. ``min_age`` leaves alone those
-    scheduled or last claimed less than that many seconds ago. A tally of the outcomes."""
+def due(using: str, *, min_age: float = 0) -> QuerySet[EventEffect]:
+    """The effects to run now (:meth:`~stripe_idempotency.models.EventEffectQuerySet.due`), but a
+    pending one scheduled less than ``PENDING_GRACE_SECONDS`` ago (the process that committed it
+    runs it first) and, with ``min_age``, one scheduled or last claimed less than that many
+    seconds ago. What workers and the reaper take (:mod:`stripe_idempotency.worker`)."""
     grace = timedelta(seconds=app_settings.PENDING_GRACE_SECONDS)
-    due = (
+    rows = (
         EventEffect.objects.using(using)
         .due()
         .exclude(claimed_at__isnull=True, scheduled_at__gt=Now() - grace)
-        .order_by("pk")
     )
     if min_age > 0:
         since = Now() - timedelta(seconds=min_age)
-        due = due.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, scheduled_at__lte=since))
+        rows = rows.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, scheduled_at__lte=since))
+    return rows
+
+
+def run_due(*, using: str, min_age: float = 0, limit: int | None = None) -> Counter[RunOutcome]:
+    """Run the effects :func:`due` now, oldest first, in this thread, each claimed on its own;
+    a tally of the outcomes."""
+    rows = due(using, min_age=min_age).order_by("pk")
     tally: Counter[RunOutcome] = Counter()
-    for row in due[:limit] if limit is not None else due.iterator():
+    for row in rows[:limit] if limit is not None else rows.iterator():
         tally[run(row)] += 1
     return tally

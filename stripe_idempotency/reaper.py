@@ -20,7 +20,7 @@ from typing import Literal
 
 from django.db.models import QuerySet
 
-from stripe_idempotency import leases, worker
+from stripe_idempotency import effects, leases, worker
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.durations import format_duration
 from stripe_idempotency.models import EventState, StripeEvent
@@ -82,7 +82,7 @@ def reap(
     """Find the stale events (oldest first, at most ``limit``, claimed at least ``min_age``
     seconds ago, of ``event_type`` if given) and, with ``reprocess``, claim and process each
     one (with ``dry_run``, only say so), then run the effects due
-    (:func:`stripe_idempotency.effects.run_due`). ``step`` is called for each event as it is
+    (:func:`stripe_idempotency.effects.due`). ``step`` is called for each event as it is
     handled.
 
     Reads ``batch_size`` events at a time: memory stays flat however many are stale.
@@ -133,9 +133,7 @@ def _reprocess(
             limit=limit,
             read=lambda _: leases.with_age(stale.model.objects.all()),
         ),
-        worker.Source(
-            "effects", "effect", lambda using: worker.due_effects(using, min_age=min_age), limit=limit
-        ),
+        worker.Source("effects", "effect", lambda using: effects.due(using, min_age=min_age), limit=limit),
     ]
     worked = worker.work(using=using, sources=sources, batch_size=batch_size, step=ran)
     tally.update(worked.events)

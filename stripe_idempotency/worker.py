@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Literal
 
 from django.db.models import Q, QuerySet
@@ -47,7 +46,6 @@ __all__ = [
     "Done",
     "Source",
     "Worked",
-    "due_effects",
     "failed_again",
     "pending_events",
     "retries",
@@ -100,28 +98,12 @@ def retries(using: str) -> QuerySet[StripeEvent]:
     )
 
 
-def due_effects(using: str, *, min_age: float = 0) -> QuerySet[EventEffect]:
-    """Effects to run now (:meth:`~stripe_idempotency.models.EventEffectQuerySet.due`), but a pending
-    one scheduled less than ``PENDING_GRACE_SECONDS`` ago (the process that committed it runs it
-    first) and, with ``min_age``, one scheduled or last claimed less than that many seconds ago."""
-    grace = timedelta(seconds=app_settings.PENDING_GRACE_SECONDS)
-    due = (
-        EventEffect.objects.using(using)
-        .due()
-        .exclude(claimed_at__isnull=True, scheduled_at__gt=Now() - grace)
-    )
-    if min_age > 0:
-        since = Now() - timedelta(seconds=min_age)
-        due = due.filter(Q(claimed_at__lte=since) | Q(claimed_at__isnull=True, scheduled_at__lte=since))
-    return due
-
-
 def worker_sources() -> list[Source]:
     """What ``process_stripe_events`` works on, in this order each round."""
     return [
         Source("pending", "event", pending_events),
         Source("retries", "event", retries),
-        Source("effects", "effect", due_effects),
+        Source("effects", "effect", effects.due),
     ]
 
 

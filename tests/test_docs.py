@@ -129,6 +129,21 @@ def settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     assert rolling["WEBHOOK_SECRETS"] == ["whsec_new", "whsec_old"]
 
 
+def table_queue_settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
+    namespace = shop.run(code)
+    config = {**namespace["STRIPE_IDEMPOTENCY"], "WEBHOOK_SECRETS": [WEBHOOK_SECRET]}
+    monkeypatch.setattr("stripe_idempotency.queueing.enqueue", lambda *args: pytest.fail("queued"))
+    with override_settings(STRIPE_IDEMPOTENCY=config):
+        assert check_settings() == []
+        answer = deliver(Client(), build_event(id="evt_table_queue"))
+        assert answer.json()["status"] == "accepted"
+        assert StripeEvent.objects.get().processed_at is None  # waiting in the table
+        out = io.StringIO()
+        call_command("process_stripe_events", stdout=out)  # the console snippet, without --follow
+    assert out.getvalue().startswith("Done: 1 event run (1 processed")
+    assert StripeEvent.objects.get().processed_at is not None
+
+
 def deferred_settings_snippet(shop: Shop, code: str, monkeypatch: Any) -> None:
     namespace = shop.run(code)
     assert namespace["STRIPE_IDEMPOTENCY"]["PROCESSING"] == "deferred"
@@ -594,9 +609,10 @@ RUNNERS: dict[tuple[str, int], Callable[[Shop, str, Any], None]] = {
     ("README.md", 2): readme_receiver,
     ("README.md", 3): readme_ledger,
     ("README.md", 4): readme_plugin_test,
-    ("docs/deferred.md", 0): deferred_settings_snippet,
-    ("docs/deferred.md", 1): celery_settings_snippet,
-    ("docs/deferred.md", 2): celery_app_snippet,
+    ("docs/deferred.md", 0): table_queue_settings_snippet,
+    ("docs/deferred.md", 1): deferred_settings_snippet,
+    ("docs/deferred.md", 2): celery_settings_snippet,
+    ("docs/deferred.md", 3): celery_app_snippet,
     ("docs/deployment.md", 0): asgi_snippet,
     ("docs/deployment.md", 1): databases_snippet,
     ("docs/deployment.md", 2): databases_snippet,

@@ -61,13 +61,14 @@ LAYERS: list[tuple[str, set[str]]] = [
             "verification",
             "processing",
             "queueing",
+            "wakeup",
             "tasks",
             "contrib",
             "contrib.celery",
         },
     ),
-    # Operations as library functions returning reports.
-    ("operations", {"status", "retention", "reaper", "sync"}),
+    # Operations as library functions returning reports; the worker's loop, which the reaper runs.
+    ("operations", {"status", "retention", "worker", "reaper", "sync"}),
     # The ways in, for Stripe and for people: HTTP, the admin, the commands.
     (
         "front ends",
@@ -78,6 +79,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "urls",
             "admin",
             "management",
+            "management.summaries",
             "management.commands",
             "management.commands.*",
         },
@@ -324,6 +326,8 @@ TESTED_WITH = {
     "retention": ("test_prune_stripe_events.py", "the library function and its command, tested together"),
     "sync": ("test_sync_stripe_events.py", "the library function and its command, tested together"),
     "status": ("test_stripe_events_status.py", "the library function and its command, tested together"),
+    "wakeup": ("test_worker.py", "how a waiting worker is woken, tested by waking one"),
+    "management.summaries": ("test_process_stripe_events.py", "the lines the worker and the reaper end with"),
     "management.commands.replay_stripe_event": (
         "test_reap_stale_claims.py",
         "replay and the reaper share the claim",
