@@ -254,7 +254,8 @@ def test_events_a_batch_would_reach_after_half_a_lease_are_given_back(connect):
 
 @override_settings(STRIPE_IDEMPOTENCY={**TABLE_QUEUE, "ORDERING": {TYPE: "serialize"}})
 def test_events_about_one_object_in_one_batch_run_in_order_neither_giving_way_to_the_other(record_effects):
-    accept("evt_first", "evt_second", data={"object": {"id": "cs_same", "object": "checkout.session"}})
+    accept("evt_first", "evt_second", data={"id": "cs_same", "object": "checkout.session"})
+    assert set(StripeEvent.objects.values_list("object_id", flat=True)) == {"cs_same"}
     order: list[str] = []
     worked = worker.work(using="default", batch_size=2, step=lambda done: order.append(done.row.event_id))
     assert (order, worked.events) == (["evt_first", "evt_second"], Counter(processed=2))

@@ -1,15 +1,20 @@
-"""Deferred processing with real task queues: the example project under gunicorn answers
+"""Deferred processing with real workers: the example project under gunicorn answers
 ``accepted``, and workers started as a project runs them process each event once.
 
-Two queues: django-tasks-db's ``db_worker`` processes (the tasks table in the same database)
-and Celery workers with RabbitMQ as the broker (``stripe_idempotency.contrib.celery``).
-PostgreSQL and MariaDB, like the other server suites.
+Three ways: the events table as the queue (``process_stripe_events --follow`` processes),
+django-tasks-db's ``db_worker`` processes (the tasks table in the same database) and Celery
+workers with RabbitMQ as the broker (``stripe_idempotency.contrib.celery``). PostgreSQL and
+MariaDB, like the other server suites.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +28,7 @@ import pytest
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
 from tests.concurrency import wait_for
 from tests.servers import ROOT, Database, Gunicorn, answer_status, app_environment, free_port, post
-from tests.workers import CeleryWorkers, DatabaseWorkers, Workers
+from tests.workers import CeleryWorkers, DatabaseWorkers, TableWorkers, Workers
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -34,7 +39,7 @@ pytestmark = [
 ]
 
 SECRET = "whsec_example_local_only"  # the example project's default
-QUEUES = {"database": DatabaseWorkers, "celery": CeleryWorkers}
+QUEUES = {"table": TableWorkers, "database": DatabaseWorkers, "celery": CeleryWorkers}
 LEASE = 2.0
 
 
@@ -180,6 +185,17 @@ def test_a_worker_killed_mid_receiver_leaves_its_event_to_the_reaper(deployment,
         while deployment.workers.logs().count("exited with 'exitcode 1'") < len(killers):
             assert time.monotonic() < deadline, deployment.workers.logs()[-3000:]
             time.sleep(0.2)
+    if queue == "table":
+        # The other workers take each killer's event as stale work once its lease is over: no
+        # reaper needed, and the one run after them finds nothing.
+        assert wait_until_processed(db, len(events)) == len(events), deployment.workers.logs()[-3000:]
+        assert runs_per_event(db) == {e["id"]: 1 for e in events}
+        # A killer taken in the batch of a worker another killer ended is run later as a retry
+        # (its second attempt), which behaves: each kill ended one worker, some killers none.
+        assert 1 <= deployment.workers.restarts <= len(killers)
+        reaped = reap(db)
+        assert (reaped.returncode, reaped.stdout) == (0, "No stale events.\n"), reaped.stderr
+        return
     time.sleep(LEASE + 0.5)
     done = {row[0] for row in db.rows(PROCESSED_IDS)}
     reaped = reap(db)
@@ -237,3 +253,52 @@ def test_an_event_whose_task_was_never_queued_is_processed_once_by_the_reaper(
     assert after_grace.returncode == 0, after_grace.stderr
     assert reprocessed(after_grace.stdout) == ["evt_unqueued_0"], after_grace.stdout
     assert runs_per_event(db) == {"evt_unqueued_0": 1}
+
+
+def test_table_workers_killed_at_random_lose_nothing_and_double_nothing(server_database, tmp_path: Path):
+    """Four ``process_stripe_events`` workers, 2,000 events, workers killed with -9 at random
+    (whatever they hold: a batch, a receiver's transaction) and restarted by their supervisor."""
+    db = server_database
+    workers = TableWorkers(
+        db.url, 4, tmp_path, STRIPE_CLAIM_TTL_SECONDS=str(LEASE), SHOP_FULFILMENT_SECONDS="0.005"
+    )
+    server = Gunicorn(db.url, "web", workers=3, log_dir=tmp_path, **workers.web_env)
+    events = [checkout(n, "chaos") for n in range(2000)]
+    bodies = {e["id"]: encode(e) for e in events}
+    stop_killing = threading.Event()
+    kills: list[int] = []
+    chance = random.Random(2000)
+
+    def kill_at_random() -> None:
+        while not stop_killing.wait(chance.uniform(0.5, 2.0)):
+            pids = workers.pids()
+            if pids:
+                victim = chance.choice(pids)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+                    kills.append(victim)
+
+    killer = threading.Thread(target=kill_at_random, daemon=True)
+    try:
+        killer.start()
+
+        def attempt(event_id: str) -> float | None:
+            status, _, body = post(server.url, bodies[event_id], sign(bodies[event_id], SECRET))
+            return None if status == 200 and answer_status(body) in {"accepted", "duplicate"} else 0.2
+
+        deliver_concurrently(list(bodies), attempt, senders=16, max_attempts=5)
+        processed = wait_until_processed(db, len(events), timeout=600)
+        stop_killing.set()
+        killer.join(10)
+        assert processed == len(events), workers.logs()[-3000:]
+    finally:
+        stop_killing.set()
+        server.stop()
+        workers.stop()
+
+    assert len(kills) >= 3, kills  # the chaos happened
+    assert runs_per_event(db) == {e["id"]: 1 for e in events}  # lost 0, doubled 0
+    doubled_credits = db.rows(
+        "SELECT reference FROM stripe_idempotency_ledgerentry GROUP BY reference HAVING COUNT(*) > 1"
+    )
+    assert doubled_credits == []
