@@ -1,11 +1,12 @@
 """Deferred processing: how fast Stripe is answered, and how fast a burst is worked off.
 
-    python -m benchmarks.deferred [--smoke] [--output FILE]
+    python -m benchmarks.deferred [--smoke] [--output FILE] [--queues table,database,celery]
 
 1. Acknowledgement rate at concurrency 1, 4 and 16: the example project under gunicorn in
-   deferred mode (queueing to django-tasks-db, then to Celery on RabbitMQ; no worker runs, so
-   only the answer is measured), beside the framework floor (Django answering without the
-   database) and the same deliveries inline, all in this run.
+   deferred mode (the events table as the queue, then queueing to django-tasks-db, then to
+   Celery on RabbitMQ; no worker runs, so only the answer is measured), beside the framework
+   floor (Django answering without the database) and the same deliveries inline, all in this
+   run.
 2. A burst: BURST checkout events whose receiver takes 100 ms, sent once each at concurrency
    16. The time until every delivery is answered, against the floor answering as many
    requests; the time until every event is processed by N workers, against N / 0.1 s; then
@@ -33,7 +34,7 @@ from benchmarks.load import Figures, http_burst, http_load, pgbench, prepared
 if TYPE_CHECKING:
     from tests.workers import Workers
 
-QUEUES = ("database", "celery")
+QUEUES = ("table", "database", "celery")
 # The acknowledgement with a queue that takes no time: the app's own part, apart from the queue's.
 NO_QUEUE = {"STRIPE_PROCESSING": "deferred", "STRIPE_ENQUEUE": "benchmarks.deferred.enqueue_nothing"}
 RECEIVER_SECONDS = 0.1
@@ -66,12 +67,17 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes: checks the script")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument(
+        "--queues",
+        default=",".join(QUEUES),
+        help=f"which of {', '.join(QUEUES)} to measure (comma-separated; default all)",
+    )
     args = parser.parse_args()
     setup_django()
-    print(run(output=args.output, smoke=args.smoke))
+    print(run(output=args.output, smoke=args.smoke, queues=tuple(args.queues.split(","))))
 
 
-def run(*, output: Path, smoke: bool) -> str:
+def run(*, output: Path, smoke: bool, queues: tuple[str, ...] = QUEUES) -> str:
     from django.db import connection
 
     seconds = 1.0 if smoke else 6.0
@@ -81,12 +87,15 @@ def run(*, output: Path, smoke: bool) -> str:
     settings_dict = connection.settings_dict
     url = database_url(settings_dict)
 
-    rates = _acknowledgement_rates(url, seconds, levels)
+    unknown = set(queues) - set(QUEUES)
+    if unknown:
+        raise SystemExit(f"--queues: unknown {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
+    rates = _acknowledgement_rates(url, seconds, levels, queues)
     print({level: {k: round(f.rate) for k, f in row.items()} for level, row in rates.items()}, flush=True)
-    trickle = {queue: _trickle(url, queue, 20 if smoke else 200) for queue in QUEUES}
+    trickle = {queue: _trickle(url, queue, 20 if smoke else 200) for queue in queues}
     print("trickle", trickle, flush=True)
     floor = _floor_burst(url, burst)
-    bursts = [_burst(url, queue, burst, workers) for queue in (*QUEUES, "inline")]
+    bursts = [_burst(url, queue, burst, workers) for queue in (*queues, "inline")]
     for result in bursts:
         print(result.queue, round(result.answered.seconds, 1), round(result.processed_seconds, 1), flush=True)
     if smoke:
@@ -103,7 +112,7 @@ def run(*, output: Path, smoke: bool) -> str:
         ]
         if problems:
             raise SystemExit("; ".join(problems))
-    body = _report(rates, trickle, floor, bursts, seconds, burst, smoke)
+    body = _report(rates, trickle, floor, bursts, seconds, burst, smoke, queues)
     write_section(output, "Deferred processing" + (" (smoke)" if smoke else ""), body)
     return f"wrote {output}"
 
@@ -139,8 +148,10 @@ BENCH_ENV = {"DJANGO_SETTINGS_MODULE": "benchmarks.settings"}
 def _pool(url: str, queue: str, workers: int, logs: Path, queue_name: str = "", **env: str) -> Workers:
     """``workers`` task workers for ``queue`` (0: none yet; Celery: its queue named all the same):
     the pool processes of one Celery worker, or ``db_worker`` processes."""
-    from tests.workers import CeleryWorkers, DatabaseWorkers  # the tests' own, reused
+    from tests.workers import CeleryWorkers, DatabaseWorkers, TableWorkers  # the tests' own, reused
 
+    if queue == "table":
+        return TableWorkers(url, workers, logs, **BENCH_ENV, **env)
     if queue == "celery":
         return CeleryWorkers(
             url, 1 if workers else 0, logs, processes=workers, queue_name=queue_name, **BENCH_ENV, **env
@@ -163,14 +174,20 @@ def _web(url: str, pool: Workers | None = None, **env: str) -> Iterator[_Gunicor
         server.stop()
 
 
-def _acknowledgement_rates(url: str, seconds: float, levels: list[int]) -> dict[int, dict[str, Figures]]:
+def _acknowledgement_rates(
+    url: str, seconds: float, levels: list[int], queues: tuple[str, ...]
+) -> dict[int, dict[str, Figures]]:
     from django.db import connection
 
     enough = int(3000 * seconds)
     rates: dict[int, dict[str, Figures]] = {level: {} for level in levels}
-    for level in levels:  # the raw SQL of an acknowledgement queued to django-tasks-db
+    for level in levels:
+        # The raw SQL of an acknowledgement queued to django-tasks-db, and with the events table
+        # as the queue (the INSERT and its NOTIFY, one statement).
         rates[level]["sql"] = pgbench(connection.settings_dict, "accept", level, seconds)
-    for mode in ("inline", "no queue", *QUEUES):
+        if "table" in queues:
+            rates[level]["sql table"] = pgbench(connection.settings_dict, "accept_table", level, seconds)
+    for mode in ("inline", "no queue", *queues):
         with tempfile.TemporaryDirectory() as logs:
             pool = _pool(url, mode, 0, Path(logs)) if mode in QUEUES else None
             try:
@@ -303,7 +320,14 @@ def _burst(url: str, queue: str, count: int, workers: int) -> Burst:
 
 
 def _report(
-    rates, trickle, floor: Figures, bursts: list[Burst], seconds: float, size: int, smoke: bool
+    rates,
+    trickle,
+    floor: Figures,
+    bursts: list[Burst],
+    seconds: float,
+    size: int,
+    smoke: bool,
+    queues: tuple[str, ...],
 ) -> str:
     rows = [
         "| concurrency | what | answers/s | p50 ms | p99 ms | non-2xx | ÷ framework floor | ÷ floor + SQL |",
@@ -312,26 +336,40 @@ def _report(
     labels = {
         "floor": "framework floor (Django, no database)",
         "sql": "raw SQL: event INSERT + task INSERT, each committed (pgbench)",
+        "sql table": "raw SQL: event INSERT + NOTIFY, one statement (pgbench)",
         "inline": "inline: the receivers run in the request",
         "no queue": "deferred, the queue taking no time (ENQUEUE a no-op): the app's own part",
+        "table": "deferred, the events table as the queue (ENQUEUE None)",
         "database": "deferred, queued to django-tasks-db",
         "celery": "deferred, queued to Celery (RabbitMQ)",
     }
+    # Which raw SQL each mode's figure is set beside.
+    sql_of = {"table": "sql table", "database": "sql"}
     targets = []
     for level, figures in rates.items():
         floor_rate = figures["floor"].rate
-        ceiling = combined(floor_rate, figures["sql"].rate)
+        ceilings = {
+            key: combined(floor_rate, figures[sql].rate) for key, sql in sql_of.items() if sql in figures
+        }
         for key, label in labels.items():
+            if key not in figures:
+                continue
             f = figures[key]
-            measured = key in {"inline", "no queue", "database", "celery"}
+            measured = key in {"inline", "no queue", *QUEUES}
             ratio = f"{f.rate / floor_rate:.2f}" if measured and floor_rate else ""
-            over_both = f"{f.rate / ceiling:.2f}" if key == "database" and ceiling else ""
+            over_both = f"{f.rate / ceilings[key]:.2f}" if ceilings.get(key) else ""
             rows.append(
                 f"| {level} | {label} | {f.rate:,.0f} | {f.p50_ms:.1f} | {f.p99_ms:.1f} | {f.errors} "
                 f"| {ratio} | {over_both} |"
             )
+        if "table" in figures:
+            targets.append(
+                f"| deferred (table) ≥ 0.8 x (floor + SQL) at concurrency {level} "
+                f"| {figures['table'].rate / ceilings['table']:.2f} |"
+            )
         if level >= 4:
-            for queue in ("no queue", *QUEUES):
+            ceiling = ceilings.get("database") or combined(floor_rate, figures["sql"].rate)
+            for queue in ("no queue", *queues):
                 ratio = figures[queue].rate / floor_rate
                 targets.append(
                     f"| deferred ({queue}) ≥ 0.6 x framework floor at concurrency {level} "
@@ -353,11 +391,16 @@ def _report(
         )
         if b.queue != "inline":
             answered = b.answered.seconds / floor.seconds
+            share = 0.9 if b.queue == "table" else 0.8
             targets.append(f"| burst answered ({b.queue}) ≤ 2 x the floor's time | {answered:.2f} |")
             targets.append(
-                f"| burst processed ({b.queue}) ≥ 0.8 x {b.workers} workers / 0.1 s "
+                f"| burst processed ({b.queue}) ≥ {share} x {b.workers} workers / 0.1 s "
                 f"| {b.processed_rate / ideal:.2f} |"
             )
+    if "table" in trickle:
+        targets.append(
+            f"| acknowledgement to processed (table, PostgreSQL) p50 ≤ 10 ms | {trickle['table'][0]:.0f} |"
+        )
     trickle_rows = "\n".join(f"| {queue} | {p50:.0f} | {p99:.0f} |" for queue, (p50, p99) in trickle.items())
     return f"""
 Machine: {machine()}. Command: `python -m benchmarks.deferred{" --smoke" if smoke else ""}`
@@ -367,10 +410,11 @@ The example project under gunicorn ({WORKERS} sync workers), PostgreSQL, checkou
 fulfilment row and one ledger credit each), built and signed before the clock starts, a new
 connection per request. Acknowledgement rates are measured with no worker running, so only the
 answer is timed: in deferred mode it is the event's INSERT (one statement, committed) and the
-enqueue (django-tasks-db: one more INSERT in the same database; Celery: a publish to RabbitMQ).
-"Inline" runs the receivers in the request, as before. Every figure beside the framework floor
-and pgbench running the same two statements (`benchmarks/pgbench/accept.sql`), measured in the
-same run; "÷ floor + SQL" compares with 1 / (1/floor + 1/SQL), what any Django view running
+enqueue (django-tasks-db: one more INSERT in the same database; Celery: a publish to RabbitMQ;
+the events table as the queue: none, the INSERT sends a NOTIFY itself). "Inline" runs the
+receivers in the request, as before. Every figure beside the framework floor and pgbench
+running the same statements (`benchmarks/pgbench/accept.sql`, `accept_table.sql`), measured in
+the same run; "÷ floor + SQL" compares with 1 / (1/floor + 1/SQL), what any Django view running
 that SQL could reach on this machine.
 
 {chr(10).join(rows)}
@@ -383,7 +427,8 @@ this 2-core machine web and workers at once would share two cores, which a deplo
 make them do: each phase is measured alone, the second from the first event processed to the
 last (plus one receiver's 100 ms), so that the workers' start-up is not counted. Celery runs
 one worker with a pool of that many processes, django-tasks-db that many `db_worker`
-processes. Counted from the database: lost (answered 2xx, not stored), unprocessed when the
+processes, the events table that many `process_stripe_events --follow` processes. Counted
+from the database: lost (answered 2xx, not stored), unprocessed when the
 wait for the workers ended (three times the ideal time; left pending for the reaper), doubled
 (a fulfilment written twice).
 

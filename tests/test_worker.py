@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models.functions import Now
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -24,7 +24,7 @@ from stripe_idempotency.models import EventEffect, EventState, StripeEvent
 from stripe_idempotency.outcomes import Accepted, Duplicate
 from stripe_idempotency.signals import event_received, signal_for
 from stripe_idempotency.testing import build_event
-from tests.concurrency import PATIENCE_SECONDS, close_connections_and_pools, wait_for
+from tests.concurrency import PATIENCE_SECONDS, close_connections_and_pools, in_thread, wait_for
 from tests.conftest import TYPE, per_backend
 from tests.testapp.models import Effect
 
@@ -359,3 +359,37 @@ def test_a_batch_claims_exactly_the_rows_its_query_picks(record_effects):
     assert StripeEvent.objects.filter(event_id__in=["evt_0", "evt_1"], attempts=1).count() == 2
     assert leases.give_back(StripeEvent, [row.pk for row in rows], token, using="default") == 2
     assert set(states().values()) == {EventState.PENDING}
+
+
+@pytest.mark.only_on("postgresql", "mariadb", "mysql", reason="SQLite has one writer: no row is locked alone")
+@pytest.mark.concurrency
+@TABLE
+def test_a_batch_skips_rows_another_worker_is_taking_instead_of_waiting_for_them(record_effects):
+    accept(*(f"evt_{n}" for n in range(8)))
+    first_three = list(StripeEvent.objects.order_by("pk").values_list("pk", flat=True)[:3])
+    holding, release = threading.Event(), threading.Event()
+
+    def another_worker_mid_claim() -> None:
+        # Locks the three oldest rows, as another worker's pick does for the moment of its claim.
+        with transaction.atomic():
+            list(StripeEvent.objects.select_for_update().filter(pk__in=first_three))
+            holding.set()
+            release.wait(PATIENCE_SECONDS)
+
+    holder, _ = in_thread(another_worker_mid_claim)
+    try:
+        assert holding.wait(PATIENCE_SECONDS)
+        taker, taken = in_thread(
+            lambda: leases.take_batch(worker.pending_events("default").order_by("pk")[:5], using="default")
+        )
+        # Taken while the three are still locked: the batch never waits for another's rows.
+        wait_for(lambda: not taker.is_alive(), "the batch to be taken while the rows are held")
+    finally:
+        release.set()
+        holder.join(PATIENCE_SECONDS)
+    _token, rows = taken[0]
+    assert [row.event_id for row in rows] == [f"evt_{n}" for n in range(3, 8)]
+    assert states() == {
+        **{f"evt_{n}": EventState.PENDING for n in range(3)},
+        **{f"evt_{n}": EventState.CLAIMED for n in range(3, 8)},
+    }

@@ -26,7 +26,6 @@ EFFECTS = "stripe_idempotency/effects.py"
 MODELS = "stripe_idempotency/models.py"
 VIEWS = "stripe_idempotency/views.py"
 WORKER = "stripe_idempotency/worker.py"
-REAPER = "stripe_idempotency/reaper.py"
 
 
 @dataclass(frozen=True)
@@ -1344,19 +1343,17 @@ BREAKS: tuple[Break, ...] = (
         (POSTGRES,),
     ),
     Break(
-        "worker-batches-overlap",
-        "Workers taking batches at once never take the same row: the pick skips locked rows, and "
-        "the claim judges each row claimable again.",
+        "worker-batches-wait-or-overlap",
+        "A worker's batch skips the rows another worker is taking (SKIP LOCKED) rather than waiting "
+        "for them, or taking them too.",
         (
             Edit(BASE, '            select += " FOR UPDATE SKIP LOCKED"\n', "            pass\n"),
-            Edit(
-                BASE,
-                "    AND {done} IS NULL AND (claim_expires_at IS NULL OR claim_expires_at <= {now})\n",
-                "",
-            ),
             Edit(BASE, "picked.select_for_update(skip_locked=True).values_list", "picked.values_list"),
         ),
-        ("tests/test_worker.py::test_workers_taking_batches_at_once_never_share_a_row_and_leave_none",),
+        (
+            "tests/test_worker.py::test_a_batch_skips_rows_another_worker_is_taking_instead_of_waiting_for_them",
+            "tests/test_worker.py::test_workers_taking_batches_at_once_never_share_a_row_and_leave_none",
+        ),
         (POSTGRES, MARIADB),
     ),
     Break(
@@ -1411,19 +1408,6 @@ BREAKS: tuple[Break, ...] = (
         ),
         ("tests/test_worker.py",),
         (POSTGRES,),
-    ),
-    Break(
-        "reaper-runs-dead-events",
-        "The reaper reports dead events and never runs them (a replay does).",
-        (
-            Edit(
-                REAPER,
-                "    not_dead = stale.filter(attempts__lt=app_settings.MAX_ATTEMPTS)\n",
-                "    not_dead = stale\n",
-            ),
-        ),
-        ("tests/test_reap_stale_claims.py",),
-        (SQLITE,),
     ),
 )
 
