@@ -73,6 +73,23 @@ def test_the_commands_follow_the_router_unless_told_a_database():
     assert out.getvalue().startswith("cus_1 usd: ok (1 entry, balance 700)\n")
 
 
+@ROUTED
+@override_settings(
+    STRIPE_IDEMPOTENCY={"WEBHOOK_SECRETS": ["whsec_test_secret"], "PROCESSING": "deferred", "ENQUEUE": None}
+)
+def test_the_table_queue_s_workers_follow_the_router_unless_told_a_database(connect):
+    connect(event_received, credit_on_each_event)
+    assert deliver(Client(), build_event(id="evt_routed_table")).json()["status"] == "accepted"
+    out = StringIO()
+    call_command("process_stripe_events", "--database", "default", stdout=out, no_color=True)
+    assert out.getvalue().startswith("Done: 0 events run")
+    out = StringIO()
+    call_command("process_stripe_events", stdout=out, no_color=True)
+    assert out.getvalue().startswith("Done: 1 event run (1 processed")
+    assert counts(StripeEvent) == (0, 1)
+    assert LedgerBalance.objects.using("payments").get().balance == 500
+
+
 def test_using_names_the_database_without_a_router():
     outcome = processing.receive(IncomingEvent.from_payload(build_event(id="evt_using")), using="payments")
     assert isinstance(outcome, Processed)

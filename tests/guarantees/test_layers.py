@@ -79,6 +79,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "urls",
             "admin",
             "management",
+            "management.options",
             "management.summaries",
             "management.commands",
             "management.commands.*",
@@ -328,6 +329,7 @@ TESTED_WITH = {
     "status": ("test_stripe_events_status.py", "the library function and its command, tested together"),
     "wakeup": ("test_worker.py", "how a waiting worker is woken, tested by waking one"),
     "management.summaries": ("test_process_stripe_events.py", "the lines the worker and the reaper end with"),
+    "management.options": ("test_databases.py", "the commands' shared --database, beside the routers"),
     "management.commands.replay_stripe_event": (
         "test_reap_stale_claims.py",
         "replay and the reaper share the claim",

@@ -19,12 +19,11 @@ from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import router
 
 from stripe_idempotency import worker
 from stripe_idempotency.durations import format_duration
+from stripe_idempotency.management.options import add_database_option, events_database
 from stripe_idempotency.management.summaries import effects_run, left_behind
-from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.status import waiting
 from stripe_idempotency.wakeup import Wakeup
 from stripe_idempotency.worker import Done, Worked
@@ -77,11 +76,7 @@ class Command(BaseCommand):
             help="Rows of each kind taken at a time (default 10); each batch's leases start when "
             "it is taken, so keep batch-size x the slowest receiver well under CLAIM_TTL_SECONDS.",
         )
-        parser.add_argument(
-            "--database",
-            default=None,
-            help="Database alias (default: the one the database routers choose for events).",
-        )
+        add_database_option(parser)
 
     def handle(
         self,
@@ -103,7 +98,7 @@ class Command(BaseCommand):
             raise CommandError("--max-seconds must be greater than 0.")
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        using = database or router.db_for_write(StripeEvent)
+        using = events_database(database)
         self.verbosity = verbosity
         self.progress = _Progress(self.stdout._out if verbosity >= 1 else None)
         stop = threading.Event()

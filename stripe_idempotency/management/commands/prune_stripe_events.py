@@ -10,10 +10,9 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import router
 
 from stripe_idempotency.durations import format_duration, parse_duration
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.management.options import add_database_option, events_database
 from stripe_idempotency.retention import cutoff, prunable, prune
 
 # A progress line at most this often, however small the batches.
@@ -39,9 +38,7 @@ class Command(BaseCommand):
             default=1000,
             help="Events deleted per transaction (default 1000): each batch holds its locks briefly.",
         )
-        parser.add_argument(
-            "--database", default=None, help="The database alias (default: where the routers write events)."
-        )
+        add_database_option(parser)
 
     def handle(
         self,
@@ -63,7 +60,7 @@ class Command(BaseCommand):
             raise CommandError(f"--older-than: {error}") from error
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        using = database or router.db_for_write(StripeEvent)
+        using = events_database(database)
         when = f"processed before {before:%Y-%m-%d %H:%M} UTC (older than {format_duration(horizon)})"
         if dry_run:
             count = prunable(using=using, before=before).count()

@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import router
 
 from stripe_idempotency import outcomes
 from stripe_idempotency.conf import app_settings
+from stripe_idempotency.management.options import add_database_option, events_database
 from stripe_idempotency.management.summaries import effects_run, left_behind
-from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import Failed, Superseded, error_summary
 from stripe_idempotency.reaper import Reaped, Step, describe, reap
 
@@ -50,11 +49,7 @@ class Command(BaseCommand):
             default=500,
             help="Events read from the database at a time (memory stays flat however many are stale).",
         )
-        parser.add_argument(
-            "--database",
-            default=None,
-            help="Database alias (default: the one the database routers choose for events).",
-        )
+        add_database_option(parser)
 
     def handle(
         self,
@@ -77,8 +72,7 @@ class Command(BaseCommand):
             raise CommandError("--min-age cannot be negative.")
         self.verbosity = verbosity
         report = reap(
-            # Where events are written: reading them from a replica could list some already done.
-            using=database or router.db_for_write(StripeEvent),
+            using=events_database(database),
             reprocess=reprocess,
             dry_run=dry_run,
             limit=limit,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import router
 
 from stripe_idempotency import effects, outcomes, processing
+from stripe_idempotency.management.options import add_database_option, events_database
 from stripe_idempotency.models import StripeEvent
 from stripe_idempotency.outcomes import (
     Busy,
@@ -34,14 +34,10 @@ class Command(BaseCommand):
             action="store_true",
             help="Run a processed event's receivers again, under a fresh claim. Their effects happen twice.",
         )
-        parser.add_argument(
-            "--database",
-            default=None,
-            help="Database alias (default: the one the database routers choose for events).",
-        )
+        add_database_option(parser)
 
     def handle(self, *, event_id: str, force: bool, database: str | None, **options: Any) -> None:
-        database = database or router.db_for_write(StripeEvent)
+        database = events_database(database)
         try:
             event = StripeEvent.objects.using(database).get(event_id=event_id)
         except StripeEvent.DoesNotExist:

@@ -12,10 +12,10 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import router
 
 from stripe_idempotency.durations import format_duration, parse_duration
-from stripe_idempotency.models import EventState, StripeEvent
+from stripe_idempotency.management.options import add_database_option, events_database
+from stripe_idempotency.models import EventState
 from stripe_idempotency.status import Lag, Limits, Status, status
 
 T = TypeVar("T")
@@ -56,13 +56,11 @@ class Command(BaseCommand):
             default=None,
             help="Alert when an effect still to run was scheduled longer ago than this (e.g. 15m).",
         )
-        parser.add_argument(
-            "--database", default=None, help="The database alias (default: where the routers write events)."
-        )
+        add_database_option(parser)
 
     def handle(self, *, as_json: bool, window: str, database: str | None, **options: Any) -> None:
         span = _option("window", parse_duration, window)
-        report = status(using=database or router.db_for_write(StripeEvent), window=span)
+        report = status(using=events_database(database), window=span)
         alerts = Limits.read(options, _invalid_option).passed(report)
         if as_json:
             self.stdout.write(json.dumps({**report.as_json(), "alerts": alerts}, sort_keys=True))

@@ -14,14 +14,13 @@ from typing import Any
 import stripe
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import router
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from stripe_idempotency import endpoints, sync
 from stripe_idempotency.durations import MAX_DURATION, InvalidValue, format_duration, parse_duration
 from stripe_idempotency.exceptions import EventsListingInvalid
-from stripe_idempotency.models import StripeEvent
+from stripe_idempotency.management.options import add_database_option, events_database
 
 # A progress line at most this often.
 PROGRESS_SECONDS = 5.0
@@ -55,9 +54,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="List what would be processed; process nothing."
         )
-        parser.add_argument(
-            "--database", default=None, help="The database alias (default: where the routers write events)."
-        )
+        add_database_option(parser)
 
     def handle(
         self,
@@ -70,7 +67,7 @@ class Command(BaseCommand):
         verbosity: int,
         **options: Any,
     ) -> None:
-        using = database or router.db_for_write(StripeEvent)
+        using = events_database(database)
         target = self._endpoint(endpoint)
         now = timezone.now()
         start = self._window(since, endpoint, using, now)
