@@ -323,21 +323,22 @@ DEFERRED_EVENTS = 600
 DEFERRED_SPREAD_SECONDS = 20
 
 
-@pytest.mark.parametrize("queue", ["database", "celery"])
+@pytest.mark.parametrize("queue", ["table", "database", "celery"])
 @pytest.mark.only_on(
     "postgresql", "mariadb", "mysql", reason="SQLite's single writer would serialise the servers this races."
 )
 def test_exactly_once_under_chaos_deferred(server_database, queue: str, tmp_path: Path, capsys):
-    """Deferred mode: two web instances answer ``accepted``; task workers run the receivers and are
-    killed (``kill -9``) every few seconds, web workers too (some between COMMIT and the queue);
+    """Deferred mode: two web instances answer ``accepted``; workers (``process_stripe_events``
+    with the events table as the queue, or a task queue's) run the receivers and are killed
+    (``kill -9``) every few seconds, web workers too (some between COMMIT and the queue);
     every event's deliveries queue duplicate tasks, and on Celery strays are sent besides; then
     two reapers. Every event processed once."""
-    from tests.workers import CeleryWorkers, DatabaseWorkers
+    from tests.workers import CeleryWorkers, DatabaseWorkers, TableWorkers
 
     db = server_database
     events = events_with_misbehaviour(seed=13)[:DEFERRED_EVENTS]
     bodies = {e["id"]: encode(e) for e in events}
-    workers = {"database": DatabaseWorkers, "celery": CeleryWorkers}[queue](
+    workers = {"table": TableWorkers, "database": DatabaseWorkers, "celery": CeleryWorkers}[queue](
         db.url, 3, tmp_path, STRIPE_CLAIM_TTL_SECONDS=str(LEASE)
     )
     instances = []
