@@ -399,11 +399,12 @@ def _report(
             )
     if "table" in trickle:
         targets.append(
-            f"| acknowledgement to processed (table, PostgreSQL) p50 ≤ 10 ms | {trickle['table'][0]:.0f} |"
+            f"| acknowledgement to processed (table, PostgreSQL) p50 ≤ 10 ms | {trickle['table'][0]:.1f} |"
         )
-    trickle_rows = "\n".join(f"| {queue} | {p50:.0f} | {p99:.0f} |" for queue, (p50, p99) in trickle.items())
+    picked = "" if queues == QUEUES else f" --queues {','.join(queues)}"
+    trickle_rows = "\n".join(f"| {queue} | {p50:.1f} | {p99:.1f} |" for queue, (p50, p99) in trickle.items())
     return f"""
-Machine: {machine()}. Command: `python -m benchmarks.deferred{" --smoke" if smoke else ""}`
+Machine: {machine()}. Command: `python -m benchmarks.deferred{" --smoke" if smoke else ""}{picked}`
 ({seconds:g} s per rate).
 
 The example project under gunicorn ({WORKERS} sync workers), PostgreSQL, checkout events (one

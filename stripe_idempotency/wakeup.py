@@ -37,6 +37,10 @@ class Wakeup(Protocol):
     #: How this worker learns of new work, for its first line (``"LISTEN on ..."``, ``"polling"``).
     how: str
 
+    def prepare(self) -> None:
+        """Start listening, so that work announced from now on wakes the next :meth:`wait`."""
+        ...
+
     def wait(self, timeout: float) -> bool:
         """Return when work may have arrived, ``timeout`` seconds have passed, or the worker is
         stopping; ``True`` if woken by a notification."""
@@ -51,6 +55,9 @@ class Polling:
     def __init__(self, stop: threading.Event, why: str = "") -> None:
         self.stop = stop
         self.how = f"polling ({why})" if why else "polling"
+
+    def prepare(self) -> None:
+        pass
 
     def wait(self, timeout: float) -> bool:
         self.stop.wait(timeout)
@@ -69,6 +76,14 @@ class Listening:
         self.how = f"LISTEN on {CHANNEL} (database {using!r})"
         self._connection: Any = None
 
+    def prepare(self) -> None:
+        import psycopg
+
+        try:
+            self._connection or self._connect()
+        except psycopg.Error as exc:
+            self._lost(exc)  # the first wait tries again
+
     def wait(self, timeout: float) -> bool:
         import psycopg
 
@@ -86,15 +101,18 @@ class Listening:
                     return True
             return False
         except psycopg.Error as exc:
-            logger.warning(
-                "The worker's LISTEN connection to %r failed (%s); polling until it reconnects.",
-                self.using,
-                exc,
-                extra=fields(code="listen_lost"),
-            )
-            self.close()
-            self.stop.wait(timeout)
+            self._lost(exc)
+            self.stop.wait(max(0.0, deadline - time.monotonic()))
             return False
+
+    def _lost(self, exc: Exception) -> None:
+        logger.warning(
+            "The worker's LISTEN connection to %r failed (%s); polling until it reconnects.",
+            self.using,
+            exc,
+            extra=fields(code="listen_lost"),
+        )
+        self.close()
 
     def _connect(self) -> Any:
         import psycopg

@@ -32,12 +32,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from django.db import DatabaseError, close_old_connections, connections
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from stripe_idempotency import effects, leases, outcomes, processing, wakeup
 from stripe_idempotency.conf import app_settings
 from stripe_idempotency.leases import Claimed
+from stripe_idempotency.log import fields, logger
 from stripe_idempotency.models import EventEffect, EventState, StripeEvent
 from stripe_idempotency.outcomes import Busy
 from stripe_idempotency.status import Waiting
@@ -159,18 +161,21 @@ def work(
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     run = _Run(using=using, sources=list(sources or worker_sources()), batch_size=batch_size, stop=stop)
     run.budget = max_items
-    waiter: wakeup.Wakeup | None = None
+    # Listening before the first look: what is announced from here on wakes the first wait.
+    waiter = wakeup.for_database(using, stop) if follow else None
+    told = False
     try:
+        if waiter is not None:
+            waiter.prepare()
         with effects.run_in_this_thread():
             while not run.over(deadline):
-                if run.round(step):
+                if _round(run, step, follow):
                     continue
-                if not follow:
-                    break
                 if waiter is None:
-                    waiter = wakeup.for_database(using, stop)
-                    if waiting is not None:
-                        waiting(waiter)
+                    break
+                if not told and waiting is not None:
+                    waiting(waiter)
+                told = True
                 left = interval if deadline is None else min(interval, deadline - time.monotonic())
                 if left > 0:
                     waiter.wait(left)
@@ -179,6 +184,27 @@ def work(
             waiter.close()
     run.worked.stopped = stop.is_set()
     return run.worked
+
+
+def _round(run: _Run, step: Callable[[Done], None] | None, follow: bool) -> bool:
+    """One round of ``run``. A following worker outlives its database: an error on the way
+    (a restart, a failover, a dropped connection) is logged, the connection closed so that the
+    next round opens a new one, and the round counts as idle; what it held is released or
+    runs out its lease, as when a worker dies."""
+    if not follow:
+        return run.round(step)
+    close_old_connections()  # past CONN_MAX_AGE, or broken: replaced, as between requests
+    try:
+        return run.round(step)
+    except DatabaseError as exc:
+        logger.warning(
+            "The worker lost its database %r (%s); it tries again in a moment.",
+            run.using,
+            exc,
+            extra=fields(code="database_error"),
+        )
+        connections[run.using].close()
+        return False
 
 
 @dataclass

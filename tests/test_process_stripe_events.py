@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from io import StringIO
 
 import pytest
@@ -12,8 +10,8 @@ from django.core.management import CommandError, call_command
 
 from stripe_idempotency.signals import event_received
 from tests.concurrency import wait_for
-from tests.servers import ROOT, app_environment, manage
 from tests.test_worker import TABLE, accept, runs
+from tests.workers import accept_in_project, table_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,42 +68,23 @@ def test_options_out_of_range_are_refused_before_anything_is_taken(record_effect
 )
 def test_sigterm_finishes_the_event_in_hand_gives_back_the_rest_and_exits_0(server_database, tmp_path):
     db = server_database
-    started = tmp_path / "started"
-    env = {"TASK_QUEUE": "table", "STRIPE_PROCESSING": "deferred"}
-    accepted = manage(
-        db.url,
-        "shell",
-        "-c",
-        "from stripe_idempotency import processing\n"
-        "from stripe_idempotency.events import IncomingEvent\n"
-        "from stripe_idempotency.testing import build_event\n"
-        "for n in range(3):\n"
-        "    session = {'id': f'cs_term_{n}', 'object': 'checkout.session', 'amount_total': 1000,\n"
-        "               'currency': 'usd', 'customer': 'cus_term', 'customer_details': {'email': ''}}\n"
-        "    event = build_event('checkout.session.completed', data=session, id=f'evt_term_{n}')\n"
-        "    processing.accept(IncomingEvent.from_payload(event))\n",
-        **env,
-    )
-    assert accepted.returncode == 0, accepted.stderr
-    worker = subprocess.Popen(
-        [sys.executable, "manage.py", "process_stripe_events", "--follow", "--interval", "0.1"],
-        cwd=ROOT,
-        env=app_environment(db.url, SHOP_FULFILMENT_SECONDS="2", CHAOS_STARTED_FILE=str(started), **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    started, log = tmp_path / "started", tmp_path / "worker.log"
+    accept_in_project(db.url, "evt_term_0", "evt_term_1", "evt_term_2")
+    worker = table_worker(
+        db.url, log, "--interval", "0.1", SHOP_FULFILMENT_SECONDS="2", CHAOS_STARTED_FILE=str(started)
     )
     try:
         wait_for(lambda: started.exists() and started.read_text(), "the first receiver to start")
         worker.send_signal(signal.SIGTERM)  # that receiver sleeps for 2 s
-        out, err = worker.communicate(timeout=60)
+        worker.wait(60)
     finally:
         if worker.poll() is None:
             worker.kill()
-    assert worker.returncode == 0, err
-    assert "SIGTERM: stopping after the row in hand." in err
+    output = log.read_text()
+    assert worker.returncode == 0, output
+    assert "SIGTERM: stopping after the row in hand." in output
     assert (
-        out.strip().splitlines()[-1]
+        output.strip().splitlines()[-1]
         == "Stopped: 1 event run (1 processed, 0 failed, 0 skipped). Left: 0 dead."
     )
     rows = db.rows(

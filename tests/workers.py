@@ -176,3 +176,40 @@ class CeleryWorkers(Workers):
     def pids(self) -> list[int]:
         """The pool processes (children of each worker's master): where a task runs."""
         return children_of(set(super().pids()))
+
+
+#: What a web instance with the events table as the queue is started with.
+TABLE_QUEUE_ENV = {"TASK_QUEUE": "table", "STRIPE_PROCESSING": "deferred"}
+
+
+def accept_in_project(db_url: str, *event_ids: str, **env: str) -> None:
+    """Accept checkout events in the example project's own process (``ENQUEUE`` None: they wait
+    in the events table), as its web instance would."""
+    accepted = manage(
+        db_url,
+        "shell",
+        "-c",
+        "from stripe_idempotency import processing\n"
+        "from stripe_idempotency.events import IncomingEvent\n"
+        "from stripe_idempotency.testing import build_event\n"
+        f"for event_id in {list(event_ids)!r}:\n"
+        "    session = {'id': 'cs_' + event_id, 'object': 'checkout.session', 'amount_total': 1000,\n"
+        "               'currency': 'usd', 'customer': 'cus_accepted', 'customer_details': {'email': ''}}\n"
+        "    event = build_event('checkout.session.completed', data=session, id=event_id)\n"
+        "    processing.accept(IncomingEvent.from_payload(event))\n",
+        **{**TABLE_QUEUE_ENV, **env},
+    )
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def table_worker(db_url: str, log: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """One ``process_stripe_events --follow`` process of the example project, its output to ``log``."""
+    with log.open("a") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "process_stripe_events", "--follow", *args],
+            cwd=ROOT,
+            env=app_environment(db_url, **{**TABLE_QUEUE_ENV, **env}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )

@@ -1409,6 +1409,13 @@ BREAKS: tuple[Break, ...] = (
         ("tests/test_worker.py",),
         (POSTGRES,),
     ),
+    Break(
+        "worker-dies-with-its-database",
+        "A following worker outlives a database restart: it reconnects and goes on.",
+        (Edit(WORKER, "    except DatabaseError as exc:\n", "    except ZeroDivisionError as exc:\n"),),
+        ("tests/guarantees/test_outage.py::test_a_following_worker_outlives_a_database_restart",),
+        (POSTGRES,),
+    ),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import pytest
 from stripe_idempotency.testing import build_event, deliver_concurrently, encode, sign
 from tests.concurrency import wait_for
 from tests.servers import ROOT, Gunicorn, PrivatePostgres, answer_status, app_environment, own_database, post
+from tests.workers import accept_in_project, table_worker
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -176,3 +178,33 @@ def test_a_connection_killed_mid_transaction(app, private_postgres):
     assert (status, answer_status(answer)) == (200, "processed")
     assert db.scalar("SELECT attempts FROM stripe_idempotency_stripeevent") == 2
     assert_exactly_once(db, [event])
+
+
+def test_a_following_worker_outlives_a_database_restart(private_postgres, tmp_path: Path):
+    """The events table as the queue: a ``process_stripe_events --follow`` worker whose database
+    stops and starts again reconnects (its work and its LISTEN) and goes on, never exiting."""
+    log = tmp_path / "worker.log"
+    with own_database(private_postgres.settings_dict()) as db:
+        worker = table_worker(db.url, log, "--interval", "0.2")
+        try:
+            accept_in_project(db.url, "evt_before")
+            wait_for(lambda: db.scalar(PROCESSED, ["evt_before"]), "the first event to be processed")
+            db.close()
+            private_postgres.stop()
+            wait_for(lambda: "lost its database" in log.read_text(), "the worker to meet the outage")
+            private_postgres.start()
+            accept_in_project(db.url, "evt_after")
+            wait_for(
+                lambda: db.scalar(PROCESSED, ["evt_after"]), "the event after the restart to be processed"
+            )
+            assert worker.poll() is None, log.read_text()  # it never exited: nothing had to restart it
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+    assert worker.returncode == 0, log.read_text()
+    assert "LISTEN connection" in log.read_text()  # its listening connection was lost, and replaced
+
+
+PROCESSED = (
+    "SELECT COUNT(*) FROM stripe_idempotency_stripeevent WHERE event_id = %s AND processed_at IS NOT NULL"
+)
