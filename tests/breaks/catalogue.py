@@ -920,17 +920,12 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "commands-ignore-the-router",
-        "The reaper and replay act on the database a router puts events in, unless told another.",
+        "The commands act on the database a router puts events in, unless told another.",
         (
             Edit(
-                "stripe_idempotency/management/commands/reap_stale_claims.py",
-                "            default=None,\n",
-                '            default="default",\n',
-            ),
-            Edit(
-                "stripe_idempotency/management/commands/reap_stale_claims.py",
-                "            using=database or router.db_for_write(StripeEvent),\n",
-                "            using=database,\n",
+                "stripe_idempotency/management/options.py",
+                "    return database or router.db_for_write(StripeEvent)\n",
+                '    return database or "default"\n',
             ),
         ),
         ("tests/test_databases.py",),
