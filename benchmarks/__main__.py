@@ -13,7 +13,18 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks import deferred, effects, endpoint, ledger, per_delivery, prune, reaper, reaper_memory, status
+from benchmarks import (
+    deferred,
+    effects,
+    endpoint,
+    ledger,
+    per_delivery,
+    prune,
+    reaper,
+    reaper_memory,
+    status,
+    worker,
+)
 from benchmarks.common import ROOT, setup_django
 
 
@@ -37,6 +48,7 @@ def main() -> None:
         )
     )
     print(deferred.run(output=output, smoke=smoke))
+    print(worker.run(output=output, smoke=smoke))
     print(per_delivery.run(count=50 if smoke else 2000, output=output, smoke=smoke))
     print(effects.run(count=50 if smoke else 1000, burst=50 if smoke else 2000, output=output, smoke=smoke))
     print(
