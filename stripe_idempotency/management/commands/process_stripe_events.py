@@ -18,7 +18,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from stripe_idempotency import worker
 from stripe_idempotency.durations import format_duration
@@ -100,7 +100,7 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1.")
         using = events_database(database)
         self.verbosity = verbosity
-        self.progress = _Progress(self.stdout._out if verbosity >= 1 else None)
+        self.progress = _Progress(self.stdout if verbosity >= 1 else None)
         stop = threading.Event()
         with _stopped_by_signals(stop, self.stderr.write):
             worked = worker.work(
@@ -144,7 +144,7 @@ class _Progress:
     """On a terminal, one line rewritten as rows are run; elsewhere (a log, a pipe) nothing but
     the summary the command ends with."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: OutputWrapper | None) -> None:
         self.stream = stream if stream is not None and stream.isatty() else None
         self.worked = Worked()
         self.started = time.monotonic()
@@ -159,13 +159,14 @@ class _Progress:
         events, effects = self.worked.events, self.worked.effects
         self.stream.write(
             f"\r{events['processed']} processed, {events['failed']} failed, {events['skipped']} skipped; "
-            f"{effects.total()} effects; {format_duration(timedelta(seconds=now - self.started))}\x1b[K"
+            f"{effects.total()} effects; {format_duration(timedelta(seconds=now - self.started))}\x1b[K",
+            ending="",
         )
         self.stream.flush()
 
     def clear(self) -> None:
         if self.stream is not None and self.shown:
-            self.stream.write("\r\x1b[K")
+            self.stream.write("\r\x1b[K", ending="")
             self.shown = 0.0
 
     def finish(self) -> None:
